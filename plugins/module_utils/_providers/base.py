@@ -1,0 +1,83 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright (c) 2026 vmsafe.protect contributors
+# PRIVATE to this collection; no compatibility guarantees.
+"""The interface every hypervisor provider implements.
+
+Providers raise VmsafeError subclasses. They never call fail_json and never read module.params;
+what they need comes in as arguments, and warnings go through the ``warn`` callback.
+"""
+
+from __future__ import annotations
+
+import abc
+import typing as t
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from ansible_collections.vmsafe.protect.plugins.module_utils._models import (
+        ConsolidationStatus,
+        CreateResult,
+        Leftover,
+        Snapshot,
+        SnapshotSpec,
+        VmRef,
+        VmSelector,
+    )
+
+Warn = t.Callable[[str], None]
+
+
+class HypervisorProvider(abc.ABC):
+    """One open connection to one hypervisor host (or vCenter)."""
+
+    name: t.ClassVar[str]
+    # Whether two snapshots of one VM may carry the same name (libvirt: no, vSphere and Hyper-V: yes).
+    unique_snapshot_names: t.ClassVar[bool] = False
+
+    def __init__(self, params: dict[str, t.Any], warn: Warn) -> None:
+        self.params = params
+        self.warn = warn
+
+    @abc.abstractmethod
+    def connect(self) -> None:
+        """Open the connection; raise ConnectionFailed with the host and the cause."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Close the connection; never raises."""
+
+    @property
+    @abc.abstractmethod
+    def host(self) -> str:
+        """A printable name of the host, for messages."""
+
+    @abc.abstractmethod
+    def find_vm(self, selector: VmSelector) -> VmRef:
+        """Return the VM; raise VmNotFound listing close matches."""
+
+    @abc.abstractmethod
+    def list_vms(self) -> list[VmRef]:
+        """Return every VM the connection can see."""
+
+    @abc.abstractmethod
+    def list_snapshots(self, vm: VmRef) -> list[Snapshot]:
+        """Return the VM's snapshots, linked (children, depth), oldest first."""
+
+    @abc.abstractmethod
+    def create_snapshot(self, vm: VmRef, spec: SnapshotSpec, timeout: int) -> CreateResult:
+        """Create a snapshot; on any failure, leave no snapshot behind."""
+
+    @abc.abstractmethod
+    def revert_snapshot(self, vm: VmRef, snapshot: Snapshot, timeout: int) -> None:
+        """Make the VM's disks (and RAM, if saved) what they were at the snapshot."""
+
+    @abc.abstractmethod
+    def delete_snapshot(self, vm: VmRef, snapshot: Snapshot, children: bool, timeout: int) -> None:
+        """Delete the snapshot (its data merged into what depends on it), with its children if asked."""
+
+    @abc.abstractmethod
+    def consolidation_status(self, vm: VmRef, snapshots: list[Snapshot] | None = None) -> ConsolidationStatus:
+        """Return whether the VM's disks need consolidation and why (leftovers, chain depth, jobs)."""
+
+    @abc.abstractmethod
+    def repair_leftover(self, vm: VmRef, leftover: Leftover, timeout: int) -> None:
+        """Merge or drop one leftover found by consolidation_status()."""

@@ -1,0 +1,18 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright (c) 2026 vmsafe.protect contributors
+# PRIVATE to this collection; no compatibility guarantees.
+"""Provider name -> class. Imports are static so that AnsiballZ ships every provider a module can pick."""
+
+from __future__ import annotations
+
+import typing as t
+
+from ansible_collections.vmsafe.protect.plugins.module_utils._providers import libvirt as _libvirt
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from ansible_collections.vmsafe.protect.plugins.module_utils._providers.base import HypervisorProvider
+
+# name -> (provider class, pip package it needs, import traceback or None)
+PROVIDERS: dict[str, tuple[type[HypervisorProvider], str, str | None]] = {
+    "libvirt": (_libvirt.LibvirtProvider, "libvirt-python", _libvirt.LIBVIRT_IMPORT_ERROR),
+}

@@ -1,0 +1,95 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright (c) 2026 vmsafe.protect contributors
+# PRIVATE to this collection; no compatibility guarantees.
+"""run_module(): the only code that touches AnsibleModule.
+
+It builds the module, opens the provider, lets the task plan, applies the plan unless in check
+mode, and turns VmsafeError into fail_json with whatever the task had done so far.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+import traceback
+import typing as t
+
+from ansible.module_utils.basic import missing_required_lib
+
+from ansible_collections.vmsafe.protect.plugins.module_utils._changes import ChangeSet
+from ansible_collections.vmsafe.protect.plugins.module_utils._errors import VmsafeError
+from ansible_collections.vmsafe.protect.plugins.module_utils._models import VmRef, VmSelector
+from ansible_collections.vmsafe.protect.plugins.module_utils._providers.registry import PROVIDERS
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from ansible.module_utils.basic import AnsibleModule
+
+    from ansible_collections.vmsafe.protect.plugins.module_utils._argspec import ArgumentSpec
+    from ansible_collections.vmsafe.protect.plugins.module_utils._providers.base import HypervisorProvider
+
+
+class ProviderTask:
+    """Base of every module's task. Subclasses implement plan() and result()."""
+
+    def __init__(self, module: AnsibleModule, provider: HypervisorProvider) -> None:
+        self.module = module
+        self.params: dict[str, t.Any] = module.params
+        self.provider = provider
+        self.check_mode: bool = module.check_mode
+        self.now = datetime.datetime.now(datetime.timezone.utc)
+        self.partial: dict[str, t.Any] = {}  # returned with fail_json when a step fails
+
+    def selector(self) -> VmSelector | None:
+        if self.params.get("vm_name") is None and self.params.get("vm_id") is None:
+            return None
+        return VmSelector(name=self.params.get("vm_name"), id=self.params.get("vm_id"))
+
+    def vms(self) -> list[VmRef]:
+        """The selected VM, or every VM on the connection when none was named."""
+        selector = self.selector()
+        return [self.provider.find_vm(selector)] if selector is not None else self.provider.list_vms()
+
+    def plan(self, changes: ChangeSet) -> None:
+        raise NotImplementedError
+
+    def result(self, changes: ChangeSet) -> dict[str, t.Any]:
+        raise NotImplementedError
+
+
+def create_provider(module: AnsibleModule) -> HypervisorProvider:
+    """Return the provider the ``hypervisor`` option names, or fail when its SDK is missing."""
+    cls, package, import_error = PROVIDERS[module.params["hypervisor"]]
+    if import_error is not None:
+        module.fail_json(msg=missing_required_lib(package), exception=import_error)
+    return cls(module.params, module.warn)
+
+
+def run_module(spec: ArgumentSpec, task_class: type[ProviderTask], **module_kwargs: t.Any) -> None:
+    module = spec.create_ansible_module(supports_check_mode=True, **module_kwargs)
+    started = time.monotonic()
+    provider = create_provider(module)
+    task: ProviderTask | None = None
+    changes = ChangeSet()
+    try:
+        provider.connect()
+        task = task_class(module, provider)
+        task.plan(changes)
+        if not module.check_mode:
+            changes.apply()
+        result = task.result(changes)
+        result["changed"] = changes.changed
+        if module._diff:  # pylint: disable=protected-access  # the documented way to see --diff
+            diff = changes.diff()
+            if diff is not None:
+                result["diff"] = diff
+    except VmsafeError as exc:
+        partial = dict(task.partial) if task is not None else {}
+        partial.setdefault("applied", changes.applied)
+        module.fail_json(msg=str(exc), exception=traceback.format_exc(), changed=bool(changes.applied), **partial)
+    except Exception as exc:  # pylint: disable=broad-except  # the one place that turns any crash into fail_json
+        module.fail_json(msg=f"Unexpected error ({type(exc).__name__}): {exc}", exception=traceback.format_exc(),
+                         changed=bool(changes.applied), applied=changes.applied)
+    finally:
+        provider.close()
+    result["elapsed"] = round(time.monotonic() - started, 3)
+    module.exit_json(**result)
