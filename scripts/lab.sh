@@ -95,8 +95,7 @@ start() {
     log "starting libvirtd"
     # Pinned to one CPU: the two CPUs here report different ids, and libvirt would re-probe QEMU (~8 s).
     setsid taskset -c 0 /usr/sbin/libvirtd -p "$PIDFILE" >"$LAB/libvirtd.log" 2>&1 </dev/null &
-    local i
-    for i in $(seq 1 150); do
+    for _ in $(seq 1 150); do
       if virsh -q -c qemu:///system uri >/dev/null 2>&1; then break; fi
       sleep 0.2
     done

@@ -1,4 +1,5 @@
 #!/usr/bin/python
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 # Copyright (c) 2026 vmsafe.protect contributors
 
@@ -15,7 +16,7 @@ description:
     that survive the loss of the host.
   - Idempotent for O(state=present), O(state=absent) and O(state=remove_all). O(state=reverted) always reverts,
     because no hypervisor can tell whether the VM changed since the last revert.
-author: vmsafe.protect contributors
+author: vmsafe.protect contributors (@vmsafe-protect)
 extends_documentation_fragment:
   - vmsafe.protect.connection
   - vmsafe.protect.vm_selector
@@ -52,7 +53,7 @@ options:
     aliases: [snapshot]
   snapshot_id:
     description:
-      - Id of the snapshot, as returned in RV(snapshot.id). On libvirt the id is the name.
+      - Id of the snapshot, as returned in the C(id) of RV(snapshot). On libvirt the id is the name.
       - Mutually exclusive with O(snapshot_name).
     type: str
   description:
@@ -308,10 +309,10 @@ class SnapshotTask(ProviderTask):
                 snap = self.planned
             if snap is not None:
                 data = snap.to_dict(self.now)
+                if self.params["state"] != "absent":
+                    data = next((s.to_dict(self.now) for s in after if s.id == snap.id), data)
                 if self.check_mode and self.created is None and self.target is None:
                     data.update(id=None, created=None, age_seconds=None)
-                elif self.params["state"] != "absent":
-                    data = next((s.to_dict(self.now) for s in after if s.id == snap.id), data)
                 result["snapshot"] = data
             else:
                 result["snapshot"] = None

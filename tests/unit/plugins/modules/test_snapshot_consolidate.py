@@ -1,0 +1,43 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright (c) 2026 vmsafe.protect contributors
+from __future__ import annotations
+
+from ansible_collections.vmsafe.protect.plugins.module_utils._models import Leftover
+from ansible_collections.vmsafe.protect.plugins.modules import snapshot_consolidate, vm_snapshot_info
+
+
+def test_fleet_policy_check_then_real_then_again(run, fake_provider):
+    fake_provider.seed("web01", snapshots=["pre-patch-1", "pre-patch-2", "golden"])
+    fake_provider.seed("db01", snapshots=["pre-patch-a"])
+    fake_provider.vms["db01"]["leftovers"].append(Leftover(kind="untracked_overlay", disk="vda", detail="x", bytes=5))
+    args = dict(keep_last=1, name_pattern="^pre-patch")
+    checked = run(snapshot_consolidate.main, check_mode=True, **args)
+    assert checked["changed"] and fake_provider.writes == 0
+    web = next(v for v in checked["vms"] if v["vm"]["name"] == "web01")
+    assert [r["name"] for r in web["removed"]] == ["pre-patch-1"] and web["bytes_reclaimed"] == 1000
+    assert sorted(web["kept"]) == ["golden", "pre-patch-2"]
+    assert checked["summary"] == {"vms": 2, "removed": 1, "merged": 1, "bytes_reclaimed": 1005, "failed": 0}
+    real = run(snapshot_consolidate.main, **args)
+    assert real["summary"] == checked["summary"] and fake_provider.writes == 2
+    assert all(not v["consolidation_needed"] for v in real["vms"])
+    again = run(snapshot_consolidate.main, **args)
+    assert again["changed"] is False and fake_provider.writes == 2
+
+
+def test_depth_warning(run, fake_provider):
+    fake_provider.seed("web01", snapshots=[f"s{i}" for i in range(6)])
+    result = run(snapshot_consolidate.main, vm_name="web01", max_depth=5)
+    assert result["changed"] is False
+    assert any("6 levels deep (max_depth 5)" in w for w in result["vms"][0]["warnings"])
+
+
+def test_info_filters(run, fake_provider):
+    fake_provider.seed("web01", snapshots=["pre-1", "pre-2", "keep"])
+    fake_provider.seed("db01", snapshots=["pre-x"])
+    result = run(vm_snapshot_info.main, name_pattern="^pre", min_depth=2)
+    assert [(s["vm_name"], s["name"]) for s in result["snapshots"]] == [("web01", "pre-2")]
+    assert result["summary"]["vms"] == 2 and result["changed"] is False
+    result = run(vm_snapshot_info.main, larger_than="1500")
+    assert sorted(s["name"] for s in result["snapshots"]) == ["keep", "pre-2"]
+    result = run(vm_snapshot_info.main, older_than="soon")
+    assert result["failed"] and "Invalid older_than 'soon'" in result["msg"]
