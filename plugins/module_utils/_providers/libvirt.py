@@ -492,16 +492,24 @@ class LibvirtProvider(HypervisorProvider):
         dom = self._domain(vm)
         self._ensure_idle(dom, vm)
         snap = self._lookup_snapshot(dom, vm, snapshot)
-        flags = libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_CHILDREN if children else 0
+        if children:
+            # One by one, deepest first, so that external children are merged the same careful way.
+            for child in tree.descendants(self.list_snapshots(vm), snapshot.id):
+                self.delete_snapshot(vm, child, False, timeout)
+        flags = 0
         if snapshot.kind == "external" and snapshot.files:
-            in_chain = {f for d in self._disks(dom) for f in d.chain}
-            if not set(snapshot.files) & in_chain:
-                # Its overlays are no longer used by the VM (a revert switched away from them): libvirt
-                # cannot merge them, only forget them. The files hold writes nothing reads any more.
-                flags |= libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY
+            # We merge external overlays ourselves (block commit, pivot when active) and then drop the record:
+            # libvirt 9 refuses to delete an external snapshot whose parent is internal, and cannot delete one
+            # whose overlays a revert has orphaned.
+            disks = self._disks(dom)
+            live = [(d.target, f) for d in disks for f in d.chain[:-1] if f in snapshot.files]
+            if not live:
                 self.warn(f"Snapshot '{snapshot.name}' of VM '{vm.name}' is external and its overlay(s) "
                           f"{', '.join(snapshot.files)} are no longer in use: removed its record only; delete those "
                           f"files after checking nothing else uses them.")
+            for target, overlay in live:
+                self._merge_overlay(dom, vm, target, overlay, timeout)
+            flags = libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY
         try:
             self._call(lambda: snap.delete(flags), timeout, f"delete snapshot '{snapshot.name}' of VM '{vm.name}'")
         except libvirt.libvirtError as exc:

@@ -36,7 +36,7 @@ FLEET = snaps(("pre-patch-1", 10), ("pre-patch-2", 5), ("golden-keep", 30), ("pr
 ])
 def test_select(policy, removed):
     remove, keep = select(FLEET, policy, NOW)
-    assert sorted(s.name for s, _ in remove) == sorted(removed)
+    assert sorted(s.name for s, _why in remove) == sorted(removed)
     assert len(remove) + len(keep) == len(FLEET)
 
 
@@ -51,8 +51,8 @@ def test_removal_order_is_deepest_first():
     items = snaps(("a", 3), ("b", 2), ("c", 1))
     items[1].parent, items[2].parent = "a", "b"
     items[0].depth, items[1].depth, items[2].depth = 1, 2, 3
-    remove, _ = select(items, Policy(keep_last=0), NOW)
-    assert [s.name for s, _ in remove] == ["c", "b", "a"]
+    remove, _keep = select(items, Policy(keep_last=0), NOW)
+    assert [s.name for s, _why in remove] == ["c", "b", "a"]
 
 
 def test_bad_pattern_names_the_option():

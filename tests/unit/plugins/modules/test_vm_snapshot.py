@@ -41,7 +41,7 @@ def test_check_mode_changes_nothing_and_returns_the_same_keys(run, fake_provider
 def test_check_mode_present_returns_the_planned_snapshot(run, fake_provider):
     fake_provider.seed("web01", snapshots=["base"])
     result = run(vm_snapshot.main, check_mode=True, diff=True, vm_name="web01", snapshot_name="new",
-                        memory=True)
+                 memory=True)
     assert result["snapshot"]["name"] == "new" and result["snapshot"]["id"] is None
     assert result["snapshot"]["parent"] == "base" and result["consistency"] == "memory"
     assert result["diff"]["before"] == "- base (internal, memory, current)\n"
