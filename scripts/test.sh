@@ -5,7 +5,7 @@
 #   scripts/test.sh                 everything that runs by default: sanity, lint, build/install/ansible-doc,
 #                                   unit tests, integration tests on real libvirtd + QEMU
 #   scripts/test.sh --long          also the long suites (50-run fault injection, benchmarks smoke, ...)
-#   scripts/test.sh --only STEP     one step: sanity | lint | build | pytest  (more pytest args after --)
+#   scripts/test.sh --only STEP     one step: sanity | lint | build | targets | pytest  (pytest args after --)
 #
 # It installs what it needs (scripts/lab.sh install) and starts libvirtd (scripts/lab.sh start): run it as root.
 set -euo pipefail
@@ -19,7 +19,7 @@ while [ $# -gt 0 ]; do
     --long) export VMSAFE_LONG_TESTS=1 ;;
     --only) ONLY=$2; shift ;;
     --) shift; PYTEST_ARGS=("$@"); break ;;
-    *) echo "usage: $0 [--long] [--only sanity|lint|build|pytest] [-- pytest args]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--long] [--only sanity|lint|build|targets|pytest] [-- pytest args]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -92,6 +92,16 @@ if want build; then
       { echo "ansible-doc vmsafe.protect.$module failed:"; cat "$WORK/doc.err"; exit 1; }
     echo "ansible-doc vmsafe.protect.$module: ok"
   done
+fi
+
+if want targets; then
+  step "ansible-test integration targets (real libvirtd + QEMU)"
+  STAGE="${TMPDIR:-/tmp}/vmsafe-protect-targets/ansible_collections/vmsafe/protect"
+  stage_copy "$STAGE"
+  # ansible-test passes no environment to the targets; integration_config.yml is how they get the lab helper.
+  printf -- '---\nvmsafe_labvm: %s %s\n' "$PY" "$ROOT/tests/lab/labvm.py" >"$STAGE/tests/integration/integration_config.yml"
+  (cd "$STAGE" && ansible-test integration --local --python "$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
+    --allow-destructive --allow-root --color no)
 fi
 
 if want pytest; then
