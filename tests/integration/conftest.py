@@ -125,3 +125,42 @@ def age_snapshot(lab_: Lab, vm: str, snapshot: str, seconds: int) -> None:
         lab_.virsh("snapshot-create", vm, handle.name, "--redefine", *(["--current"] if current else []))
     finally:
         os.unlink(handle.name)
+
+
+@pytest.fixture(scope="session")
+def ssh_uri(tmp_path_factory: pytest.TempPathFactory, libvirtd: str) -> t.Iterator[str]:
+    """A real OpenSSH server on 127.0.0.1 and a qemu+ssh:// URI that reaches this host's libvirtd through it."""
+    import shutil  # pylint: disable=import-outside-toplevel
+    import socket  # pylint: disable=import-outside-toplevel
+    import time  # pylint: disable=import-outside-toplevel
+
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    assert os.path.exists(sshd), "openssh-server is missing: run scripts/lab.sh install"
+    tmp = tmp_path_factory.mktemp("sshd")
+    os.chmod(tmp, 0o700)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / "host")], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / "client")], check=True)
+    (tmp / "authorized_keys").write_text((tmp / "client.pub").read_text())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp / 'host'}\nPidFile {tmp / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {tmp / 'authorized_keys'}\nPermitRootLogin prohibit-password\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n")
+    os.makedirs("/run/sshd", exist_ok=True)
+    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(tmp / "sshd_config")], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+                    if conn.recv(4).startswith(b"SSH-"):
+                        break
+            except OSError:
+                time.sleep(0.05)
+        yield (f"qemu+ssh://root@127.0.0.1:{port}/system?keyfile={tmp / 'client'}&no_verify=1&no_tty=1"
+               f"&known_hosts={tmp / 'known_hosts'}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
