@@ -29,13 +29,23 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors impo
     MissingDependencyError,
 )
 
-try:
-    import paramiko
-except ImportError:  # pragma: no cover - exercised by ansible-test import sanity
-    paramiko = None
-    PARAMIKO_IMPORT_ERROR: str | None = traceback.format_exc()
-else:
-    PARAMIKO_IMPORT_ERROR = None
+# paramiko is imported on first use: it costs ~150 ms of start-up, which local repositories
+# (and quick incremental backups) should not pay.
+paramiko: t.Any = None
+PARAMIKO_IMPORT_ERROR: str | None = None
+
+
+def _require_paramiko() -> t.Any:
+    """Import paramiko or raise MissingDependencyError naming the pip package."""
+    global paramiko, PARAMIKO_IMPORT_ERROR  # pylint: disable=global-statement
+    if paramiko is None:
+        try:
+            import paramiko as _paramiko  # pylint: disable=import-outside-toplevel
+        except ImportError:
+            PARAMIKO_IMPORT_ERROR = traceback.format_exc()
+            raise MissingDependencyError("paramiko", "SFTP repositories", PARAMIKO_IMPORT_ERROR) from None
+        paramiko = _paramiko
+    return paramiko
 
 TMP_MARK = ".tmp-"
 
@@ -355,8 +365,7 @@ class SFTPBackend(Backend):
         host_key_policy: str = "strict",
         timeout: float = 30.0,
     ) -> None:
-        if paramiko is None:
-            raise MissingDependencyError("paramiko", "SFTP repositories", PARAMIKO_IMPORT_ERROR)
+        _require_paramiko()
         if host_key_policy not in HOST_KEY_POLICIES:
             raise InvalidArgumentError(
                 f"host_key_policy must be one of {', '.join(HOST_KEY_POLICIES)}, not '{host_key_policy}'."

@@ -247,10 +247,29 @@ class BlobCodec:
             buf = self._local.out = bytearray(max(size, self.max_plain_size + 1024))
         return buf
 
+    def _worth_compressing(self, data: bytes | bytearray | memoryview) -> bool:
+        """Probe 4 KiB from the middle at level 1: random (incompressible) data is stored raw.
+
+        Disk images hold much encrypted or already-compressed data; compressing it at the
+        configured level costs CPU for nothing.
+        """
+        size = len(data)
+        if size < 16384:
+            return True
+        probe = getattr(self._local, "probe", None)
+        if probe is None:
+            probe = self._local.probe = zstandard.ZstdCompressor(level=1, write_checksum=False,
+                                                                 write_content_size=False)
+        mid = (size // 2) & ~4095
+        sample = memoryview(data)[mid : mid + 4096]
+        return len(probe.compress(sample)) < 4000
+
     # -- seal / open
     def seal(self, blob_type: int, blob_id: bytes, data: bytes | bytearray | memoryview) -> bytearray:
         """Compress (when it helps) and encrypt ``data``; return the stored blob."""
-        compressed = self._cctx().compress(data) if self.level > 0 else None
+        compressed = None
+        if self.level > 0 and self._worth_compressing(data):
+            compressed = self._cctx().compress(data)
         if compressed is not None and len(compressed) < len(data) - 64:
             flag, payload = FLAG_ZSTD, compressed
         else:

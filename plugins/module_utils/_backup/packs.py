@@ -91,12 +91,20 @@ class PackWriter:
 
     def finish(self) -> int:
         """Write the header, fsync and publish the pack. Returns the final size."""
+        self.write_header()
+        self.commit()
+        return self.size
+
+    def write_header(self) -> None:
+        """Append the sealed header and trailer (the pack is not yet durable nor visible)."""
         header = self._codec.seal_meta(b"pack:" + self.name.encode("ascii"), encode_header(self.entries))
         self._writer.write(header)
         self._writer.write(TRAILER.pack(len(header), PACK_END))
         self.size += len(header) + TRAILER.size
+
+    def commit(self) -> None:
+        """fsync and rename to the final name (may run in another thread than the writes)."""
         self._writer.commit()
-        return self.size
 
     def abort(self) -> None:
         self._writer.abort()
