@@ -1,0 +1,607 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright (c) 2026 vmsafe.protect contributors
+"""Storage backends: a local directory and SFTP, behind one small interface.
+
+PRIVATE to this collection; no compatibility guarantees.
+
+A backend stores named objects ("config", "packs/ab/abcd...", ...). Names use
+"/" as separator on every backend. Writes are atomic: data goes to a temporary
+name, is flushed to stable storage, then renamed. An S3 backend can implement
+the same interface (PUT is atomic there, and ranged GET serves read_range).
+"""
+
+from __future__ import annotations
+
+import abc
+import errno
+import os
+import secrets
+import socket
+import stat as stat_mod
+import traceback
+import typing as t
+import urllib.parse
+
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors import (
+    BackendError,
+    HostKeyError,
+    InvalidArgumentError,
+    MissingDependencyError,
+)
+
+# paramiko is imported on first use: it costs ~150 ms of start-up, which local repositories
+# (and quick incremental backups) should not pay.
+paramiko: t.Any = None
+PARAMIKO_IMPORT_ERROR: str | None = None
+
+
+def _require_paramiko() -> t.Any:
+    """Import paramiko or raise MissingDependencyError naming the pip package."""
+    global paramiko, PARAMIKO_IMPORT_ERROR  # pylint: disable=global-statement
+    if paramiko is None:
+        try:
+            import paramiko as _paramiko  # pylint: disable=import-outside-toplevel
+        except ImportError:
+            PARAMIKO_IMPORT_ERROR = traceback.format_exc()
+            raise MissingDependencyError("paramiko", "SFTP repositories", PARAMIKO_IMPORT_ERROR) from None
+        paramiko = _paramiko
+    return paramiko
+
+TMP_MARK = ".tmp-"
+
+
+class ObjectWriter(abc.ABC):
+    """A streamed write of one object; invisible under its name until commit()."""
+
+    @abc.abstractmethod
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append data. Raises BackendError."""
+
+    @abc.abstractmethod
+    def commit(self) -> None:
+        """Flush to stable storage and publish under the final name. Raises BackendError."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Drop the temporary object. Never raises."""
+
+
+class Backend(abc.ABC):
+    """One repository location."""
+
+    #: A human-readable location without secrets, used in messages.
+    location: str
+
+    @abc.abstractmethod
+    def read(self, name: str) -> bytes:
+        """Return the whole object. Raises FileNotFoundError if absent, BackendError on I/O errors."""
+
+    @abc.abstractmethod
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        """Return ``length`` bytes at ``offset``. Raises FileNotFoundError or BackendError."""
+
+    @abc.abstractmethod
+    def open_writer(self, name: str) -> ObjectWriter:
+        """Start a streamed atomic write of ``name``."""
+
+    def write_atomic(self, name: str, data: bytes) -> None:
+        """Write a whole object atomically and durably."""
+        writer = self.open_writer(name)
+        try:
+            writer.write(data)
+            writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+
+    @abc.abstractmethod
+    def list(self, directory: str) -> list[tuple[str, int]]:
+        """Return (name, size) of every object below ``directory`` (recursive), temporaries included."""
+
+    @abc.abstractmethod
+    def delete(self, name: str) -> None:
+        """Delete an object; a missing object is not an error."""
+
+    @abc.abstractmethod
+    def exists(self, name: str) -> bool:
+        """Tell whether an object exists."""
+
+    @abc.abstractmethod
+    def size(self, name: str) -> int:
+        """Return the size of an object. Raises FileNotFoundError if absent."""
+
+    @abc.abstractmethod
+    def make_dirs(self, directories: t.Iterable[str]) -> None:
+        """Create the repository's directories (no-op on object stores)."""
+
+    def local_path(self, name: str) -> str | None:
+        """Return a filesystem path for ``name`` when the backend is local, else None."""
+        return None
+
+    def close(self) -> None:
+        """Release connections and cached handles."""
+
+    def __enter__(self) -> "Backend":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.location}>"
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class _LocalWriter(ObjectWriter):
+    def __init__(self, backend: "LocalBackend", name: str) -> None:
+        self._final = backend._path(name)
+        directory = os.path.dirname(self._final)
+        self._dir = directory
+        self._tmp = f"{self._final}{TMP_MARK}{secrets.token_hex(6)}"
+        try:
+            self._fd: int | None = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileNotFoundError:
+            os.makedirs(directory, exist_ok=True)
+            self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise BackendError(f"Cannot create '{self._tmp}': {exc.strerror}. Check permissions and free space.") from exc
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._fd is None:
+            raise BackendError("write after commit/abort")
+        view = memoryview(data)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError as exc:
+            raise BackendError(f"Cannot write '{self._tmp}': {exc.strerror}. Check free space on the repository.") from exc
+
+    def commit(self) -> None:
+        if self._fd is None:
+            raise BackendError("commit after commit/abort")
+        try:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+            os.rename(self._tmp, self._final)
+        except OSError as exc:
+            self.abort()
+            raise BackendError(f"Cannot store '{self._final}': {exc.strerror}.") from exc
+        _fsync_dir(self._dir)
+
+    def abort(self) -> None:
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+        try:
+            os.unlink(self._tmp)
+        except OSError:
+            pass
+
+
+class LocalBackend(Backend):
+    """A repository in a local directory (or a mounted filesystem)."""
+
+    def __init__(self, path: str) -> None:
+        self.root = os.path.abspath(path)
+        self.location = self.root
+        self._fds: dict[str, int] = {}
+
+    def _path(self, name: str) -> str:
+        if name.startswith("/") or ".." in name.split("/"):
+            raise InvalidArgumentError(f"Invalid object name '{name}'.")
+        return os.path.join(self.root, *name.split("/"))
+
+    def local_path(self, name: str) -> str | None:
+        return self._path(name)
+
+    def read(self, name: str) -> bytes:
+        try:
+            with open(self._path(name), "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise BackendError(f"Cannot read '{self._path(name)}': {exc.strerror}.") from exc
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        fd = self._fds.get(name)
+        try:
+            if fd is None:
+                if len(self._fds) > 64:
+                    self._close_fds()
+                fd = os.open(self._path(name), os.O_RDONLY)
+                self._fds[name] = fd
+            data = os.pread(fd, length, offset)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise BackendError(f"Cannot read '{self._path(name)}': {exc.strerror}.") from exc
+        if len(data) != length:
+            raise BackendError(
+                f"Short read of '{self._path(name)}' at offset {offset}: wanted {length} bytes, got {len(data)}. "
+                "The file is truncated; run verify and restore from another backup."
+            )
+        return data
+
+    def open_writer(self, name: str) -> ObjectWriter:
+        return _LocalWriter(self, name)
+
+    def list(self, directory: str) -> list[tuple[str, int]]:
+        base = self._path(directory)
+        found: list[tuple[str, int]] = []
+        for dirpath, _dirs, files in os.walk(base):
+            rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+            for filename in files:
+                try:
+                    size = os.stat(os.path.join(dirpath, filename)).st_size
+                except FileNotFoundError:
+                    continue
+                found.append((f"{rel}/{filename}", size))
+        found.sort()
+        return found
+
+    def delete(self, name: str) -> None:
+        fd = self._fds.pop(name, None)
+        if fd is not None:
+            os.close(fd)
+        try:
+            os.unlink(self._path(name))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise BackendError(f"Cannot delete '{self._path(name)}': {exc.strerror}.") from exc
+
+    def exists(self, name: str) -> bool:
+        return os.path.exists(self._path(name))
+
+    def size(self, name: str) -> int:
+        return os.stat(self._path(name)).st_size
+
+    def make_dirs(self, directories: t.Iterable[str]) -> None:
+        try:
+            os.makedirs(self.root, exist_ok=True)
+            for directory in directories:
+                os.makedirs(self._path(directory), exist_ok=True)
+        except OSError as exc:
+            raise BackendError(f"Cannot create the repository directory '{self.root}': {exc.strerror}.") from exc
+        _fsync_dir(self.root)
+        _fsync_dir(os.path.dirname(self.root))
+
+    def _close_fds(self) -> None:
+        for fd in self._fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds.clear()
+
+    def close(self) -> None:
+        self._close_fds()
+
+
+# --------------------------------------------------------------------------- SFTP
+
+HOST_KEY_POLICIES = ("strict", "accept_new")
+
+
+class _SFTPWriter(ObjectWriter):
+    def __init__(self, backend: "SFTPBackend", name: str) -> None:
+        self._backend = backend
+        self._final = backend._path(name)
+        self._tmp = f"{self._final}{TMP_MARK}{secrets.token_hex(6)}"
+        sftp = backend._sftp()
+        try:
+            self._file: t.Any = sftp.open(self._tmp, "wbx")
+        except IOError as exc:
+            if getattr(exc, "errno", None) == errno.ENOENT:
+                backend._mkdirs(os.path.dirname(self._final))
+                self._file = sftp.open(self._tmp, "wbx")
+            else:
+                raise BackendError(f"Cannot create '{self._tmp}' on {backend.location}: {exc}.") from exc
+        self._file.set_pipelined(True)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        try:
+            self._file.write(bytes(data))
+        except (IOError, OSError, socket.error) as exc:
+            raise BackendError(f"Cannot write '{self._tmp}' on {self._backend.location}: {exc}.") from exc
+
+    def commit(self) -> None:
+        sftp = self._backend._sftp()
+        try:
+            self._file.flush()
+            try:
+                sftp._request(paramiko.sftp.CMD_EXTENDED, "fsync@openssh.com", self._file.handle)
+            except IOError:
+                # Servers without the fsync extension still rename atomically; durability then
+                # depends on the server's own flushing.
+                pass
+            self._file.close()
+            self._file = None
+            sftp.posix_rename(self._tmp, self._final)
+        except (IOError, OSError, socket.error) as exc:
+            self.abort()
+            raise BackendError(f"Cannot store '{self._final}' on {self._backend.location}: {exc}.") from exc
+
+    def abort(self) -> None:
+        try:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+            self._backend._sftp().remove(self._tmp)
+        except Exception:  # pylint: disable=broad-except  # abort must never raise
+            pass
+
+
+class SFTPBackend(Backend):
+    """A repository on an SFTP server (paramiko), host key checked."""
+
+    def __init__(
+        self,
+        host: str,
+        path: str,
+        username: str | None = None,
+        port: int = 22,
+        password: str | None = None,
+        key_filename: str | None = None,
+        known_hosts: str | None = None,
+        host_key_policy: str = "strict",
+        timeout: float = 30.0,
+    ) -> None:
+        _require_paramiko()
+        if host_key_policy not in HOST_KEY_POLICIES:
+            raise InvalidArgumentError(
+                f"host_key_policy must be one of {', '.join(HOST_KEY_POLICIES)}, not '{host_key_policy}'."
+            )
+        self.host = host
+        self.port = port
+        self.username = username
+        self.root = path.rstrip("/") or "/"
+        self.location = f"sftp://{username + '@' if username else ''}{host}:{port}{self.root}"
+        self._password = password
+        self._key_filename = key_filename
+        self._known_hosts = known_hosts
+        self._policy = host_key_policy
+        self._timeout = timeout
+        self._client: t.Any = None
+        self._sftp_client: t.Any = None
+        self._handles: dict[str, t.Any] = {}
+        self._connect()
+
+    def __repr__(self) -> str:
+        return f"<SFTPBackend {self.location}>"
+
+    def _connect(self) -> None:
+        client = paramiko.SSHClient()
+        known = self._known_hosts or os.path.expanduser("~/.ssh/known_hosts")
+        try:
+            if os.path.exists(known):
+                client.load_host_keys(known)
+        except (IOError, paramiko.SSHException) as exc:
+            raise HostKeyError(f"Cannot read the known_hosts file '{known}': {exc}.") from exc
+        if self._policy == "accept_new":
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        else:
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            client.connect(
+                self.host,
+                port=self.port,
+                username=self.username,
+                password=self._password,
+                key_filename=self._key_filename,
+                timeout=self._timeout,
+                allow_agent=False,
+                look_for_keys=self._key_filename is None and self._password is None,
+            )
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise HostKeyError(
+                f"The host key of {self.host}:{self.port} does not match the one in '{known}'. This may be an "
+                "attack or a reinstalled server; verify the server's fingerprint and update known_hosts."
+            ) from exc
+        except paramiko.SSHException as exc:
+            client.close()
+            if "not found in known_hosts" in str(exc):
+                raise HostKeyError(
+                    f"The host key of {self.host}:{self.port} is unknown (not in '{known}'). Add it after checking "
+                    f"its fingerprint (ssh-keyscan -p {self.port} {self.host} >> {known}), or pass "
+                    "host_key_policy='accept_new' to trust it on first use."
+                ) from exc
+            raise BackendError(f"SSH connection to {self.host}:{self.port} failed: {exc}.") from exc
+        except (OSError, socket.error) as exc:
+            client.close()
+            raise BackendError(
+                f"Cannot connect to {self.host}:{self.port}: {exc}. Check the host, port and firewall."
+            ) from exc
+        if self._policy == "accept_new" and self._known_hosts:
+            try:
+                client.save_host_keys(self._known_hosts)
+            except IOError:
+                pass
+        self._client = client
+        self._sftp_client = client.open_sftp()
+
+    def _sftp(self) -> t.Any:
+        return self._sftp_client
+
+    def _path(self, name: str) -> str:
+        if name.startswith("/") or ".." in name.split("/"):
+            raise InvalidArgumentError(f"Invalid object name '{name}'.")
+        return f"{self.root}/{name}"
+
+    def _mkdirs(self, path: str) -> None:
+        sftp = self._sftp()
+        parts = [p for p in path.split("/") if p]
+        current = "/" if path.startswith("/") else ""
+        for part in parts:
+            current = f"{current}{part}" if current.endswith("/") or not current else f"{current}/{part}"
+            try:
+                sftp.stat(current)
+            except IOError:
+                try:
+                    sftp.mkdir(current)
+                except IOError as exc:
+                    try:
+                        sftp.stat(current)
+                    except IOError:
+                        raise BackendError(f"Cannot create '{current}' on {self.location}: {exc}.") from exc
+
+    def read(self, name: str) -> bytes:
+        try:
+            with self._sftp().open(self._path(name), "rb") as handle:
+                handle.prefetch()
+                return handle.read()
+        except IOError as exc:
+            if getattr(exc, "errno", None) == errno.ENOENT:
+                raise FileNotFoundError(name) from exc
+            raise BackendError(f"Cannot read '{name}' on {self.location}: {exc}.") from exc
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        try:
+            handle = self._handles.get(name)
+            if handle is None:
+                if len(self._handles) > 16:
+                    self._close_handles()
+                handle = self._sftp().open(self._path(name), "rb")
+                self._handles[name] = handle
+            handle.seek(offset)
+            data = handle.read(length)
+        except IOError as exc:
+            if getattr(exc, "errno", None) == errno.ENOENT:
+                raise FileNotFoundError(name) from exc
+            raise BackendError(f"Cannot read '{name}' on {self.location}: {exc}.") from exc
+        if len(data) != length:
+            raise BackendError(
+                f"Short read of '{name}' on {self.location} at offset {offset}: wanted {length} bytes, got "
+                f"{len(data)}. The file is truncated; run verify and restore from another backup."
+            )
+        return data
+
+    def open_writer(self, name: str) -> ObjectWriter:
+        return _SFTPWriter(self, name)
+
+    def list(self, directory: str) -> list[tuple[str, int]]:
+        found: list[tuple[str, int]] = []
+        sftp = self._sftp()
+
+        def walk(rel: str) -> None:
+            try:
+                entries = sftp.listdir_attr(self._path(rel))
+            except IOError as exc:
+                if getattr(exc, "errno", None) == errno.ENOENT:
+                    return
+                raise BackendError(f"Cannot list '{rel}' on {self.location}: {exc}.") from exc
+            for entry in entries:
+                child = f"{rel}/{entry.filename}"
+                if entry.st_mode is not None and stat_mod.S_ISDIR(entry.st_mode):
+                    walk(child)
+                else:
+                    found.append((child, int(entry.st_size or 0)))
+
+        walk(directory)
+        found.sort()
+        return found
+
+    def delete(self, name: str) -> None:
+        handle = self._handles.pop(name, None)
+        if handle is not None:
+            handle.close()
+        try:
+            self._sftp().remove(self._path(name))
+        except IOError as exc:
+            if getattr(exc, "errno", None) == errno.ENOENT:
+                return
+            raise BackendError(f"Cannot delete '{name}' on {self.location}: {exc}.") from exc
+
+    def exists(self, name: str) -> bool:
+        try:
+            self._sftp().stat(self._path(name))
+            return True
+        except IOError:
+            return False
+
+    def size(self, name: str) -> int:
+        try:
+            return int(self._sftp().stat(self._path(name)).st_size or 0)
+        except IOError as exc:
+            raise FileNotFoundError(name) from exc
+
+    def make_dirs(self, directories: t.Iterable[str]) -> None:
+        self._mkdirs(self.root)
+        for directory in directories:
+            self._mkdirs(self._path(directory))
+
+    def _close_handles(self) -> None:
+        for handle in self._handles.values():
+            try:
+                handle.close()
+            except IOError:
+                pass
+        self._handles.clear()
+
+    def close(self) -> None:
+        self._close_handles()
+        if self._sftp_client is not None:
+            self._sftp_client.close()
+            self._sftp_client = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+def open_backend(url_or_path: str, **options: t.Any) -> Backend:
+    """Open a backend from ``/path``, ``file:///path`` or ``sftp://user@host[:port]/path``.
+
+    SFTP options: ``key_filename``, ``password``, ``known_hosts``, ``host_key_policy``
+    (``strict`` by default: unknown host keys are refused), ``timeout``.
+    Raises InvalidArgumentError for unknown schemes or options, BackendError/HostKeyError on connect.
+    """
+    parsed = urllib.parse.urlsplit(url_or_path)
+    if parsed.scheme in ("", "file"):
+        if options:
+            raise InvalidArgumentError(f"Local repositories take no options, got: {', '.join(sorted(options))}.")
+        path = parsed.path if parsed.scheme == "file" else url_or_path
+        if not path:
+            raise InvalidArgumentError("The repository path is empty.")
+        return LocalBackend(path)
+    if parsed.scheme == "sftp":
+        allowed = {"key_filename", "password", "known_hosts", "host_key_policy", "timeout"}
+        unknown = set(options) - allowed
+        if unknown:
+            raise InvalidArgumentError(
+                f"Unknown SFTP option(s): {', '.join(sorted(unknown))}. Allowed: {', '.join(sorted(allowed))}."
+            )
+        if not parsed.hostname:
+            raise InvalidArgumentError(f"The SFTP URL '{url_or_path}' has no host; use sftp://user@host[:port]/path.")
+        password = options.pop("password", None) or (
+            urllib.parse.unquote(parsed.password) if parsed.password else None
+        )
+        return SFTPBackend(
+            host=parsed.hostname,
+            port=parsed.port or 22,
+            username=urllib.parse.unquote(parsed.username) if parsed.username else None,
+            path=urllib.parse.unquote(parsed.path) or "/",
+            password=password,
+            **options,
+        )
+    raise InvalidArgumentError(
+        f"Unsupported repository URL scheme '{parsed.scheme}'. Use a local path or sftp://user@host[:port]/path."
+    )

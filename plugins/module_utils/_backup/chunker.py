@@ -1,0 +1,179 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright (c) 2026 vmsafe.protect contributors
+"""Fixed-size, offset-aligned chunking of disk extents.
+
+PRIVATE to this collection; no compatibility guarantees.
+
+A disk source is a sorted sequence of non-overlapping extents ``(offset, length, data)``
+where ``data`` is a bytes-like object of ``length`` bytes or a reader with
+``readinto()`` positioned at the extent's first byte. Chunk ``i`` covers disk bytes
+``[i*chunk_size, (i+1)*chunk_size)``, so a changed-block extent maps to the chunks it
+overlaps. Chunks completely covered by extents are emitted as FULL; chunks only partly
+covered are emitted as PARTIAL with the covered intervals, and the repository fills
+the rest from the parent backup (or zeros). Buffers come from a bounded pool so memory
+stays flat whatever the disk size.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import typing as t
+
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors import InvalidArgumentError
+
+Extent = tuple[int, int, t.Any]
+
+FULL = 0
+PARTIAL = 1
+
+
+class BufferPool:
+    """A fixed number of reusable chunk buffers; get() blocks when all are in use."""
+
+    def __init__(self, count: int, size: int) -> None:
+        self.size = size
+        self._free: "queue.Queue[bytearray]" = queue.Queue()
+        for _ in range(count):
+            self._free.put(bytearray(size))
+
+    def get(self) -> bytearray:
+        return self._free.get()
+
+    def put(self, buf: bytearray) -> None:
+        if len(buf) == self.size:
+            self._free.put(buf)
+
+
+class ChunkPiece(t.NamedTuple):
+    """A chunk ready for the pipeline."""
+
+    kind: int  # FULL or PARTIAL
+    index: int
+    buf: bytearray  # pool buffer, first ``length`` bytes meaningful (PARTIAL: only the covered intervals)
+    length: int
+    intervals: tuple[tuple[int, int], ...]  # PARTIAL: covered (start, end) relative to the chunk
+
+
+class FileRange:
+    """A reader over ``[offset, offset+length)`` of an open file descriptor (uses pread)."""
+
+    def __init__(self, fd: int, offset: int) -> None:
+        self._fd = fd
+        self._pos = offset
+
+    def readinto(self, buf: t.Any) -> int:
+        count = os.preadv(self._fd, [buf], self._pos)
+        self._pos += count
+        return count
+
+
+def file_extents(fd: int, size: int | None = None, skip_holes: bool = True) -> t.Iterator[Extent]:
+    """Yield the data extents of an open image file, skipping holes (SEEK_DATA/SEEK_HOLE).
+
+    Reading holes would only produce zero chunks, which are stored as holes anyway.
+    """
+    if size is None:
+        size = os.fstat(fd).st_size
+    if not skip_holes or not hasattr(os, "SEEK_DATA"):
+        if size:
+            yield (0, size, FileRange(fd, 0))
+        return
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:
+            return  # no more data: the rest is a hole
+        if start >= size:
+            return
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        yield (start, end - start, FileRange(fd, start))
+        pos = end
+
+
+def _fill(reader: t.Any, view: memoryview) -> None:
+    while view:
+        count = reader.readinto(view)
+        if not count:
+            raise InvalidArgumentError("A disk source ended before the length its extent announced.")
+        view = view[count:]
+
+
+def iter_chunks(
+    extents: t.Iterable[Extent],
+    size: int,
+    chunk_size: int,
+    pool: BufferPool,
+    disk_name: str = "",
+) -> t.Iterator[ChunkPiece]:
+    """Cut sorted extents into ChunkPieces in ascending chunk order.
+
+    Raises InvalidArgumentError for unsorted, overlapping or out-of-range extents.
+    """
+    cur_index = -1
+    cur_buf: bytearray | None = None
+    cur_len = 0
+    intervals: list[tuple[int, int]] = []
+    last_end = 0
+
+    def flush() -> ChunkPiece | None:
+        if cur_buf is None:
+            return None
+        merged: list[tuple[int, int]] = []
+        for start, end in intervals:
+            if merged and merged[-1][1] == start:
+                merged[-1] = (merged[-1][0], end)
+            else:
+                merged.append((start, end))
+        if merged == [(0, cur_len)]:
+            return ChunkPiece(FULL, cur_index, cur_buf, cur_len, ())
+        return ChunkPiece(PARTIAL, cur_index, cur_buf, cur_len, tuple(merged))
+
+    for offset, length, data in extents:
+        if length == 0:
+            continue
+        if offset < last_end or length < 0:
+            raise InvalidArgumentError(
+                f"Extents of disk '{disk_name}' must be sorted by offset and must not overlap "
+                f"(extent at {offset} starts before {last_end})."
+            )
+        if offset + length > size:
+            raise InvalidArgumentError(
+                f"An extent of disk '{disk_name}' ({offset}+{length}) ends beyond the disk size {size}."
+            )
+        last_end = offset + length
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            source: memoryview | None = memoryview(data).cast("B")
+            if len(source) != length:
+                raise InvalidArgumentError(
+                    f"An extent of disk '{disk_name}' at {offset} announces {length} bytes but carries {len(source)}."
+                )
+            reader = None
+        else:
+            source = None
+            reader = data
+        pos = offset
+        consumed = 0
+        while pos < last_end:
+            index = pos // chunk_size
+            chunk_start = index * chunk_size
+            clen = min(chunk_size, size - chunk_start)
+            rel = pos - chunk_start
+            count = min(clen - rel, last_end - pos)
+            if index != cur_index:
+                piece = flush()
+                if piece is not None:
+                    yield piece
+                cur_index, cur_buf, cur_len, intervals = index, pool.get(), clen, []
+            target = memoryview(cur_buf)[rel : rel + count]  # type: ignore[index]
+            if source is not None:
+                target[:] = source[consumed : consumed + count]
+            else:
+                _fill(reader, target)
+            intervals.append((rel, rel + count))
+            pos += count
+            consumed += count
+    piece = flush()
+    if piece is not None:
+        yield piece

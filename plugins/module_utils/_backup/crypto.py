@@ -1,0 +1,356 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright (c) 2026 vmsafe.protect contributors
+"""Keys, chunk ids, compression and authenticated encryption of blobs.
+
+PRIVATE to this collection; no compatibility guarantees.
+
+A repository has one random 64-byte master key (32 bytes AES-256-GCM key, 32 bytes
+id key). It is stored in the key file wrapped with AES-256-GCM under a key derived
+from the passphrase (Argon2id, or scrypt where Argon2id is unavailable). Chunk ids are
+HMAC-SHA256(id key, SHA-256(plaintext)), so the storage never sees plain content hashes.
+With ``encryption: none`` the id is SHA-256(plaintext) and blobs are stored in clear.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import threading
+import traceback
+import typing as t
+
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors import (
+    CorruptMetadataError,
+    IntegrityError,
+    InvalidArgumentError,
+    MissingDependencyError,
+    PassphraseRequiredError,
+    RepositoryFormatError,
+    WrongPassphraseError,
+)
+
+try:
+    import zstandard
+except ImportError:  # pragma: no cover - exercised by ansible-test import sanity
+    zstandard = None
+    ZSTD_IMPORT_ERROR: str | None = traceback.format_exc()
+else:
+    ZSTD_IMPORT_ERROR = None
+
+try:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+except ImportError:  # pragma: no cover - exercised by ansible-test import sanity
+    AESGCM = None
+    Scrypt = None
+    InvalidTag = Exception
+    CRYPTOGRAPHY_IMPORT_ERROR: str | None = traceback.format_exc()
+else:
+    CRYPTOGRAPHY_IMPORT_ERROR = None
+
+try:
+    from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+except ImportError:  # pragma: no cover - older cryptography
+    Argon2id = None
+
+ENCRYPTIONS = ("aes-256-gcm", "none")
+NONCE_SIZE = 12
+TAG_SIZE = 16
+#: flag byte stored in front of every blob (also authenticated as AAD)
+FLAG_RAW = 0
+FLAG_ZSTD = 1
+BLOB_OVERHEAD_GCM = 1 + NONCE_SIZE + TAG_SIZE
+BLOB_OVERHEAD_NONE = 1
+
+#: Default KDF parameters. Memory is kept modest because peak RSS matters on
+#: hypervisor hosts; the parameters are stored in the key file, so they can be raised.
+DEFAULT_ARGON2 = {"name": "argon2id", "iterations": 3, "lanes": 1, "memory_kib": 32768}
+DEFAULT_SCRYPT = {"name": "scrypt", "n": 32768, "r": 8, "p": 1}
+KEY_FILE_VERSION = 1
+
+
+def require_zstd() -> t.Any:
+    """Return the zstandard module or raise MissingDependencyError."""
+    if zstandard is None:
+        raise MissingDependencyError("zstandard", "compression of backup data", ZSTD_IMPORT_ERROR)
+    return zstandard
+
+
+def require_cryptography() -> None:
+    """Raise MissingDependencyError when cryptography is missing."""
+    if AESGCM is None:
+        raise MissingDependencyError("cryptography", "encrypted backup repositories", CRYPTOGRAPHY_IMPORT_ERROR)
+
+
+def default_kdf() -> dict[str, t.Any]:
+    """Return default KDF parameters: Argon2id when available, else scrypt."""
+    return dict(DEFAULT_ARGON2) if Argon2id is not None else dict(DEFAULT_SCRYPT)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+def derive_key(passphrase: str, kdf: t.Mapping[str, t.Any], salt: bytes) -> bytes:
+    """Derive the 32-byte wrapping key. Raises RepositoryFormatError for unknown KDFs."""
+    require_cryptography()
+    secret = passphrase.encode("utf-8")
+    name = kdf.get("name")
+    if name == "argon2id":
+        if Argon2id is None:
+            raise MissingDependencyError("cryptography>=44", "Argon2id key derivation")
+        return Argon2id(
+            salt=salt,
+            length=32,
+            iterations=int(kdf["iterations"]),
+            lanes=int(kdf["lanes"]),
+            memory_cost=int(kdf["memory_kib"]),
+        ).derive(secret)
+    if name == "scrypt":
+        return Scrypt(salt=salt, length=32, n=int(kdf["n"]), r=int(kdf["r"]), p=int(kdf["p"])).derive(secret)
+    raise RepositoryFormatError(f"The key file uses an unknown key derivation '{name}'; upgrade vmsafe.protect.")
+
+
+class KeyMaterial:
+    """The repository master key. Its repr never shows the key."""
+
+    __slots__ = ("enc_key", "id_key")
+
+    def __init__(self, enc_key: bytes, id_key: bytes) -> None:
+        self.enc_key = enc_key
+        self.id_key = id_key
+
+    @classmethod
+    def generate(cls) -> "KeyMaterial":
+        return cls(os.urandom(32), os.urandom(32))
+
+    def __repr__(self) -> str:
+        return "<KeyMaterial (hidden)>"
+
+
+def wrap_key(key: KeyMaterial, passphrase: str, kdf: t.Mapping[str, t.Any] | None = None) -> bytes:
+    """Return the key file content (JSON) protecting ``key`` with ``passphrase``."""
+    require_cryptography()
+    if not passphrase:
+        raise InvalidArgumentError("An encrypted repository needs a non-empty passphrase.")
+    params = dict(kdf or default_kdf())
+    salt = os.urandom(16)
+    wrapping = derive_key(passphrase, params, salt)
+    nonce = os.urandom(NONCE_SIZE)
+    sealed = AESGCM(wrapping).encrypt(nonce, key.enc_key + key.id_key, b"vmsafe-key-v1")
+    doc = {
+        "version": KEY_FILE_VERSION,
+        "kdf": dict(params, salt=_b64(salt)),
+        "cipher": "aes-256-gcm",
+        "nonce": _b64(nonce),
+        "wrapped_key": _b64(sealed),
+    }
+    return json.dumps(doc, indent=1, sort_keys=True).encode("utf-8")
+
+
+def unwrap_key(content: bytes, passphrase: str | None, location: str) -> KeyMaterial:
+    """Open the key file. Raises WrongPassphraseError, PassphraseRequiredError, RepositoryFormatError."""
+    require_cryptography()
+    if not passphrase:
+        raise PassphraseRequiredError(
+            f"The repository at {location} is encrypted; give its passphrase (option passphrase)."
+        )
+    try:
+        doc = json.loads(content.decode("utf-8"))
+        kdf = dict(doc["kdf"])
+        salt = _unb64(kdf.pop("salt"))
+        nonce = _unb64(doc["nonce"])
+        sealed = _unb64(doc["wrapped_key"])
+        if doc.get("version") != KEY_FILE_VERSION:
+            raise RepositoryFormatError(
+                f"The key file of {location} has version {doc.get('version')}; this engine reads version "
+                f"{KEY_FILE_VERSION}. Upgrade vmsafe.protect."
+            )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptMetadataError(
+            f"The key file 'keys/repokey' of {location} is damaged ({type(exc).__name__}). Restore it from a copy "
+            "of the repository; without it the backups cannot be decrypted."
+        ) from exc
+    wrapping = derive_key(passphrase, kdf, salt)
+    try:
+        plain = AESGCM(wrapping).decrypt(nonce, sealed, b"vmsafe-key-v1")
+    except InvalidTag:
+        raise WrongPassphraseError(
+            f"Wrong passphrase for the repository at {location}: it does not unlock the repository key. "
+            "Use the passphrase given when the repository was created (check for a changed vault variable)."
+        ) from None
+    return KeyMaterial(plain[:32], plain[32:64])
+
+
+class BlobCodec:
+    """Compresses, encrypts, authenticates and identifies blobs. Thread-safe.
+
+    On storage a blob is ``flag(1) | nonce(12) | AES-256-GCM ciphertext+tag`` with
+    AAD = ``flag | blob type | blob id``; with ``encryption: none`` it is
+    ``flag(1) | payload``. The flag says whether the payload is zstd-compressed.
+    """
+
+    def __init__(self, key: KeyMaterial | None, compression_level: int, max_plain_size: int) -> None:
+        require_zstd()
+        if key is not None:
+            require_cryptography()
+            self._aes: t.Any = AESGCM(key.enc_key)
+            self._id_key: bytes | None = key.id_key
+        else:
+            self._aes = None
+            self._id_key = None
+        self.encrypted = key is not None
+        self.overhead = BLOB_OVERHEAD_GCM if self.encrypted else BLOB_OVERHEAD_NONE
+        self.level = compression_level
+        self.max_plain_size = max_plain_size
+        self._local = threading.local()
+
+    def __repr__(self) -> str:
+        return f"<BlobCodec encrypted={self.encrypted} level={self.level}>"
+
+    # -- ids
+    def chunk_id(self, plain_sha256: bytes) -> bytes:
+        """Return the storage id of a blob whose plaintext has SHA-256 ``plain_sha256``."""
+        if self._id_key is None:
+            return plain_sha256
+        return hmac.new(self._id_key, plain_sha256, hashlib.sha256).digest()
+
+    def hash_and_id(self, data: bytes | bytearray | memoryview) -> tuple[bytes, bytes]:
+        """Return (sha256(plaintext), id)."""
+        digest = hashlib.sha256(data).digest()
+        return digest, self.chunk_id(digest)
+
+    # -- per-thread contexts
+    def _cctx(self) -> t.Any:
+        cctx = getattr(self._local, "cctx", None)
+        if cctx is None:
+            cctx = self._local.cctx = zstandard.ZstdCompressor(level=self.level, write_checksum=False)
+        return cctx
+
+    def _dctx(self) -> t.Any:
+        dctx = getattr(self._local, "dctx", None)
+        if dctx is None:
+            dctx = self._local.dctx = zstandard.ZstdDecompressor()
+        return dctx
+
+    def _out(self, size: int) -> bytearray:
+        buf = getattr(self._local, "out", None)
+        if buf is None or len(buf) < size:
+            buf = self._local.out = bytearray(max(size, self.max_plain_size + 1024))
+        return buf
+
+    def _worth_compressing(self, data: bytes | bytearray | memoryview) -> bool:
+        """Probe 4 KiB from the middle at level 1: random (incompressible) data is stored raw.
+
+        Disk images hold much encrypted or already-compressed data; compressing it at the
+        configured level costs CPU for nothing.
+        """
+        size = len(data)
+        if size < 16384:
+            return True
+        probe = getattr(self._local, "probe", None)
+        if probe is None:
+            probe = self._local.probe = zstandard.ZstdCompressor(level=1, write_checksum=False,
+                                                                 write_content_size=False)
+        mid = (size // 2) & ~4095
+        sample = memoryview(data)[mid : mid + 4096]
+        return len(probe.compress(sample)) < 4000
+
+    # -- seal / open
+    def seal(self, blob_type: int, blob_id: bytes, data: bytes | bytearray | memoryview) -> bytearray:
+        """Compress (when it helps) and encrypt ``data``; return the stored blob."""
+        compressed = None
+        if self.level > 0 and self._worth_compressing(data):
+            compressed = self._cctx().compress(data)
+        if compressed is not None and len(compressed) < len(data) - 64:
+            flag, payload = FLAG_ZSTD, compressed
+        else:
+            flag, payload = FLAG_RAW, data
+        size = len(payload) + self.overhead
+        blob = bytearray(size)
+        blob[0] = flag
+        if self._aes is None:
+            blob[1:] = payload
+            return blob
+        nonce = os.urandom(NONCE_SIZE)
+        blob[1 : 1 + NONCE_SIZE] = nonce
+        aad = bytes((flag, blob_type)) + blob_id
+        self._aes.encrypt_into(nonce, payload, aad, memoryview(blob)[1 + NONCE_SIZE :])
+        return blob
+
+    def open(self, blob_type: int, blob_id: bytes, blob: bytes | memoryview, expected_size: int | None = None) -> bytes:
+        """Decrypt, decompress and check a stored blob; return the plaintext.
+
+        Raises IntegrityError when authentication, decompression or the id check fails.
+        """
+        view = memoryview(blob)
+        if len(view) < self.overhead:
+            raise IntegrityError("blob too short")
+        flag = view[0]
+        if flag not in (FLAG_RAW, FLAG_ZSTD):
+            raise IntegrityError(f"unknown blob flag {flag}")
+        if self._aes is not None:
+            nonce = bytes(view[1 : 1 + NONCE_SIZE])
+            body = view[1 + NONCE_SIZE :]
+            out = self._out(len(body))
+            plain_len = len(body) - TAG_SIZE
+            try:
+                self._aes.decrypt_into(nonce, body, bytes((flag, blob_type)) + blob_id, memoryview(out)[:plain_len])
+            except InvalidTag:
+                raise IntegrityError("authentication tag mismatch (data modified or from another repository)") from None
+            payload: memoryview = memoryview(out)[:plain_len]
+        else:
+            payload = view[1:]
+        if flag == FLAG_ZSTD:
+            try:
+                limit = expected_size if expected_size is not None else self.max_plain_size * 4 + (1 << 20)
+                plain = self._dctx().decompress(payload, max_output_size=limit)
+            except zstandard.ZstdError as exc:
+                raise IntegrityError(f"decompression failed ({exc})") from None
+        else:
+            plain = bytes(payload)
+        if expected_size is not None and len(plain) != expected_size:
+            raise IntegrityError(f"wrong length {len(plain)}, expected {expected_size}")
+        digest = hashlib.sha256(plain).digest()
+        if not hmac.compare_digest(self.chunk_id(digest), blob_id):
+            raise IntegrityError("content does not match its id")
+        return plain
+
+    # -- metadata objects (index, manifests, pack headers): whole-object seal
+    def seal_meta(self, context: bytes, data: bytes) -> bytes:
+        """Compress and encrypt a metadata object bound to ``context`` (its name)."""
+        payload = self._cctx().compress(data)
+        if self._aes is None:
+            return b"\x01" + payload + hashlib.sha256(context + payload).digest()
+        nonce = os.urandom(NONCE_SIZE)
+        return b"\x01" + nonce + self._aes.encrypt(nonce, payload, b"meta:" + context)
+
+    def open_meta(self, context: bytes, blob: bytes, what: str) -> bytes:
+        """Inverse of seal_meta. Raises CorruptMetadataError naming ``what``."""
+        try:
+            if len(blob) < 1 or blob[0] != 1:
+                raise IntegrityError("bad header")
+            if self._aes is None:
+                payload, check = blob[1:-32], blob[-32:]
+                if len(blob) < 33 or not hmac.compare_digest(hashlib.sha256(context + payload).digest(), check):
+                    raise IntegrityError("checksum mismatch")
+            else:
+                nonce = blob[1 : 1 + NONCE_SIZE]
+                try:
+                    payload = self._aes.decrypt(nonce, blob[1 + NONCE_SIZE :], b"meta:" + context)
+                except InvalidTag:
+                    raise IntegrityError("authentication tag mismatch") from None
+            return self._dctx().decompressobj().decompress(payload)
+        except (IntegrityError, zstandard.ZstdError) as exc:
+            raise CorruptMetadataError(
+                f"The {what} is damaged ({exc}). Run verify; an index can be rebuilt from the packs "
+                "(rebuild_index), a damaged backup manifest means that backup is lost: restore from another backup."
+            ) from None

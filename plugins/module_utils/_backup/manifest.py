@@ -1,0 +1,250 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright (c) 2026 vmsafe.protect contributors
+"""Backup manifests, per-disk chunk maps and the disk content digest.
+
+PRIVATE to this collection; no compatibility guarantees.
+
+A disk of ``size`` bytes is cut into fixed chunks of ``chunk_size`` bytes aligned to
+disk offsets (the last one may be short). Chunk ``i`` covers ``[i*chunk_size,
+min((i+1)*chunk_size, size))``. The ordered chunk list is stored in *map segments*
+of ``segment_chunks`` consecutive chunks; each segment is a blob (type 1) in a pack.
+Unchanged segments are shared between backups, so an incremental backup stores only
+the segments it touches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import struct
+import typing as t
+
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors import CorruptMetadataError
+
+MAP_MAGIC = b"VMSMAP01"
+MAP_HEAD = struct.Struct("<8sQII")  # magic, first chunk index, chunk size, record count
+RECORD = struct.Struct("<32s32sI")  # id, sha256(plaintext), length (0 = hole)
+MANIFEST_VERSION = 1
+DIGEST_ALGORITHM = "sha256-of-chunk-sha256"
+
+
+def chunk_count(size: int, chunk_size: int) -> int:
+    return (size + chunk_size - 1) // chunk_size
+
+
+def chunk_length(index: int, size: int, chunk_size: int) -> int:
+    return min(chunk_size, size - index * chunk_size)
+
+
+class MapSegment:
+    """Records for chunks ``first .. first+count-1`` in one flat buffer (68 bytes each)."""
+
+    __slots__ = ("first", "count", "chunk_size", "buf")
+
+    def __init__(self, first: int, count: int, chunk_size: int, buf: bytearray | None = None) -> None:
+        self.first = first
+        self.count = count
+        self.chunk_size = chunk_size
+        self.buf = buf if buf is not None else bytearray(count * RECORD.size)
+
+    def get(self, index: int) -> tuple[bytes, bytes, int] | None:
+        """Return (id, sha256, length) of chunk ``index`` (absolute), or None for a hole."""
+        pos = (index - self.first) * RECORD.size
+        blob_id, sha, length = RECORD.unpack_from(self.buf, pos)
+        if length == 0:
+            return None
+        return blob_id, sha, length
+
+    def set(self, index: int, blob_id: bytes, sha: bytes, length: int) -> None:
+        RECORD.pack_into(self.buf, (index - self.first) * RECORD.size, blob_id, sha, length)
+
+    def clear(self, index: int) -> None:
+        pos = (index - self.first) * RECORD.size
+        self.buf[pos : pos + RECORD.size] = bytes(RECORD.size)
+
+    def iter_stored(self) -> t.Iterator[tuple[int, bytes, bytes, int]]:
+        """Yield (absolute index, id, sha256, length) of every non-hole chunk, in order."""
+        buf = self.buf
+        for i in range(self.count):
+            blob_id, sha, length = RECORD.unpack_from(buf, i * RECORD.size)
+            if length:
+                yield self.first + i, blob_id, sha, length
+
+    def encode(self) -> bytes:
+        return MAP_HEAD.pack(MAP_MAGIC, self.first, self.chunk_size, self.count) + bytes(self.buf)
+
+    @classmethod
+    def decode(cls, data: bytes, what: str) -> "MapSegment":
+        if len(data) < MAP_HEAD.size:
+            raise CorruptMetadataError(f"The chunk map {what} is damaged (too short).")
+        magic, first, chunk_size, count = MAP_HEAD.unpack_from(data)
+        if magic != MAP_MAGIC or len(data) != MAP_HEAD.size + count * RECORD.size:
+            raise CorruptMetadataError(f"The chunk map {what} is damaged (bad header).")
+        return cls(first, count, chunk_size, bytearray(data[MAP_HEAD.size :]))
+
+
+class DigestBuilder:
+    """Content digest of a disk: SHA-256 over the SHA-256 of each chunk, in order.
+
+    This can be updated from stored chunk hashes, so incremental backups get the digest
+    of the whole new disk without reading unchanged data. ``disk_digest()`` computes the
+    same value from a file.
+    """
+
+    def __init__(self, size: int, chunk_size: int) -> None:
+        self._h = hashlib.sha256()
+        self._size = size
+        self._chunk_size = chunk_size
+        self._next = 0
+        self._zero_full = hashlib.sha256(bytes(chunk_size)).digest()
+
+    def _zero_sha(self, index: int) -> bytes:
+        length = chunk_length(index, self._size, self._chunk_size)
+        if length == self._chunk_size:
+            return self._zero_full
+        return hashlib.sha256(bytes(length)).digest()
+
+    def holes_until(self, index: int) -> None:
+        """Account for zero chunks from the current position up to ``index`` (exclusive)."""
+        if index <= self._next:
+            return
+        last = chunk_count(self._size, self._chunk_size) - 1
+        full_end = min(index, last)
+        if full_end > self._next:
+            # feed runs of the constant zero-chunk hash in bulk
+            remaining = full_end - self._next
+            block = self._zero_full * min(remaining, 4096)
+            while remaining:
+                n = min(remaining, 4096)
+                self._h.update(block[: n * 32])
+                remaining -= n
+            self._next = full_end
+        while self._next < index:
+            self._h.update(self._zero_sha(self._next))
+            self._next += 1
+
+    def add(self, index: int, sha: bytes) -> None:
+        self.holes_until(index)
+        self._h.update(sha)
+        self._next = index + 1
+
+    def hexdigest(self) -> str:
+        self.holes_until(chunk_count(self._size, self._chunk_size))
+        return self._h.hexdigest()
+
+
+def disk_digest(path: str, chunk_size: int) -> str:
+    """Compute the content digest a manifest stores for a disk, from an image file."""
+    outer = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while True:
+            data = handle.read(chunk_size)
+            if not data:
+                break
+            outer.update(hashlib.sha256(data).digest())
+    return outer.hexdigest()
+
+
+@dataclasses.dataclass
+class DiskRecord:
+    """One disk in a backup."""
+
+    name: str
+    size: int
+    chunk_size: int
+    segment_chunks: int
+    content_digest: str
+    segments: list[str | None]
+    stored_chunks: int = 0
+    zero_chunks: int = 0
+
+    def to_json(self) -> dict[str, t.Any]:
+        return {
+            "name": self.name,
+            "size": self.size,
+            "chunk_size": self.chunk_size,
+            "segment_chunks": self.segment_chunks,
+            "content_digest": {"algorithm": DIGEST_ALGORITHM, "value": self.content_digest},
+            "segments": self.segments,
+            "stored_chunks": self.stored_chunks,
+            "zero_chunks": self.zero_chunks,
+        }
+
+    @classmethod
+    def from_json(cls, doc: t.Mapping[str, t.Any]) -> "DiskRecord":
+        return cls(
+            name=str(doc["name"]),
+            size=int(doc["size"]),
+            chunk_size=int(doc["chunk_size"]),
+            segment_chunks=int(doc["segment_chunks"]),
+            content_digest=str(doc["content_digest"]["value"]),
+            segments=[None if s is None else str(s) for s in doc["segments"]],
+            stored_chunks=int(doc.get("stored_chunks", 0)),
+            zero_chunks=int(doc.get("zero_chunks", 0)),
+        )
+
+
+@dataclasses.dataclass
+class BackupRecord:
+    """A backup as listed by Repository.list(). ``time`` is timezone-aware UTC."""
+
+    id: str
+    vm_name: str
+    time: datetime.datetime
+    disks: list[DiskRecord]
+    tags: dict[str, str] = dataclasses.field(default_factory=dict)
+    parent: str | None = None
+    vm_definition: str = ""
+    stats: dict[str, t.Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        """Total virtual size of all disks."""
+        return sum(d.size for d in self.disks)
+
+    def disk(self, name: str) -> DiskRecord | None:
+        for disk in self.disks:
+            if disk.name == name:
+                return disk
+        return None
+
+    def to_json(self) -> dict[str, t.Any]:
+        return {
+            "version": MANIFEST_VERSION,
+            "id": self.id,
+            "vm_name": self.vm_name,
+            "time": self.time.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "tags": dict(self.tags),
+            "parent": self.parent,
+            "vm_definition": self.vm_definition,
+            "size": self.size,
+            "disks": [d.to_json() for d in self.disks],
+            "stats": dict(self.stats),
+        }
+
+    def encode(self) -> bytes:
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+    @classmethod
+    def decode(cls, data: bytes, what: str) -> "BackupRecord":
+        try:
+            doc = json.loads(data.decode("utf-8"))
+            if doc.get("version") != MANIFEST_VERSION:
+                raise ValueError(f"unsupported manifest version {doc.get('version')}")
+            when = datetime.datetime.strptime(doc["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+                tzinfo=datetime.timezone.utc
+            )
+            return cls(
+                id=str(doc["id"]),
+                vm_name=str(doc["vm_name"]),
+                time=when,
+                disks=[DiskRecord.from_json(d) for d in doc["disks"]],
+                tags={str(k): str(v) for k, v in doc.get("tags", {}).items()},
+                parent=doc.get("parent"),
+                vm_definition=str(doc.get("vm_definition", "")),
+                stats=dict(doc.get("stats", {})),
+            )
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            raise CorruptMetadataError(f"The {what} is damaged ({exc}); that backup cannot be restored.") from None
