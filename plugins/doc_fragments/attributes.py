@@ -43,3 +43,26 @@ attributes:
     membership:
       - vmsafe.protect.vmsafe
 """
+
+    ACTIONGROUP_BACKUP = r"""
+options: {}
+attributes:
+  action_group:
+    description: Use C(group/vmsafe.protect.backup) in C(module_defaults) to set the repository options once.
+    support: full
+    membership:
+      - vmsafe.protect.backup
+"""
+
+    ACTIONGROUP_VMSAFE_BACKUP = r"""
+options: {}
+attributes:
+  action_group:
+    description:
+      - Use C(group/vmsafe.protect.vmsafe) in C(module_defaults) for the connection options, and
+        C(group/vmsafe.protect.backup) for the repository options.
+    support: full
+    membership:
+      - vmsafe.protect.vmsafe
+      - vmsafe.protect.backup
+"""

@@ -39,6 +39,11 @@ class ProviderTask:
         self.now = datetime.datetime.now(datetime.timezone.utc)
         self.partial: dict[str, t.Any] = {}  # returned with fail_json when a step fails
 
+    @classmethod
+    def needs_provider(cls, params: dict[str, t.Any]) -> bool:
+        """Whether the task talks to the hypervisor at all (a restore to image files does not)."""
+        return True
+
     def selector(self) -> VmSelector | None:
         if self.params.get("vm_name") is None and self.params.get("vm_id") is None:
             return None
@@ -51,6 +56,9 @@ class ProviderTask:
 
     def plan(self, changes: ChangeSet) -> None:
         raise NotImplementedError
+
+    def cleanup(self) -> None:
+        """Release what the task opened besides the provider (a repository, a lock); never raises."""
 
     def result(self, changes: ChangeSet) -> dict[str, t.Any]:
         raise NotImplementedError
@@ -71,7 +79,8 @@ def run_module(spec: ArgumentSpec, task_class: type[ProviderTask], **module_kwar
     task: ProviderTask | None = None
     changes = ChangeSet()
     try:
-        provider.connect()
+        if task_class.needs_provider(module.params):
+            provider.connect()
         task = task_class(module, provider)
         task.plan(changes)
         if not module.check_mode:
@@ -90,6 +99,8 @@ def run_module(spec: ArgumentSpec, task_class: type[ProviderTask], **module_kwar
         module.fail_json(msg=f"Unexpected error ({type(exc).__name__}): {exc}", exception=traceback.format_exc(),
                          changed=bool(changes.applied), applied=changes.applied)
     finally:
+        if task is not None:
+            task.cleanup()
         provider.close()
     result["elapsed"] = round(time.monotonic() - started, 3)
     module.exit_json(**result)

@@ -125,9 +125,21 @@ def _io(name: str, command: str, readonly: bool) -> str:
 
 
 def write(name: str, pattern: int, offset: int, length: int) -> None:
+    """Write through QEMU and flush, so that readers of the image file (qemu-img -U) see it too."""
     out = _io(name, f"write -P {pattern:#x} {offset} {length}", readonly=False)
     if f"wrote {length}/{length} bytes" not in out:
         raise RuntimeError(f"write to {name} failed: {out.strip()}")
+    conn = connect()
+    try:
+        dom = _domain(conn, name)
+        if dom.isActive():
+            import libvirt_qemu  # pylint: disable=import-outside-toplevel
+
+            # qemu-io's flush writes QEMU's cached qcow2 metadata to the file; it prints nothing.
+            libvirt_qemu.qemuMonitorCommand(dom, 'qemu-io -d /machine/peripheral/ua-disk0/virtio-backend "flush"',
+                                            libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+    finally:
+        conn.close()
 
 
 def check(name: str, pattern: int, offset: int, length: int) -> bool:

@@ -1138,7 +1138,9 @@ class Repository:
             live = [e for e in entries if e.blob_id in used]
             if not live:
                 delete.append(pack)
-            elif sum(e.length for e in live) < REPACK_THRESHOLD * stored[pack][1]:
+            elif len(live) < len(entries) and sum(e.length for e in live) < REPACK_THRESHOLD * stored[pack][1]:
+                # Only packs that hold garbage: a small pack's header would otherwise make it look half empty
+                # forever, and every prune would rewrite it.
                 repack.append((pack, live))
             else:
                 keep[pack] = entries

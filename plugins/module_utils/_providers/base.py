@@ -12,6 +12,8 @@ from __future__ import annotations
 import abc
 import typing as t
 
+from ansible_collections.vmsafe.protect.plugins.module_utils._errors import UnsupportedOperation
+
 if t.TYPE_CHECKING:  # pragma: no cover
     from ansible_collections.vmsafe.protect.plugins.module_utils._models import (
         ConsolidationStatus,
@@ -81,3 +83,14 @@ class HypervisorProvider(abc.ABC):
     @abc.abstractmethod
     def repair_leftover(self, vm: VmRef, leftover: Leftover, timeout: int) -> None:
         """Merge or drop one leftover found by consolidation_status()."""
+
+    # -- backups (optional: providers that cannot back up keep these defaults) -------------------
+
+    def backup_base(self, vm: VmRef, last: dict[str, t.Any] | None) -> tuple[str | None, str]:
+        """Return (the change-tracking reference to back up from, or None for a full backup, and why)."""
+        raise UnsupportedOperation(f"Backups are not supported on {self.name} yet.")
+
+    def backup_begin(self, vm: VmRef, since: str | None, quiesce: bool, quiesce_fallback: str) -> t.Any:
+        """Open a backup session: ``.disks`` (``target``, ``size``, ``extents()``), ``.checkpoint``,
+        ``.consistency``, ``.vm_definition``, and ``.close(success)``."""
+        raise UnsupportedOperation(f"Backups are not supported on {self.name} yet.")

@@ -46,6 +46,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._models import (
 )
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers.base import HypervisorProvider, Warn
 from ansible_collections.vmsafe.protect.plugins.module_utils import _snapshot_tree as tree
+from ansible_collections.vmsafe.protect.plugins.module_utils._providers import libvirt_backup
 
 try:
     import libvirt
@@ -465,16 +466,24 @@ class LibvirtProvider(HypervisorProvider):
                 f"({', '.join(externals)}) whose overlays libvirt would orphan. Remove them first (state: absent, "
                 f"which merges them), then revert."
             )
-        try:
-            checkpoints = [c.getName() for c in dom.listAllCheckpoints(0)]
-        except libvirt.libvirtError:
-            checkpoints = []
-        if checkpoints:
+        checkpoints = libvirt_backup.checkpoint_names(dom)
+        foreign = [c for c in checkpoints if not c.startswith(libvirt_backup.CHECKPOINT_PREFIX)]
+        if foreign:
             raise UnsupportedOperation(
-                f"Failed to revert VM '{vm.name}' to snapshot '{snapshot.name}': the VM has backup checkpoints "
-                f"({', '.join(checkpoints)}), and reverting would leave their dirty bitmaps inconsistent. Delete the "
-                f"checkpoints first (the next vm_backup then takes a full backup), then revert."
+                f"Failed to revert VM '{vm.name}' to snapshot '{snapshot.name}': the VM has checkpoints that vmsafe did "
+                f"not create ({', '.join(foreign)}), and reverting would leave their dirty bitmaps inconsistent. "
+                f"Delete them first (virsh checkpoint-delete), then revert."
             )
+        if checkpoints:
+            # Our own backup checkpoints: a revert would make their bitmaps lie, so drop them; the next
+            # vm_backup sees no base checkpoint and takes a full backup (and says why).
+            for name in reversed(checkpoints):
+                try:
+                    dom.checkpointLookupByName(name, 0).delete(0)
+                except libvirt.libvirtError as exc:
+                    raise self._fail(f"delete backup checkpoint '{name}' before the revert", vm, exc) from exc
+            self.warn(f"Deleted the backup checkpoint(s) of VM '{vm.name}' before reverting, so that no backup "
+                      f"relies on bitmaps the revert would invalidate; the next vm_backup will be a full backup.")
         snap = self._lookup_snapshot(dom, vm, snapshot)
         try:
             try:
@@ -633,3 +642,104 @@ class LibvirtProvider(HypervisorProvider):
                         node.remove(store)
             self.conn.defineXML(ET.tostring(root, encoding="unicode"))
         os.unlink(overlay)
+
+    # -- backups ----------------------------------------------------------------------------------
+
+    def backup_base(self, vm: VmRef, last: dict[str, t.Any] | None) -> tuple[str | None, str]:
+        dom = self._domain(vm)
+        if last is None:
+            return None, "no earlier backup of this VM in the repository"
+        checkpoint = last.get("checkpoint")
+        names = libvirt_backup.checkpoint_names(dom)
+        if not checkpoint or checkpoint not in names:
+            return None, (f"the checkpoint of the last backup ({checkpoint or 'none'}) is gone from the VM "
+                          f"(a revert, a failed run or a manual deletion)")
+        disks = {target: path for target, path, _fmt in libvirt_backup.disk_targets(dom)}
+        if set(disks) != set(last.get("disks", {})):
+            return None, f"the VM's disks changed ({', '.join(sorted(disks))} now)"
+        for target, path in disks.items():
+            try:
+                size = dom.blockInfo(target)[0]
+            except libvirt.libvirtError:
+                size = None
+            if size is not None and size != last["disks"][target]:
+                return None, f"disk {target} was resized from {last['disks'][target]} to {size} bytes"
+            info = self._qemu_img_info(path) or {}
+            for bitmap in info.get("format-specific", {}).get("data", {}).get("bitmaps", []):
+                if bitmap.get("name") == checkpoint and "inconsistent" in bitmap.get("flags", []):
+                    return None, f"the dirty bitmap of disk {target} is inconsistent (QEMU stopped uncleanly)"
+        return checkpoint, f"checkpoint {checkpoint} of the last backup is intact"
+
+    def backup_begin(self, vm: VmRef, since: str | None, quiesce: bool, quiesce_fallback: str) -> t.Any:
+        self._qemu_img_cache.clear()
+        return libvirt_backup.begin(self._domain(vm), vm, since, quiesce, quiesce_fallback, self.warn)
+
+    # -- restore ----------------------------------------------------------------------------------
+
+    def vm_disks(self, vm: VmRef) -> dict[str, str]:
+        """target -> active image path of each file-backed disk."""
+        return {target: path for target, path, _fmt in libvirt_backup.disk_targets(self._domain(vm))}
+
+    def define_restored_vm(self, definition: str, name: str, disk_files: dict[str, tuple[str, str]],
+                           start: bool) -> VmRef:
+        """Define a new VM from a backed-up definition: new name, new UUID, new MACs, restored disk files.
+
+        ``disk_files`` maps target -> (path, format). Raises UnsupportedOperation when the name is taken.
+        """
+        try:
+            self.conn.lookupByName(name)
+        except libvirt.libvirtError:
+            pass
+        else:
+            raise UnsupportedOperation(f"A VM named '{name}' already exists on {self.uri}; choose another new_vm_name "
+                                       f"or restore to the original VM with target: original.")
+        root = ET.fromstring(definition)
+        root.find("name").text = name
+        for tag in ("uuid", "metadata"):
+            for node in root.findall(tag):
+                root.remove(node)
+        for iface in root.findall("./devices/interface"):
+            for mac in iface.findall("mac"):
+                iface.remove(mac)  # libvirt generates a new MAC, so the copy never clashes with the original
+        for node in root.findall("./devices/disk"):
+            target = node.find("target")
+            if target is None or target.get("dev") not in disk_files:
+                continue
+            path, fmt = disk_files[target.get("dev")]
+            source = node.find("source")
+            if source is None:
+                source = ET.SubElement(node, "source")
+            source.attrib.clear()
+            source.set("file", path)
+            node.set("type", "file")
+            driver = node.find("driver")
+            if driver is not None:
+                driver.set("type", fmt)
+            for store in node.findall("backingStore"):
+                node.remove(store)
+        try:
+            dom = self.conn.defineXML(ET.tostring(root, encoding="unicode"))
+            if start:
+                dom.create()
+        except libvirt.libvirtError as exc:
+            raise ProviderError(f"Failed to define the restored VM '{name}' on {self.uri}: {_err_text(exc)}") from exc
+        return self._ref(dom)
+
+    def prepare_restore_in_place(self, vm: VmRef) -> None:
+        """Refuse unless the VM is shut off and has no snapshots; drop its backup checkpoints' records.
+
+        The restored images carry no dirty bitmaps, so the next vm_backup takes a full backup.
+        """
+        dom = self._domain(vm)
+        if dom.isActive():
+            raise UnsupportedOperation(f"VM '{vm.name}' is running: shut it off before restoring over its disks.")
+        snaps = dom.snapshotListNames(0)
+        if snaps:
+            raise UnsupportedOperation(
+                f"VM '{vm.name}' has snapshots ({', '.join(snaps)}) that live in or on top of the disks being "
+                f"replaced; remove them (vmsafe.protect.vm_snapshot state=remove_all) or restore to a new VM.")
+        for name in libvirt_backup.checkpoint_names(dom):
+            try:
+                dom.checkpointLookupByName(name, 0).delete(libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
+            except libvirt.libvirtError as exc:
+                raise self._fail(f"drop the record of checkpoint '{name}'", vm, exc) from exc

@@ -1,0 +1,43 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright (c) 2026 vmsafe.protect contributors
+"""Options that name and open a backup repository."""
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    DOCUMENTATION = r"""
+options:
+  repository:
+    description:
+      - Where the backup repository is, a local path (V(/backup/vmsafe)) or V(sftp://user@host[:port]/path).
+      - Can also be set with E(VMSAFE_REPOSITORY).
+      - Keep it on other storage than the VMs; a backup on the same disk dies with it.
+    type: str
+    required: true
+  passphrase:
+    description:
+      - Passphrase of an encrypted repository. It unlocks the repository key; it is never logged or returned.
+      - Can also be set with E(VMSAFE_PASSPHRASE). Use Ansible Vault or your credential store, not plain text.
+    type: str
+  repository_key_file:
+    description:
+      - SSH private key for an V(sftp://) repository.
+    type: path
+  repository_password:
+    description:
+      - SSH password for an V(sftp://) repository (prefer O(repository_key_file)).
+    type: str
+  repository_known_hosts:
+    description:
+      - known_hosts file used to check the SFTP server's host key (default the user's).
+    type: path
+  repository_host_key_checking:
+    description:
+      - Refuse an SFTP server whose host key is unknown. Set V(false) only to accept and record a new server's key
+        once.
+    type: bool
+    default: true
+requirements:
+  - zstandard, cryptography, and paramiko for V(sftp://), on the host that runs the module
+"""

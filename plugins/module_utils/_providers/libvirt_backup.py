@@ -1,0 +1,241 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright (c) 2026 vmsafe.protect contributors
+# PRIVATE to this collection; no compatibility guarantees.
+"""libvirt pull-mode backups: a checkpoint per backup, QEMU's NBD export, and only the dirty extents.
+
+One backup run:
+  1. ``backupBegin`` in pull mode with a new checkpoint (``vmsafe-<time>``), and, for an incremental,
+     ``<incremental>`` naming the checkpoint of the previous backup. QEMU then exports each disk frozen at
+     that instant over a Unix socket, plus a dirty bitmap of what changed since the previous checkpoint.
+  2. We read over NBD only the allocated extents (full) or the dirty extents (incremental).
+  3. ``abortJob`` ends a pull-mode job (that is the normal end). On failure the new checkpoint is deleted
+     too, so the previous one stays the base of the next incremental.
+  4. After success, older vmsafe checkpoints are deleted: only the one the next incremental needs remains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import tempfile
+import typing as t
+import xml.etree.ElementTree as ET
+
+from ansible_collections.vmsafe.protect.plugins.module_utils import _nbd
+from ansible_collections.vmsafe.protect.plugins.module_utils._errors import (
+    Busy,
+    ProviderError,
+    QuiesceFailed,
+    UnsupportedOperation,
+)
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from ansible_collections.vmsafe.protect.plugins.module_utils._models import VmRef
+
+try:
+    import libvirt
+except ImportError:
+    libvirt = None
+
+CHECKPOINT_PREFIX = "vmsafe-"
+SOCKET_DIR = "/run/vmsafe"
+READ_CHUNK = 4 * 1024 * 1024
+
+
+@dataclasses.dataclass
+class DiskExport:
+    """One disk as the backup job exports it."""
+
+    target: str
+    size: int
+    path: str
+    incremental: bool
+    client: t.Any = None
+
+    def extents(self) -> t.Iterator[tuple[int, int, bytes]]:
+        """Yield (offset, length, data) of what must be stored: dirty extents, or all data for a full."""
+        if self.incremental:
+            ranges = _nbd.dirty_extents(self.client, self.size, f"qemu:dirty-bitmap:backup-{self.target}")
+        else:
+            ranges = _nbd.allocated_extents(self.client, self.size)
+        for offset, length, data in _nbd.read_extents(self.client, ranges, chunk=READ_CHUNK):
+            yield offset, length, bytes(data) if isinstance(data, memoryview) else data
+
+
+@dataclasses.dataclass
+class BackupSession:
+    """An open pull-mode backup job; close() ends it and cleans up."""
+
+    dom: t.Any
+    vm: VmRef
+    checkpoint: str
+    since: str | None
+    consistency: str
+    vm_definition: str
+    disks: list[DiskExport]
+    socket_path: str
+    scratch_dir: str
+    scratch_files: list[str] = dataclasses.field(default_factory=list)
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    done: bool = False
+
+    def abort(self) -> None:
+        """Stop the job from another thread (timeout): QEMU drops the export, so pending reads fail at once."""
+        try:
+            self.dom.abortJob()
+        except libvirt.libvirtError:
+            pass
+
+    def close(self, success: bool) -> None:
+        """End the job; on failure also drop the new checkpoint so the old base stays valid."""
+        for disk in self.disks:
+            if disk.client is not None:
+                try:
+                    disk.client.close()
+                except (OSError, _nbd.NbdError):
+                    pass
+        try:
+            if self.dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE:
+                self.dom.abortJob()
+        except libvirt.libvirtError:
+            pass
+        if not success:
+            try:
+                self.dom.checkpointLookupByName(self.checkpoint, 0).delete(0)
+            except libvirt.libvirtError:
+                pass
+        else:
+            for name in checkpoint_names(self.dom):
+                if name.startswith(CHECKPOINT_PREFIX) and name != self.checkpoint:
+                    try:
+                        self.dom.checkpointLookupByName(name, 0).delete(0)
+                    except libvirt.libvirtError as exc:
+                        self.warnings.append(f"Could not delete old checkpoint {name}: {exc}")
+        for path in self.scratch_files:
+            if os.path.exists(path):
+                os.unlink(path)
+        _remove_tree(self.scratch_dir)
+        self.done = True
+
+
+def _remove_tree(path: str) -> None:
+    if os.path.isdir(path):
+        for entry in os.listdir(path):
+            os.unlink(os.path.join(path, entry))
+        os.rmdir(path)
+
+
+def checkpoint_names(dom: t.Any) -> list[str]:
+    """The VM's checkpoints, oldest first."""
+    try:
+        cps = dom.listAllCheckpoints(0)
+    except libvirt.libvirtError:
+        return []
+    dated = []
+    for cp in cps:
+        root = ET.fromstring(cp.getXMLDesc(0))
+        dated.append((int(root.findtext("creationTime") or 0), cp.getName()))
+    return [name for _when, name in sorted(dated)]
+
+
+def disk_targets(dom: t.Any) -> list[tuple[str, str, str]]:
+    """(target, source file, format) of every file-backed disk (cdroms and read-only disks skipped)."""
+    found = []
+    for node in ET.fromstring(dom.XMLDesc(0)).findall("./devices/disk"):
+        target, source, driver = node.find("target"), node.find("source"), node.find("driver")
+        if node.get("device", "disk") != "disk" or node.find("readonly") is not None:
+            continue
+        if target is None or source is None or not source.get("file"):
+            continue
+        found.append((target.get("dev", ""), source.get("file", ""), driver.get("type", "raw") if driver is not None else "raw"))
+    return found
+
+
+def begin(dom: t.Any, vm: VmRef, since: str | None, quiesce: bool, quiesce_fallback: str,
+          warn: t.Callable[[str], None]) -> BackupSession:
+    """Start a pull-mode backup job; raise Busy/UnsupportedOperation/QuiesceFailed/ProviderError."""
+    if libvirt is None:
+        raise ProviderError("The libvirt-python package is not installed: pip install libvirt-python.")
+    if not dom.isActive():
+        raise UnsupportedOperation(
+            f"VM '{vm.name}' is shut off: libvirt backs up running VMs only (QEMU serves the disks). Start it, or "
+            f"back up its image files with the VM off using mode: full and the VM running for a moment.")
+    if dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE:
+        raise Busy(f"VM '{vm.name}' has a job in progress (another backup, a migration or a save). Wait for it to "
+                   f"finish, or abort it with 'virsh domjobabort {vm.name}', then retry.")
+    disks = disk_targets(dom)
+    if not disks:
+        raise UnsupportedOperation(f"VM '{vm.name}' has no file-backed disk to back up.")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    checkpoint = f"{CHECKPOINT_PREFIX}{now:%Y%m%dT%H%M%S%f}Z"
+    os.makedirs(SOCKET_DIR, mode=0o700, exist_ok=True)
+    scratch_dir = tempfile.mkdtemp(prefix=f"backup-{vm.id[:8]}-", dir=SOCKET_DIR)
+    socket_path = os.path.join(scratch_dir, "nbd.sock")
+
+    backup = ET.Element("domainbackup", mode="pull")
+    if since:
+        ET.SubElement(backup, "incremental").text = since
+    ET.SubElement(backup, "server", transport="unix", socket=socket_path)
+    bdisks = ET.SubElement(backup, "disks")
+    cp = ET.Element("domaincheckpoint")
+    ET.SubElement(cp, "name").text = checkpoint
+    ET.SubElement(cp, "description").text = "vmsafe.protect backup base; deleted by the next vm_backup"
+    cdisks = ET.SubElement(cp, "disks")
+    scratch_files: list[str] = []
+    for target, _path, fmt in disks:
+        scratch_files.append(os.path.join(os.path.dirname(_path), f".vmsafe-scratch-{target}-{checkpoint}"))
+        if fmt != "qcow2":
+            raise UnsupportedOperation(
+                f"VM '{vm.name}' disk {target} is {fmt}: incremental backups need qcow2 disks (the dirty bitmaps live "
+                f"in the image). Convert the disk to qcow2.")
+        disk = ET.SubElement(bdisks, "disk", name=target, backup="yes", type="file")
+        # The scratch file holds old data QEMU copies before the guest overwrites it during the backup: keep it
+        # on the disk's own storage, not on /run (tmpfs, RAM).
+        ET.SubElement(disk, "scratch", file=os.path.join(os.path.dirname(_path), f".vmsafe-scratch-{target}-{checkpoint}"))
+        ET.SubElement(cdisks, "disk", name=target, checkpoint="bitmap")
+
+    consistency = "crash_consistent"
+    frozen = False
+    warnings: list[str] = []
+    if quiesce:
+        try:
+            dom.fsFreeze(None, 0)
+            frozen = True
+            consistency = "quiesced"
+        except libvirt.libvirtError as exc:
+            reason = exc.get_error_message()
+            if quiesce_fallback == "fail":
+                _remove_tree(scratch_dir)
+                raise QuiesceFailed(
+                    f"Failed to quiesce VM '{vm.name}' for the backup: {reason}. Nothing was backed up. Install and "
+                    f"start qemu-guest-agent in the guest, or set quiesce_fallback: crash_consistent.") from exc
+            warnings.append(f"Could not quiesce VM '{vm.name}' ({reason}); the backup is crash-consistent because "
+                            f"quiesce_fallback is crash_consistent.")
+    try:
+        dom.backupBegin(ET.tostring(backup, encoding="unicode"), ET.tostring(cp, encoding="unicode"), 0)
+    except libvirt.libvirtError as exc:
+        _remove_tree(scratch_dir)
+        raise ProviderError(f"Failed to start the backup of VM '{vm.name}': {exc.get_error_message()}") from exc
+    finally:
+        if frozen:
+            try:
+                dom.fsThaw(None, 0)
+            except libvirt.libvirtError as exc:
+                warnings.append(f"Thawing VM '{vm.name}' failed: {exc.get_error_message()}; check the guest.")
+    for warning in warnings:
+        warn(warning)
+    definition = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    session = BackupSession(dom=dom, vm=vm, checkpoint=checkpoint, since=since, consistency=consistency,
+                            vm_definition=definition, disks=[], socket_path=socket_path, scratch_dir=scratch_dir,
+                            scratch_files=scratch_files, warnings=warnings)
+    try:
+        for target, path, _fmt in disks:
+            contexts = [f"qemu:dirty-bitmap:backup-{target}"] if since else ["base:allocation"]
+            client = _nbd.NbdClient.connect_unix(socket_path, target, contexts=contexts)
+            session.disks.append(DiskExport(target=target, size=client.size, path=path, incremental=bool(since),
+                                            client=client))
+    except (OSError, _nbd.NbdError) as exc:
+        session.close(success=False)
+        raise ProviderError(f"Failed to read the backup export of VM '{vm.name}': {exc}") from exc
+    return session

@@ -1,0 +1,320 @@
+#!/usr/bin/python
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright (c) 2026 vmsafe.protect contributors
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: vm_backup
+short_description: Back up every disk of a VM into a deduplicated, encrypted repository
+version_added: 0.1.0
+description:
+  - Takes a full or an incremental backup of every disk of a running VM into a vmsafe backup repository
+    (deduplicated, zstd-compressed, AES-256-GCM encrypted unless the repository was made with O(encryption=none)).
+  - Incrementals read only the extents that changed since the previous backup, from the hypervisor's change
+    tracking (libvirt checkpoints and QEMU dirty bitmaps), never the whole disk.
+  - The VM definition is stored with the backup, so M(vmsafe.protect.vm_restore) can make a new VM from it.
+  - Leaves nothing on the VM but the checkpoint the next incremental needs. A failed or interrupted backup leaves the
+    VM running, the repository and every earlier backup intact, and the next run working.
+author: vmsafe.protect contributors (@vmsafe-protect)
+extends_documentation_fragment:
+  - vmsafe.protect.connection
+  - vmsafe.protect.vm_selector
+  - vmsafe.protect.repository
+  - vmsafe.protect.attributes
+  - vmsafe.protect.attributes.ACTIONGROUP_VMSAFE_BACKUP
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Says whether the backup would be full or incremental, and why; reads and writes nothing.
+  diff_mode:
+    support: none
+  idempotent:
+    support: none
+    details:
+      - Every run takes a new backup; use M(vmsafe.protect.backup_prune) to keep a set.
+options:
+  mode:
+    description:
+      - V(auto) takes an incremental when the chain to the last backup is intact, and a full backup when it is not
+        (no earlier backup, checkpoint missing, VM reverted, disks added or resized, bitmap inconsistent), and says
+        why in RV(reason).
+      - V(incremental) fails instead of falling back to a full backup.
+    type: str
+    default: auto
+    choices: [auto, full, incremental]
+  quiesce:
+    description:
+      - Freeze the guest file systems through the guest agent while the backup point is taken (a fraction of a second).
+    type: bool
+    default: false
+  quiesce_fallback:
+    description:
+      - V(fail) fails without backing anything up when the guest cannot be quiesced. V(crash_consistent) backs up
+        anyway and reports RV(consistency=crash_consistent) with a warning.
+    type: str
+    default: fail
+    choices: [fail, crash_consistent]
+  tags:
+    description:
+      - Labels stored with the backup (for example the change ticket).
+    type: dict
+    default: {}
+  init:
+    description:
+      - Create the repository when it does not exist yet (with O(encryption) and O(compression_level)).
+    type: bool
+    default: false
+  encryption:
+    description:
+      - Encryption of a repository created by O(init=true). V(none) must be chosen explicitly.
+    type: str
+    default: aes-256-gcm
+    choices: [aes-256-gcm, none]
+  compression_level:
+    description:
+      - zstd level of a repository created by O(init=true).
+    type: int
+    default: 3
+  timeout:
+    description:
+      - Seconds the whole backup may take. When it is hit the backup job is aborted, nothing is committed to the
+        repository, the VM keeps running, and the module fails.
+    type: int
+    default: 21600
+notes:
+  - On libvirt the VM must run (QEMU serves its disks over NBD to the backup), and its disks must be qcow2.
+  - Run long backups with C(async) and C(poll); the result reports the bytes read and stored.
+seealso:
+  - module: vmsafe.protect.vm_restore
+  - module: vmsafe.protect.backup_info
+  - module: vmsafe.protect.backup_verify
+  - module: vmsafe.protect.backup_prune
+"""
+
+EXAMPLES = r"""
+- name: Nightly backup (incremental when possible) to an SFTP repository
+  vmsafe.protect.vm_backup:
+    vm_name: web01
+    repository: sftp://backup@vault01.example.com/srv/vmsafe
+    repository_key_file: /etc/vmsafe/id_ed25519
+    passphrase: "{{ vmsafe_passphrase }}"
+    quiesce: true
+    quiesce_fallback: crash_consistent
+    tags:
+      schedule: nightly
+  async: 21600
+  poll: 30
+  register: backup
+
+- name: First backup into a new local repository
+  vmsafe.protect.vm_backup:
+    vm_name: db01
+    repository: /backup/vmsafe
+    passphrase: "{{ vmsafe_passphrase }}"
+    init: true
+    mode: full
+"""
+
+RETURN = r"""
+backup_id:
+  description: Id of the new backup (V(null) in check mode).
+  returned: success
+  type: str
+  sample: 20261123T020000Z-3f9a1c2e
+mode:
+  description: V(full) or V(incremental), as taken (or planned in check mode).
+  returned: success
+  type: str
+  sample: incremental
+reason:
+  description: Why this mode was chosen.
+  returned: success
+  type: str
+  sample: checkpoint vmsafe-20261122T020000123456Z of the last backup is intact
+parent:
+  description: The backup an incremental builds on.
+  returned: success
+  type: str
+  sample: 20261122T020000Z-91be0d44
+checkpoint:
+  description: The hypervisor's change-tracking reference kept for the next incremental.
+  returned: success, not in check mode
+  type: str
+  sample: vmsafe-20261123T020000123456Z
+consistency:
+  description: V(quiesced) or V(crash_consistent).
+  returned: success, not in check mode
+  type: str
+  sample: crash_consistent
+bytes_read:
+  description: Bytes read from the VM's disks.
+  returned: success
+  type: int
+  sample: 42991616
+bytes_stored:
+  description: Bytes added to the repository (after deduplication, compression and encryption).
+  returned: success
+  type: int
+  sample: 10735472
+reduction_ratio:
+  description: RV(bytes_read) divided by RV(bytes_stored) (deduplication and compression together).
+  returned: success
+  type: float
+  sample: 4.0
+duration:
+  description: Seconds the backup took.
+  returned: success
+  type: float
+  sample: 3.41
+disks:
+  description:
+    - Per disk, its name, size, and the content digest at the backup point (SHA-256 over the SHA-256 of each
+      repository chunk, see docs/repository-format.md), which every restore checks.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{"name": "vda", "size": 21474836480, "digest": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}]
+vm:
+  description: The VM backed up.
+  returned: success
+  type: dict
+  sample: {"id": "0b3aba08-caf1-45d6-a9fd-0f81ba99ba45", "name": "web01", "state": "running", "host": "qemu:///system"}
+"""
+
+import threading
+import time
+import typing as t
+
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup import errors as backup_errors
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import DiskSource
+from ansible_collections.vmsafe.protect.plugins.module_utils._connection import vm_argument_spec
+from ansible_collections.vmsafe.protect.plugins.module_utils._errors import OperationTimeout, VmsafeError
+from ansible_collections.vmsafe.protect.plugins.module_utils._repository import open_repository, repository_spec, wrap
+from ansible_collections.vmsafe.protect.plugins.module_utils._runner import ProviderTask, run_module
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from ansible_collections.vmsafe.protect.plugins.module_utils._changes import ChangeSet
+
+
+class BackupTask(ProviderTask):
+    """Take one backup of one VM."""
+
+    repo: t.Any = None
+    session: t.Any = None
+
+    def plan(self, changes: ChangeSet) -> None:
+        p = self.params
+        self.vm = self.provider.find_vm(self.selector())
+        self.partial["vm"] = self.vm.to_dict()
+        create = {"encryption": p["encryption"], "compression_level": p["compression_level"]}
+        if self.check_mode:
+            try:
+                self.repo = open_repository(p)
+            except VmsafeError:
+                if not p["init"]:
+                    raise
+                self.repo = None  # would be created
+        else:
+            self.repo = open_repository(p, create=create if p["init"] else None)
+        self.last = None
+        if self.repo is not None:
+            mine = [r for r in self.repo.list(self.vm.name) if r.tags.get("vm_id") == self.vm.id]
+            self.last = mine[-1] if mine else None
+        last_info = None
+        if self.last is not None:
+            last_info = {"checkpoint": self.last.tags.get("checkpoint"), "disks": {d.name: d.size for d in self.last.disks}}
+        since, reason = self.provider.backup_base(self.vm, last_info)
+        if p["mode"] == "full":
+            since, reason = None, "mode: full was requested"
+        elif p["mode"] == "incremental" and since is None:
+            raise VmsafeError(f"Cannot take an incremental backup of VM '{self.vm.name}': {reason}. Use mode: auto "
+                              f"(falls back to a full backup) or mode: full.")
+        self.since, self.reason = since, reason
+        self.mode = "incremental" if since else "full"
+        self.record: t.Any = None
+        self.duration = 0.0
+        changes.step(f"{self.mode} backup of VM '{self.vm.name}' into {p['repository']} ({reason})", self._run)
+
+    def _run(self) -> None:
+        p = self.params
+        started = time.monotonic()
+        self.session = self.provider.backup_begin(self.vm, self.since, p["quiesce"], p["quiesce_fallback"])
+        timed_out = threading.Event()
+
+        def on_timeout() -> None:
+            timed_out.set()
+            self.session.abort()
+
+        watchdog = threading.Timer(p["timeout"], on_timeout)
+        watchdog.daemon = True
+        watchdog.start()
+        success = False
+        try:
+            disks = [DiskSource(name=d.target, size=d.size, extents=d.extents()) for d in self.session.disks]
+            tags = {str(k): str(v) for k, v in p["tags"].items()}
+            tags.update(vm_id=self.vm.id, checkpoint=self.session.checkpoint, mode=self.mode,
+                        consistency=self.session.consistency, hypervisor=self.provider.name)
+            self.record = self.repo.backup(self.vm.name, disks, vm_definition=self.session.vm_definition, tags=tags,
+                                           parent=self.last.id if self.since else None)
+            success = True
+        except backup_errors.BackupError as exc:
+            if timed_out.is_set():
+                raise OperationTimeout(f"Timed out after {p['timeout']} s backing up VM '{self.vm.name}': the backup "
+                                       f"job was aborted and nothing was committed; the VM keeps running. Raise the "
+                                       f"timeout option.") from exc
+            raise wrap(exc, p["repository"]) from exc
+        except Exception:
+            if timed_out.is_set():
+                raise OperationTimeout(f"Timed out after {p['timeout']} s backing up VM '{self.vm.name}': the backup "
+                                       f"job was aborted and nothing was committed; the VM keeps running. Raise the "
+                                       f"timeout option.")
+            raise
+        finally:
+            watchdog.cancel()
+            self.session.close(success)
+            self.duration = round(time.monotonic() - started, 3)
+
+    def cleanup(self) -> None:
+        if self.session is not None and not self.session.done:
+            self.session.close(False)
+        if self.repo is not None:
+            self.repo.close()
+
+    def result(self, changes: ChangeSet) -> dict[str, t.Any]:
+        result: dict[str, t.Any] = {
+            "vm": self.vm.to_dict(), "mode": self.mode, "reason": self.reason,
+            "parent": self.last.id if self.since and self.last else None,
+            "backup_id": None, "bytes_read": 0, "bytes_stored": 0, "reduction_ratio": None, "duration": 0.0,
+            "disks": [],
+        }
+        if self.record is not None:
+            stats = self.record.stats
+            read, stored = int(stats.get("read_bytes", 0)), int(stats.get("new_bytes", 0))
+            result.update(
+                backup_id=self.record.id, checkpoint=self.session.checkpoint, consistency=self.session.consistency,
+                bytes_read=read, bytes_stored=stored, reduction_ratio=round(read / stored, 2) if stored else None,
+                duration=self.duration,
+                disks=[{"name": d.name, "size": d.size, "digest": d.content_digest} for d in self.record.disks],
+            )
+        return result
+
+
+def main() -> None:
+    spec = vm_argument_spec().merge(repository_spec()).update_argspec(
+        mode={"type": "str", "default": "auto", "choices": ["auto", "full", "incremental"]},
+        quiesce={"type": "bool", "default": False},
+        quiesce_fallback={"type": "str", "default": "fail", "choices": ["fail", "crash_consistent"]},
+        tags={"type": "dict", "default": {}},
+        init={"type": "bool", "default": False},
+        encryption={"type": "str", "default": "aes-256-gcm", "choices": ["aes-256-gcm", "none"]},
+        compression_level={"type": "int", "default": 3},
+        timeout={"type": "int", "default": 21600},
+    )
+    run_module(spec, BackupTask)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,290 @@
+#!/usr/bin/python
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright (c) 2026 vmsafe.protect contributors
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: vm_restore
+short_description: Restore a VM backup to image files, to a new VM, or over the original VM
+version_added: 0.1.0
+description:
+  - Restores a backup taken by M(vmsafe.protect.vm_backup). Every chunk is authenticated and hash-checked before it is
+    written, and each disk's whole content is checked against the digest recorded at backup time.
+  - V(image) writes sparse image files (V(raw), V(qcow2), V(vmdk) or V(vhdx)) into O(dest).
+  - V(new_vm) writes qcow2 disks into O(dest) and defines a new VM from the stored definition, with a new name,
+    UUID and MAC addresses, optionally started.
+  - V(original) replaces the disks of the original VM, which must be shut off; it needs O(force=true).
+  - Never overwrites a file it was not told to; a failed restore leaves no partial file under a final name.
+author: vmsafe.protect contributors (@vmsafe-protect)
+extends_documentation_fragment:
+  - vmsafe.protect.connection
+  - vmsafe.protect.repository
+  - vmsafe.protect.attributes
+  - vmsafe.protect.attributes.ACTIONGROUP_VMSAFE_BACKUP
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Says what would be written where; writes nothing.
+  diff_mode:
+    support: none
+  idempotent:
+    support: partial
+    details:
+      - V(image) and V(new_vm) refuse to run again over what they made; V(original) restores every time.
+options:
+  backup_id:
+    description:
+      - The backup to restore. When unset, the newest backup of O(vm_name).
+    type: str
+  vm_name:
+    description:
+      - The VM whose newest backup to restore (with O(backup_id) unset), and the VM restored over with
+        O(target=original). Defaults to the VM name recorded in the backup.
+    type: str
+  target:
+    description:
+      - Where to restore.
+    type: str
+    default: image
+    choices: [image, new_vm, original]
+  dest:
+    description:
+      - Directory for the restored image files (O(target=image) and O(target=new_vm)). It must exist.
+    type: path
+  format:
+    description:
+      - Image format for O(target=image). V(new_vm) and V(original) use qcow2.
+    type: str
+    default: qcow2
+    choices: [raw, qcow2, vmdk, vhdx]
+  disks:
+    description:
+      - Only these disks (by target name, for example V(vda)). All disks when unset.
+    type: list
+    elements: str
+  new_vm_name:
+    description:
+      - Name of the VM to create with O(target=new_vm).
+    type: str
+  start:
+    description:
+      - Start the new VM after defining it (O(target=new_vm)).
+    type: bool
+    default: false
+  force:
+    description:
+      - Required for O(target=original), which replaces the VM's disks with the backup's.
+    type: bool
+    default: false
+  timeout:
+    description:
+      - Seconds each image conversion may take.
+    type: int
+    default: 21600
+notes:
+  - Restoring over the original VM drops its backup checkpoints, so its next backup is a full one.
+seealso:
+  - module: vmsafe.protect.vm_backup
+  - module: vmsafe.protect.backup_info
+"""
+
+EXAMPLES = r"""
+- name: Restore the newest backup of web01 as a new VM and start it
+  vmsafe.protect.vm_restore:
+    repository: /backup/vmsafe
+    passphrase: "{{ vmsafe_passphrase }}"
+    vm_name: web01
+    target: new_vm
+    new_vm_name: web01-restored
+    dest: /var/lib/libvirt/images
+    start: true
+
+- name: Export one disk of a given backup as a VHDX file
+  vmsafe.protect.vm_restore:
+    repository: /backup/vmsafe
+    passphrase: "{{ vmsafe_passphrase }}"
+    backup_id: 20261123T020000Z-3f9a1c2e
+    target: image
+    format: vhdx
+    disks: [vda]
+    dest: /srv/export
+"""
+
+RETURN = r"""
+backup_id:
+  description: The backup restored.
+  returned: success
+  type: str
+  sample: 20261123T020000Z-3f9a1c2e
+files:
+  description: Per disk, the file written (or that would be), its format, size and the content digest it was checked against.
+  returned: success
+  type: list
+  elements: dict
+  sample: [{"disk": "vda", "path": "/srv/export/web01-vda-20261123T020000Z-3f9a1c2e.vhdx", "format": "vhdx", "size": 21474836480, "digest": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}]
+vm:
+  description: The VM defined (O(target=new_vm)) or restored over (O(target=original)).
+  returned: when O(target) is not V(image)
+  type: dict
+  sample: {"id": "6c7f1e0a-0d55-4b8e-9d2f-3a4c5b6d7e8f", "name": "web01-restored", "state": "running", "host": "qemu:///system"}
+plan:
+  description: What the module did or would do.
+  returned: success
+  type: list
+  elements: str
+  sample: ["restore disk vda of 20261123T020000Z-3f9a1c2e to /srv/export/web01-vda-20261123T020000Z-3f9a1c2e.vhdx (vhdx)"]
+"""
+
+import os
+import subprocess
+import typing as t
+
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup import errors as backup_errors
+from ansible_collections.vmsafe.protect.plugins.module_utils._changes import Step
+from ansible_collections.vmsafe.protect.plugins.module_utils._connection import connection_spec
+from ansible_collections.vmsafe.protect.plugins.module_utils._errors import InvalidArgument, OperationTimeout, VmsafeError
+from ansible_collections.vmsafe.protect.plugins.module_utils._models import VmSelector
+from ansible_collections.vmsafe.protect.plugins.module_utils._repository import open_repository, repository_spec, wrap
+from ansible_collections.vmsafe.protect.plugins.module_utils._runner import ProviderTask, run_module
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from ansible_collections.vmsafe.protect.plugins.module_utils._changes import ChangeSet
+
+EXTENSIONS = {"raw": "img", "qcow2": "qcow2", "vmdk": "vmdk", "vhdx": "vhdx"}
+QEMU_FORMATS = {"raw": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vhdx": "vhdx"}
+
+
+class RestoreTask(ProviderTask):
+    """Restore one backup."""
+
+    repo: t.Any = None
+
+    @classmethod
+    def needs_provider(cls, params: dict[str, t.Any]) -> bool:
+        return params["target"] != "image"
+
+    def plan(self, changes: ChangeSet) -> None:
+        p = self.params
+        self.repo = open_repository(p)
+        try:
+            if p["backup_id"]:
+                self.record = self.repo.get(p["backup_id"])
+            else:
+                records = self.repo.list(p["vm_name"])
+                if not records:
+                    raise InvalidArgument(f"Repository {p['repository']} has no backup of VM '{p['vm_name']}'; "
+                                          f"list them with vmsafe.protect.backup_info.")
+                self.record = records[-1]
+        except backup_errors.BackupError as exc:
+            raise wrap(exc, p["repository"]) from exc
+        names = p["disks"] or [d.name for d in self.record.disks]
+        unknown = [n for n in names if self.record.disk(n) is None]
+        if unknown:
+            raise InvalidArgument(f"Backup {self.record.id} has no disk {', '.join(unknown)}; it has "
+                                  f"{', '.join(d.name for d in self.record.disks)}.")
+        self.vm = None
+        self.files: list[dict[str, t.Any]] = []
+        target = p["target"]
+        fmt = p["format"] if target == "image" else "qcow2"
+        if target == "original":
+            if not p["force"]:
+                raise InvalidArgument("target: original replaces the VM's disks with the backup's: set force: true to "
+                                      "confirm, or restore to a new VM (target: new_vm) or to image files first.")
+            self.vm = self.provider.find_vm(VmSelector(name=p["vm_name"] or self.record.vm_name))
+            current = self.provider.vm_disks(self.vm)
+            missing = [n for n in names if n not in current]
+            if missing:
+                raise InvalidArgument(f"VM '{self.vm.name}' has no disk {', '.join(missing)} any more; restore to a new "
+                                      f"VM instead.")
+            paths = {n: current[n] for n in names}
+        else:
+            if not p["dest"] or not os.path.isdir(p["dest"]):
+                raise InvalidArgument(f"dest must be an existing directory for target: {target}, got {p['dest']!r}.")
+            if target == "new_vm" and not p["new_vm_name"]:
+                raise InvalidArgument("target: new_vm needs new_vm_name, the name of the VM to create.")
+            stem = p["new_vm_name"] if target == "new_vm" else f"{self.record.vm_name}"
+            paths = {n: os.path.join(p["dest"], f"{stem}-{n}-{self.record.id}.{EXTENSIONS[fmt]}") for n in names}
+            existing = [path for path in paths.values() if os.path.exists(path)]
+            if existing:
+                raise InvalidArgument(f"Refusing to overwrite {', '.join(existing)}: remove it or choose another dest.")
+        for name in names:
+            disk = self.record.disk(name)
+            entry = {"disk": name, "path": paths[name], "format": fmt, "size": disk.size, "digest": disk.content_digest}
+            self.files.append(entry)
+            changes.step(f"restore disk {name} of {self.record.id} to {paths[name]} ({fmt})",
+                         lambda e=entry: self._restore_disk(e))
+        if target == "original":
+            # Checked first, before any disk is touched.
+            changes.steps.insert(0, Step(f"check VM '{self.vm.name}' is shut off and drop its backup checkpoints",
+                                         lambda: self.provider.prepare_restore_in_place(self.vm)))
+        if target == "new_vm":
+            changes.step(f"define VM '{p['new_vm_name']}' from the backup's definition"
+                         f"{' and start it' if p['start'] else ''}", self._define)
+
+    def _restore_disk(self, entry: dict[str, t.Any]) -> None:
+        final = entry["path"]
+        try:
+            if entry["format"] == "raw":
+                tmp = final + ".vmsafe-restore"
+                self.repo.restore(self.record.id, entry["disk"], tmp, sparse=True)
+                os.replace(tmp, final)
+                return
+            raw = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.vmsafe-raw")
+            self.repo.restore(self.record.id, entry["disk"], raw, sparse=True)
+        except backup_errors.BackupError as exc:
+            raise wrap(exc, self.params["repository"]) from exc
+        partial = final + ".vmsafe-partial"
+        try:
+            subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", QEMU_FORMATS[entry["format"]], raw, partial],
+                           check=True, capture_output=True, text=True, timeout=self.params["timeout"])
+            os.replace(partial, final)
+        except subprocess.TimeoutExpired as exc:
+            raise OperationTimeout(f"Timed out after {self.params['timeout']} s converting disk {entry['disk']} to "
+                                   f"{entry['format']}; nothing was left under {final}.") from exc
+        except subprocess.CalledProcessError as exc:
+            raise VmsafeError(f"Failed to convert disk {entry['disk']} to {entry['format']}: {exc.stderr.strip()}") from exc
+        except FileNotFoundError as exc:
+            raise VmsafeError("qemu-img is needed to write qcow2, vmdk or vhdx images: install qemu-utils "
+                              "(or use format: raw).") from exc
+        finally:
+            for path in (raw, partial):
+                if os.path.exists(path):
+                    os.unlink(path)
+
+    def _define(self) -> None:
+        p = self.params
+        disk_files = {f["disk"]: (f["path"], f["format"]) for f in self.files}
+        self.vm = self.provider.define_restored_vm(self.record.vm_definition, p["new_vm_name"], disk_files, p["start"])
+
+    def cleanup(self) -> None:
+        if self.repo is not None:
+            self.repo.close()
+
+    def result(self, changes: ChangeSet) -> dict[str, t.Any]:
+        result: dict[str, t.Any] = {"backup_id": self.record.id, "files": self.files, "plan": changes.plan}
+        if self.vm is not None:
+            result["vm"] = self.vm.to_dict()
+        return result
+
+
+def main() -> None:
+    spec = connection_spec().merge(repository_spec()).update_argspec(
+        backup_id={"type": "str"},
+        vm_name={"type": "str"},
+        target={"type": "str", "default": "image", "choices": ["image", "new_vm", "original"]},
+        dest={"type": "path"},
+        format={"type": "str", "default": "qcow2", "choices": ["raw", "qcow2", "vmdk", "vhdx"]},
+        disks={"type": "list", "elements": "str"},
+        new_vm_name={"type": "str"},
+        start={"type": "bool", "default": False},
+        force={"type": "bool", "default": False},
+        timeout={"type": "int", "default": 21600},
+    ).update(required_one_of=[["backup_id", "vm_name"]])
+    run_module(spec, RestoreTask)
+
+
+if __name__ == "__main__":
+    main()

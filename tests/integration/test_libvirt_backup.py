@@ -1,0 +1,193 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright (c) 2026 vmsafe.protect contributors
+"""vm_backup / vm_restore / backup_* against a real libvirtd + QEMU and a real repository on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+
+import pytest
+
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.manifest import disk_digest
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import DEFAULT_CHUNK_SIZE
+
+pytestmark = pytest.mark.libvirt
+
+MiB = 1024 * 1024
+PASS = "correct horse battery staple"
+
+
+def _raw_sha256(args: list[str]) -> tuple[str, str]:
+    """(sha256 of the content, the repository's chunk-wise content digest) of an image.
+
+    qemu-img cannot write raw to a pipe, so it converts to a temporary raw file first.
+    """
+    import tempfile  # pylint: disable=import-outside-toplevel
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "disk.raw")
+        subprocess.run(["qemu-img", "convert", *args, "-O", "raw", out], capture_output=True, check=True)
+        digest = hashlib.sha256()
+        with open(out, "rb") as handle:
+            for block in iter(lambda: handle.read(4 * MiB), b""):
+                digest.update(block)
+        return digest.hexdigest(), disk_digest(out, DEFAULT_CHUNK_SIZE)
+
+
+def disk_sha256(vm: str) -> str:
+    """sha256 of what the guest sees right now, through the whole backing chain."""
+    import labvm  # pylint: disable=import-outside-toplevel,import-error
+
+    return _raw_sha256(["-U", labvm.active_image(vm)])
+
+
+def file_sha256(path: str, fmt: str = "raw") -> str:
+    return _raw_sha256(["-f", fmt, path])
+
+
+@pytest.fixture
+def repo(tmp_path):
+    return {"repository": str(tmp_path / "repo"), "passphrase": PASS}
+
+
+def test_full_then_incrementals_restore_exactly_each_point(lab, ansible, repo, tmp_path):
+    vm = lab.vm(size_mib=64)
+    lab.write(vm, 0xAB, 0, 8 * MiB)
+    lab.write(vm, 0x17, 40 * MiB, 3 * MiB)
+    sums, ids = [], []
+
+    checked = ansible("vm_backup", dict(repo, vm_name=vm, init=True), check=True)
+    assert checked["changed"] and checked["mode"] == "full" and checked["backup_id"] is None
+    assert not os.path.exists(repo["repository"])
+
+    sums.append(disk_sha256(vm))
+    full = ansible("vm_backup", dict(repo, vm_name=vm, init=True))
+    assert full["_status"] == "ok", full
+    assert full["mode"] == "full" and full["reason"] == "no earlier backup of this VM in the repository"
+    assert full["disks"][0]["digest"] == sums[0][1]
+    assert full["bytes_read"] >= 11 * MiB and full["bytes_read"] < 20 * MiB  # only allocated data, not 64 MiB
+    ids.append(full["backup_id"])
+    checkpoints = lab.virsh("checkpoint-list", vm, "--name").split()
+    assert checkpoints == [full["checkpoint"]]
+
+    for round_, offsets in enumerate(([1 * MiB, 20 * MiB], [33 * MiB + 64 * 1024])):
+        for off in offsets:
+            lab.write(vm, 0xC0 + round_, off, 256 * 1024)  # ~1 % of the disk at known offsets
+        sums.append(disk_sha256(vm))
+        inc = ansible("vm_backup", dict(repo, vm_name=vm))
+        assert inc["_status"] == "ok", inc
+        assert inc["mode"] == "incremental" and inc["parent"] == ids[-1]
+        assert inc["bytes_read"] == len(offsets) * 256 * 1024  # the dirty extents only
+        assert inc["disks"][0]["digest"] == sums[-1][1]
+        ids.append(inc["backup_id"])
+        assert lab.virsh("checkpoint-list", vm, "--name").split() == [inc["checkpoint"]]
+
+    info = ansible("backup_info", dict(repo, vm_name=vm))
+    assert [b["id"] for b in info["backups"]] == ids
+    assert [b["mode"] for b in info["backups"]] == ["full", "incremental", "incremental"]
+
+    for backup_id, want in zip(ids, sums):
+        dest = tmp_path / backup_id
+        dest.mkdir()
+        restored = ansible("vm_restore", dict(repo, backup_id=backup_id, dest=str(dest), format="raw"))
+        assert restored["_status"] == "ok", restored
+        assert file_sha256(restored["files"][0]["path"])[0] == want[0]  # byte for byte the disk at that time
+    dest = tmp_path / "qcow2"
+    dest.mkdir()
+    restored = ansible("vm_restore", dict(repo, backup_id=ids[-1], dest=str(dest), format="qcow2"))
+    assert file_sha256(restored["files"][0]["path"], "qcow2")[0] == sums[-1][0]
+    again = ansible("vm_restore", dict(repo, backup_id=ids[-1], dest=str(dest), format="qcow2"))
+    assert again["_status"] == "failed" and "Refusing to overwrite" in again["msg"]
+
+    verified = ansible("backup_verify", dict(repo, read_data=True))
+    assert verified["ok"] and verified["backups_checked"] == 3
+
+
+def test_broken_chain_falls_back_to_full_with_the_reason(lab, ansible, repo):
+    vm = lab.vm()
+    lab.write(vm, 0x31, 0, MiB)
+    first = ansible("vm_backup", dict(repo, vm_name=vm, init=True))
+    lab.virsh("checkpoint-delete", vm, first["checkpoint"])
+    strict = ansible("vm_backup", dict(repo, vm_name=vm, mode="incremental"))
+    assert strict["_status"] == "failed" and "Cannot take an incremental backup" in strict["msg"]
+    second = ansible("vm_backup", dict(repo, vm_name=vm))
+    assert second["mode"] == "full" and "is gone from the VM" in second["reason"]
+
+
+def test_revert_drops_our_checkpoints_and_next_backup_is_full(lab, ansible, repo):
+    vm = lab.vm()
+    ansible("vm_snapshot", {"vm_name": vm, "snapshot_name": "pre", "memory": True})
+    ansible("vm_backup", dict(repo, vm_name=vm, init=True))
+    reverted = ansible("vm_snapshot", {"vm_name": vm, "snapshot_name": "pre", "state": "reverted"})
+    assert reverted["_status"] == "ok", reverted
+    assert any("next vm_backup will be a full backup" in w for w in reverted.get("warnings", []))
+    assert lab.virsh("checkpoint-list", vm, "--name").split() == []
+    after = ansible("vm_backup", dict(repo, vm_name=vm))
+    assert after["mode"] == "full"
+
+
+def test_restore_to_a_new_vm_defines_and_starts_it(lab, ansible, repo, tmp_path):
+    vm = lab.vm()
+    lab.write(vm, 0x5E, 2 * MiB, MiB)
+    ansible("vm_backup", dict(repo, vm_name=vm, init=True))
+    new_name = vm + "-copy"
+    lab.names.append(new_name)
+    made = ansible("vm_restore", dict(repo, vm_name=vm, target="new_vm", new_vm_name=new_name, dest=str(tmp_path),
+                                      start=True))
+    assert made["_status"] == "ok", made
+    assert made["vm"]["name"] == new_name and made["vm"]["state"] == "running"
+    assert made["vm"]["id"] != lab.virsh("domuuid", vm).strip()
+    assert lab.check(new_name, 0x5E, 2 * MiB, MiB)
+
+
+def test_restore_over_the_original_needs_force_and_a_shut_off_vm(lab, ansible, repo):
+    vm = lab.vm()
+    lab.write(vm, 0x66, 0, MiB)
+    backup = ansible("vm_backup", dict(repo, vm_name=vm, init=True))
+    lab.write(vm, 0x99, 0, MiB)
+    no_force = ansible("vm_restore", dict(repo, backup_id=backup["backup_id"], target="original"))
+    assert no_force["_status"] == "failed" and "force: true" in no_force["msg"]
+    running = ansible("vm_restore", dict(repo, backup_id=backup["backup_id"], target="original", force=True))
+    assert running["_status"] == "failed" and "shut it off" in running["msg"]
+    assert lab.check(vm, 0x99, 0, MiB)  # nothing was touched
+    lab.virsh("destroy", vm)
+    done = ansible("vm_restore", dict(repo, backup_id=backup["backup_id"], target="original", force=True))
+    assert done["_status"] == "ok", done
+    assert lab.check(vm, 0x66, 0, MiB)
+    lab.virsh("start", vm)
+    assert ansible("vm_backup", dict(repo, vm_name=vm))["mode"] == "full"
+
+
+def test_prune_keeps_the_policy_set_and_verify_catches_a_bit_flip(lab, ansible, repo, tmp_path):
+    vm = lab.vm()
+    ids = []
+    for i in range(4):
+        lab.write(vm, 0x10 + i, i * MiB, MiB)
+        ids.append(ansible("vm_backup", dict(repo, vm_name=vm, init=True, tags={"n": str(i)}))["backup_id"])
+    checked = ansible("backup_prune", dict(repo, keep_last=2), check=True)
+    assert sorted(b["id"] for b in checked["pruned"]) == sorted(ids[:2])
+    assert len(ansible("backup_info", repo)["backups"]) == 4
+    pruned = ansible("backup_prune", dict(repo, keep_last=2))
+    assert pruned["changed"] and [b["id"] for b in ansible("backup_info", repo)["backups"]] == ids[2:]
+    again = ansible("backup_prune", dict(repo, keep_last=2))
+    assert again["changed"] is False, {k: again[k] for k in ("pruned", "packs_deleted", "packs_repacked", "bytes_freed")}
+
+    packs = []
+    for root, _dirs, files in os.walk(os.path.join(repo["repository"], "packs")):
+        packs.extend(os.path.join(root, f) for f in files)
+    victim = max(packs, key=os.path.getsize)
+    with open(victim, "r+b") as handle:
+        handle.seek(os.path.getsize(victim) // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0x01]))
+    verified = ansible("backup_verify", dict(repo, read_data=True))
+    assert verified["_status"] == "failed" and verified["ok"] is False and verified["errors"]
+    # the flipped byte is named: a damaged chunk with its backup, or a damaged chunk map naming its backups
+    named = {d["backup_id"] for d in verified["damaged"]} | {b for b in ids[2:] if b in " ".join(verified["errors"])}
+    assert named & set(ids[2:]), verified["errors"]
+    restore = ansible("vm_restore", dict(repo, backup_id=sorted(named & set(ids[2:]))[0], dest=str(tmp_path),
+                                         format="raw"))
+    assert restore["_status"] == "failed" and not list(tmp_path.glob(f"{vm}-*"))  # refuses, leaves no file
