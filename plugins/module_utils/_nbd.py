@@ -108,6 +108,7 @@ _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _DESCRIPTOR = struct.Struct(">II")
+_ZEROS = memoryview(bytes(1 << 20))
 
 Extent = t.Tuple[int, int, int]
 
@@ -572,7 +573,11 @@ class NbdClient:
         offset, hole = struct.unpack_from(">QI", self._header, 20)
         start = self._payload_offset(request, offset, hole, "OFFSET_HOLE")
         view = t.cast(memoryview, request.view)
-        view[start:start + hole] = bytes(hole) if hole <= 65536 else bytearray(hole)
+        while hole:
+            n = min(hole, len(_ZEROS))
+            view[start:start + n] = _ZEROS[:n]
+            start += n
+            hole -= n
 
     def _chunk_block_status(self, request: _Request, length: int) -> None:
         if request.command != _CMD_BLOCK_STATUS or length < 12 or (length - 4) % 8:
