@@ -94,9 +94,11 @@ BASE_ALLOCATION = "base:allocation"
 DIRTY_BITMAP_PREFIX = "qemu:dirty-bitmap:"
 
 DEFAULT_MAX_PAYLOAD = 32 * 1024 * 1024
-DEFAULT_REQUEST_SIZE = 4 * 1024 * 1024
+# 1 MiB requests, 8 in flight and 8 MiB batches measured fastest against qemu-nbd on a Unix socket
+# (bigger requests fall out of the CPU caches); max_payload from the server still caps requests.
+DEFAULT_REQUEST_SIZE = 1024 * 1024
 DEFAULT_IN_FLIGHT = 8
-DEFAULT_CHUNK = 16 * 1024 * 1024
+DEFAULT_CHUNK = 8 * 1024 * 1024
 DEFAULT_TIMEOUT = 60.0
 
 _REQUEST = struct.Struct(">IHHQQI")
@@ -478,6 +480,8 @@ class NbdClient:
                 finished = self._receive_one()
                 if finished is not None:
                     done.append(finished)
+                    # After a server-side error, send nothing more: drain what is in flight, then raise.
+                    exhausted = exhausted or finished.error is not None
         except BaseException:
             self._state = "broken"
             raise
