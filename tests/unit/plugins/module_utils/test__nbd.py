@@ -58,12 +58,14 @@ def _free_port() -> int:
 class Server:
     """A qemu-nbd child process; stopped (and reaped) by the fixture."""
 
-    def __init__(self, image: str, tmp, *, export: str = "vda", bitmaps: tuple[str, ...] = (), tcp: bool = False) -> None:
+    def __init__(self, image: str, tmp, *, export: str = "vda", bitmaps: tuple[str, ...] = (), tcp: bool = False,
+                 trace: bool = False) -> None:
         self.export = export
         self.path = str(tmp / f"nbd-{os.getpid()}-{id(self)}.sock")
         self.port = _free_port() if tcp else 0
         argv = ["qemu-nbd", "--persistent", "--read-only", "--shared=8", "--format=qcow2", f"--export-name={export}"]
         argv += [f"--bitmap={name}" for name in bitmaps]
+        argv += ["--trace=nbd_*"] if trace else []
         argv += ["--bind=127.0.0.1", f"--port={self.port}"] if tcp else [f"--socket={self.path}"]
         self.log = tmp / f"qemu-nbd-{id(self)}.log"
         with open(self.log, "wb") as log:
@@ -82,6 +84,14 @@ class Server:
                 probe.connect(address)
             except OSError:
                 return False
+        return True
+
+    def wait_for_log(self, text: str) -> bool:
+        deadline = time.monotonic() + 5
+        while text not in self.log.read_text(errors="replace"):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
         return True
 
     def connect(self, contexts=(), **kwargs) -> NbdClient:
@@ -154,6 +164,16 @@ def test_handshake_reports_size_flags_and_limits(content_server):
     assert client.closed
     with pytest.raises(NbdError, match="closed"):
         client.read(0, 1)
+
+
+def test_close_sends_disconnect_and_a_failed_handshake_sends_abort(content, start_server):
+    server = start_server(content[0], trace=True)
+    with server.connect() as client:
+        client.read(0, 10)
+    assert server.wait_for_log("type = 2 (disconnect)"), server.log.read_text()
+    with pytest.raises(NbdError):
+        NbdClient.connect_unix(server.path, "no-such-export")
+    assert server.wait_for_log("Checking option 2 (abort)"), server.log.read_text()
 
 
 def test_tcp_handshake_and_read(content, start_server):
@@ -391,6 +411,32 @@ def test_server_killed_mid_read_raises_instead_of_hanging(content, start_server)
     assert client.closed
     with pytest.raises(NbdError, match="broken by an earlier error"):
         client.read(0, 1)
+    client.close()
+
+
+def test_server_killed_while_streaming_raises_instead_of_hanging(content, start_server):
+    server = start_server(content[0])
+    client = server.connect(timeout=30)
+    outcome: list[BaseException] = []
+    reads = []
+
+    def reader() -> None:
+        try:
+            while True:
+                reads.append(len(client.read(0, 40 * MiB)))
+        except BaseException as exc:  # pylint: disable=broad-exception-caught
+            outcome.append(exc)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not reads and not outcome and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert reads, f"no read finished before the kill: {outcome}"
+    server.proc.kill()  # most likely in the middle of the next 40 MiB read
+    thread.join(10)
+    assert not thread.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], NbdError), outcome
     client.close()
 
 
