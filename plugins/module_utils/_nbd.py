@@ -649,17 +649,34 @@ class NbdClient:
         self._run(piece for offset, view in aligned for piece in self._read_pieces(offset, view))
 
     def _align(self, offset: int, view: memoryview) -> list[tuple[int, memoryview]]:
-        """Honour the server's minimum block size: unaligned heads and tails go through a bounce buffer."""
+        """Honour the server's minimum block size: read unaligned head and tail blocks through a bounce buffer.
+
+        Returns the aligned middle part, still to be read straight into ``view``.
+        """
         block = self.min_block
-        if block == 1 or (offset % block == 0 and (len(view) % block == 0 or offset + len(view) == self.size)):
+        end = offset + len(view)
+        if block == 1 or not view:
             return [(offset, view)]
+        head = -(-offset // block) * block
+        tail = end if end == self.size else end - end % block
+        if head >= tail:
+            self._bounce(offset, view)
+            return []
+        if head > offset:
+            self._bounce(offset, view[:head - offset])
+        if tail < end:
+            self._bounce(tail, view[tail - offset:])
+        return [(head, view[head - offset:tail - offset])]
+
+    def _bounce(self, offset: int, view: memoryview) -> None:
+        """Read the whole blocks around [offset, offset + len(view)) and copy the wanted bytes into ``view``."""
+        block = self.min_block
         end = offset + len(view)
         start = offset - offset % block
         stop = min(self.size, -(-end // block) * block)
         bounce = bytearray(stop - start)
         self._run(self._read_pieces(start, memoryview(bounce)))
         view[:] = memoryview(bounce)[offset - start:end - start]
-        return []
 
     # ------------------------------------------------------------ block status
 

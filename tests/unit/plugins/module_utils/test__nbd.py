@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -224,13 +225,21 @@ def test_readinto_fills_only_the_given_view(content, content_server):
     assert buf[1000:201_000] == data[4242:204_242]
 
 
-def test_unaligned_reads_use_a_bounce_buffer_when_the_server_has_a_minimum_block(content, content_server):
-    # qemu-nbd always advertises a 1-byte minimum; pretend 4 KiB on a real connection to drive the alignment path.
-    data = content[1]
-    with content_server.connect(request_size=64 * KiB) as client:
+def test_unaligned_reads_use_a_bounce_buffer_when_the_server_has_a_minimum_block(content, start_server):
+    # qemu-nbd always advertises a 1-byte minimum; pretend 4 KiB on a real connection to drive the alignment path,
+    # and check in qemu-nbd's trace that every request it got was aligned (or ran to the end of the disk).
+    image, data = content
+    server = start_server(image, trace=True)
+    cases = [(1, 10), (4095, 2), (4096, 8192), (4096, 5000), (5000, 300_001), (SIZE - 5, 5), (SIZE - MiB - 3, MiB + 3),
+             (8191, 4097), (0, 4095), (12_288, 0)]
+    with server.connect(request_size=64 * KiB) as client:
         client.min_block = 4096
-        for offset, length in [(1, 10), (4095, 2), (4096, 8192), (5000, 300_001), (SIZE - 5, 5)]:
+        for offset, length in cases:
             assert client.read(offset, length) == data[offset:offset + length]
+    assert server.wait_for_log("(disconnect)")
+    requests = [(int(m.group(1)), int(m.group(2))) for m in re.finditer(r"type = 0x0, from = (\d+), len = (\d+)", server.log.read_text())]
+    assert len(requests) >= len(cases)
+    assert all(offset % 4096 == 0 and (length % 4096 == 0 or offset + length == SIZE) for offset, length in requests), requests
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
