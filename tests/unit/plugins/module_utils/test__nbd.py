@@ -467,3 +467,21 @@ def test_connecting_to_nothing_is_a_clear_error(tmp_path):
         NbdClient.connect_unix(str(tmp_path / "missing.sock"), "vda")
     with pytest.raises(NbdError, match=r"Cannot connect to the NBD server 127.0.0.1:"):
         NbdClient.connect_tcp("127.0.0.1", _free_port(), "vda", timeout=2)
+
+
+def test_extents_merge_across_the_block_status_windows_of_a_large_sparse_disk(tmp_path, start_server):
+    # 3 GiB virtual, a few MiB on disk: the helpers query 1 GiB windows and must merge a run that crosses one.
+    image = _qcow2(tmp_path / "big.qcow2", 3 * 1024 * MiB)
+    _run("qemu-img", "bitmap", "--add", image, "b")
+    _write(image, 1024 * MiB - CLUSTER, 2 * CLUSTER, 0x77)
+    _write(image, 2048 * MiB - 3 * CLUSTER, 3 * CLUSTER, 0x78)
+    _write(image, 2048 * MiB, CLUSTER, 0x79)
+    _write(image, 3 * 1024 * MiB - CLUSTER, CLUSTER, 0x7A)
+    server = start_server(image, bitmaps=("b",))
+    expected = [(1024 * MiB - CLUSTER, 2 * CLUSTER), (2048 * MiB - 3 * CLUSTER, 4 * CLUSTER), (3 * 1024 * MiB - CLUSTER, CLUSTER)]
+    with server.connect(["base:allocation", "qemu:dirty-bitmap:b"]) as client:
+        assert list(allocated_extents(client, client.size)) == expected
+        assert list(dirty_extents(client, client.size, "qemu:dirty-bitmap:b")) == expected
+        pieces = [(offset, bytes(view)) for offset, _length, view in read_extents(client, expected, chunk=MiB)]
+    assert pieces == [(1024 * MiB - CLUSTER, b"\x77" * 2 * CLUSTER), (2048 * MiB - 3 * CLUSTER, b"\x78" * 3 * CLUSTER + b"\x79" * CLUSTER),
+                      (3 * 1024 * MiB - CLUSTER, b"\x7a" * CLUSTER)]
