@@ -322,8 +322,14 @@ def test_dirty_extents_are_the_writes_after_the_bitmap_was_added(tmp_path, start
 def test_read_extents_yields_bounded_ordered_pieces_equal_to_the_disk(content, content_server, chunk):
     data = content[1]
     extents = [(0, 10), (4096, 7 * MiB + 3), (9 * MiB, CLUSTER), (9 * MiB + 2 * CLUSTER, CLUSTER), (30 * MiB, 9 * MiB)]
+    buffers = set()
+    pieces = []
     with content_server.connect() as client:
-        pieces = [(offset, length, bytes(view)) for offset, length, view in read_extents(client, extents, chunk=chunk)]
+        for offset, length, view in read_extents(client, extents, chunk=chunk):
+            buffers.add(id(view.obj))
+            assert len(view.obj) == chunk
+            pieces.append((offset, length, bytes(view)))
+    assert len(buffers) == 1  # one reused buffer of `chunk` bytes: memory stays bounded
     assert all(0 < length <= chunk and len(piece) == length for _offset, length, piece in pieces)
     # Pieces tile the extents exactly, in order.
     covered = []
