@@ -94,9 +94,11 @@ BASE_ALLOCATION = "base:allocation"
 DIRTY_BITMAP_PREFIX = "qemu:dirty-bitmap:"
 
 DEFAULT_MAX_PAYLOAD = 32 * 1024 * 1024
-DEFAULT_REQUEST_SIZE = 4 * 1024 * 1024
+# Against qemu-nbd on a Unix socket, 1-2 MiB requests read fastest (4 MiB and up fall out of the CPU caches);
+# 8 in flight and 8 MiB batches keep a disk-backed server busy. The server's max_payload still caps requests.
+DEFAULT_REQUEST_SIZE = 1024 * 1024
 DEFAULT_IN_FLIGHT = 8
-DEFAULT_CHUNK = 16 * 1024 * 1024
+DEFAULT_CHUNK = 8 * 1024 * 1024
 DEFAULT_TIMEOUT = 60.0
 
 _REQUEST = struct.Struct(">IHHQQI")
@@ -108,8 +110,9 @@ _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _DESCRIPTOR = struct.Struct(">II")
+_ZEROS = memoryview(bytes(1 << 20))
 
-Extent = t.Tuple[int, int, int]
+Extent = tuple[int, int, int]
 
 
 class NbdError(Exception):
@@ -151,10 +154,9 @@ class NbdClient:
                  timeout: float | None = DEFAULT_TIMEOUT, in_flight: int = DEFAULT_IN_FLIGHT,
                  request_size: int = DEFAULT_REQUEST_SIZE, where: str = "the NBD server") -> None:
         """Run the handshake on an already connected socket; raises NbdError and closes it on failure."""
-        if in_flight < 1:
-            raise NbdError(f"in_flight must be at least 1, got {in_flight}.")
-        if request_size < 1:
-            raise NbdError(f"request_size must be positive, got {request_size}.")
+        if in_flight < 1 or request_size < 1:
+            sock.close()
+            raise NbdError(f"in_flight and request_size must be at least 1, got {in_flight} and {request_size}.")
         self._sock = sock
         self._where = where
         self._timeout = timeout
@@ -165,7 +167,6 @@ class NbdClient:
         self.preferred_block = 4096
         self.max_payload = DEFAULT_MAX_PAYLOAD
         self.contexts: dict[str, int] = {}
-        self._context_names: dict[int, str] = {}
         self.structured_replies = False
         self.in_flight = in_flight
         self._request_size = request_size
@@ -328,7 +329,6 @@ class NbdClient:
             (context_id,) = _U32.unpack_from(data)
             context_name = data[4:].decode("utf-8", "replace")
             self.contexts[context_name] = context_id
-            self._context_names[context_id] = context_name
             reply, data = self._option_reply(_OPT_SET_META_CONTEXT)
         if reply == _REP_ERR_UNKNOWN:
             self._unknown_export(_OPT_SET_META_CONTEXT, name, reply, data)
@@ -445,14 +445,6 @@ class NbdClient:
             raise NbdError(f"Cannot {what} {length} bytes at offset {offset}: export {self.export!r} has {self.size} bytes; "
                            "keep offset + length within the disk size.")
 
-    def _submit(self, command: int, flags: int, offset: int, length: int, view: memoryview | None) -> _Request:
-        cookie = next(self._cookies)
-        request = _Request(cookie, command, offset, length, view)
-        self._send(_REQUEST.pack(_REQUEST_MAGIC, flags, command, cookie, offset, length),
-                   "a READ request" if command == _CMD_READ else "a BLOCK_STATUS request")
-        self._pending[cookie] = request
-        return request
-
     def _run(self, requests: t.Iterable[tuple[int, int, int, memoryview | None]]) -> list[_Request]:
         """Send (command, offset, length, view) requests, up to ``in_flight`` at once; wait for all replies.
 
@@ -465,18 +457,25 @@ class NbdClient:
         try:
             exhausted = False
             while True:
+                outgoing = []
                 while not exhausted and len(self._pending) < self.in_flight:
                     item = next(source, None)
                     if item is None:
                         exhausted = True
                         break
                     command, offset, length, view = item
-                    self._submit(command, 0, offset, length, view)
+                    cookie = next(self._cookies)
+                    self._pending[cookie] = _Request(cookie, command, offset, length, view)
+                    outgoing.append(_REQUEST.pack(_REQUEST_MAGIC, 0, command, cookie, offset, length))
+                if outgoing:
+                    self._send(b"".join(outgoing), "requests")
                 if not self._pending:
                     break
                 finished = self._receive_one()
                 if finished is not None:
                     done.append(finished)
+                    # After a server-side error, send nothing more: drain what is in flight, then raise.
+                    exhausted = exhausted or finished.error is not None
         except BaseException:
             self._state = "broken"
             raise
@@ -572,7 +571,11 @@ class NbdClient:
         offset, hole = struct.unpack_from(">QI", self._header, 20)
         start = self._payload_offset(request, offset, hole, "OFFSET_HOLE")
         view = t.cast(memoryview, request.view)
-        view[start:start + hole] = bytes(hole) if hole <= 65536 else bytearray(hole)
+        while hole:
+            n = min(hole, len(_ZEROS))
+            view[start:start + n] = _ZEROS[:n]
+            start += n
+            hole -= n
 
     def _chunk_block_status(self, request: _Request, length: int) -> None:
         if request.command != _CMD_BLOCK_STATUS or length < 12 or (length - 4) % 8:
@@ -613,7 +616,7 @@ class NbdClient:
             yield _CMD_READ, offset + pos, n, view[pos:pos + n]
             pos += n
 
-    def readinto(self, offset: int, buffer: t.Any) -> int:
+    def readinto(self, offset: int, buffer: bytearray | memoryview) -> int:
         """Read len(buffer) bytes at ``offset`` into ``buffer`` (any writable bytes-like object); return the count.
 
         Holes are zero-filled. Requests are split to the server's limits and pipelined.
@@ -640,17 +643,34 @@ class NbdClient:
         self._run(piece for offset, view in aligned for piece in self._read_pieces(offset, view))
 
     def _align(self, offset: int, view: memoryview) -> list[tuple[int, memoryview]]:
-        """Honour the server's minimum block size: unaligned heads and tails go through a bounce buffer."""
+        """Honour the server's minimum block size: read unaligned head and tail blocks through a bounce buffer.
+
+        Returns the aligned middle part, still to be read straight into ``view``.
+        """
         block = self.min_block
-        if block == 1 or (offset % block == 0 and (len(view) % block == 0 or offset + len(view) == self.size)):
+        end = offset + len(view)
+        if block == 1 or not view:
             return [(offset, view)]
+        head = -(-offset // block) * block
+        tail = end if end == self.size else end - end % block
+        if head >= tail:
+            self._bounce(offset, view)
+            return []
+        if head > offset:
+            self._bounce(offset, view[:head - offset])
+        if tail < end:
+            self._bounce(tail, view[tail - offset:])
+        return [(head, view[head - offset:tail - offset])]
+
+    def _bounce(self, offset: int, view: memoryview) -> None:
+        """Read the whole blocks around [offset, offset + len(view)) and copy the wanted bytes into ``view``."""
+        block = self.min_block
         end = offset + len(view)
         start = offset - offset % block
         stop = min(self.size, -(-end // block) * block)
         bounce = bytearray(stop - start)
         self._run(self._read_pieces(start, memoryview(bounce)))
         view[:] = memoryview(bounce)[offset - start:end - start]
-        return []
 
     # ------------------------------------------------------------ block status
 
