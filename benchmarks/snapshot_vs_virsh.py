@@ -62,9 +62,9 @@ def main() -> int:
         "virsh create", "virsh remove", "module create", "module remove", "task create", "task remove")}
     try:
         for i in range(args.rounds):
-            t, _ = timed(["virsh", "-q", "snapshot-create-as", vm, f"v{i}", "--disk-only", "--atomic"])
+            t, _out = timed(["virsh", "-q", "snapshot-create-as", vm, f"v{i}", "--disk-only", "--atomic"])
             rows["virsh create"].append(t)
-            t, _ = timed(["virsh", "-q", "snapshot-delete", vm, f"v{i}"])
+            t, _out = timed(["virsh", "-q", "snapshot-delete", vm, f"v{i}"])
             rows["virsh remove"].append(t)
             for state, key in (("present", "create"), ("absent", "remove")):
                 a = json.dumps({"vm_name": vm, "snapshot_name": f"m{i}", "disk_only": True, "state": state})
@@ -87,8 +87,8 @@ def main() -> int:
         empty = [{"hosts": "localhost", "gather_facts": False, "tasks": []}]
         with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as handle2:
             json.dump(empty, handle2)
-        t_play, _ = timed([os.path.join(VENV_BIN, "ansible-playbook"), handle.name], e)
-        t_empty, _ = timed([os.path.join(VENV_BIN, "ansible-playbook"), handle2.name], e)
+        t_play, _out = timed([os.path.join(VENV_BIN, "ansible-playbook"), handle.name], e)
+        t_empty, _out = timed([os.path.join(VENV_BIN, "ansible-playbook"), handle2.name], e)
         os.unlink(handle.name)
         os.unlink(handle2.name)
     finally:

@@ -124,7 +124,12 @@ files:
   returned: success
   type: list
   elements: dict
-  sample: [{"disk": "vda", "path": "/srv/export/web01-vda-20261123T020000Z-3f9a1c2e.vhdx", "format": "vhdx", "size": 21474836480, "digest": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}]
+  sample:
+    - disk: vda
+      path: /srv/export/web01-vda-20261123T020000Z-3f9a1c2e.vhdx
+      format: vhdx
+      size: 21474836480
+      digest: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
 vm:
   description: The VM defined (O(target=new_vm)) or restored over (O(target=original)).
   returned: when O(target) is not V(image)

@@ -191,3 +191,92 @@ def test_prune_keeps_the_policy_set_and_verify_catches_a_bit_flip(lab, ansible, 
     restore = ansible("vm_restore", dict(repo, backup_id=sorted(named & set(ids[2:]))[0], dest=str(tmp_path),
                                          format="raw"))
     assert restore["_status"] == "failed" and not list(tmp_path.glob(f"{vm}-*"))  # refuses, leaves no file
+
+
+def process_tree(root: int) -> list[int]:
+    """root and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="utf-8") as handle:
+                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        found.append(pid)
+        stack.extend(children.get(pid, []))
+    return found
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.4])
+def test_killed_backup_leaves_vm_running_repo_verifying_and_next_run_working(lab, ansible, repo, tmp_path, delay):
+    import json  # pylint: disable=import-outside-toplevel
+    import signal  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+    import time  # pylint: disable=import-outside-toplevel
+
+    from conftest import ansible_env  # pylint: disable=import-error,import-outside-toplevel
+
+    import labvm  # pylint: disable=import-outside-toplevel,import-error
+    import libvirt  # pylint: disable=import-outside-toplevel
+
+    # 768 MiB of random data (incompressible, so the backup runs for a while), written while the VM is off
+    vm = lab.vm(size_mib=1024, start=False)
+    noise = tmp_path / "noise.bin"
+    noise.write_bytes(os.urandom(64 * MiB))
+    for i in range(12):
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -s {noise} {i * 64 * MiB} {64 * MiB}",
+                        labvm.active_image(vm)], check=True, capture_output=True)
+    lab.virsh("start", vm)
+    first = ansible("vm_backup", dict(repo, vm_name=vm, init=True))
+    assert first["_status"] == "ok", first
+    for i in range(8):
+        lab.write(vm, 0x61 + i, i * 128 * MiB + 4 * MiB, 4 * MiB)
+
+    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible"), "localhost", "-m", "vmsafe.protect.vm_backup",
+           "-a", json.dumps(dict(repo, vm_name=vm, mode="full"))]
+    proc = subprocess.Popen(cmd, env=ansible_env(), start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    conn = libvirt.open(labvm.URI)
+    try:
+        dom = conn.lookupByName(vm)
+
+        def busy() -> bool:
+            try:
+                return dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE
+            except libvirt.libvirtError:
+                return True  # "backup job data missing": the job is being set up
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not busy():
+            time.sleep(0.002)
+        assert busy(), "the backup job never started"
+        time.sleep(delay)
+        tree = process_tree(proc.pid)  # ansible's workers start their own sessions: walk the tree
+        for pid in tree:
+            os.kill(pid, signal.SIGSTOP)  # freeze at once, then kill: the run stops where it was
+        assert busy(), "the backup finished before the kill; make it larger"
+    finally:
+        conn.close()
+    for pid in tree + [p for p in process_tree(proc.pid) if p not in tree]:
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+
+    assert lab.virsh("domstate", vm).strip() == "running"
+    verified = ansible("backup_verify", dict(repo, read_data=True))
+    info = ansible("backup_info", repo)["backups"]
+    assert verified["ok"] and verified["backups_checked"] == 1, (info, first["duration"], delay)  # the killed run committed nothing
+    assert [b["id"] for b in ansible("backup_info", repo)["backups"]] == [first["backup_id"]]
+
+    after = ansible("vm_backup", dict(repo, vm_name=vm))
+    assert after["_status"] == "ok", after
+    assert after["mode"] == "incremental" and after["parent"] == first["backup_id"]
+    assert any("abandoned backup job" in w for w in after.get("warnings", []))
+    want = disk_sha256(vm)
+    restored = ansible("vm_restore", dict(repo, backup_id=after["backup_id"], dest=str(tmp_path), format="raw"))
+    assert file_sha256(restored["files"][0]["path"])[0] == want[0]
+    assert ansible("backup_verify", dict(repo, read_data=True))["ok"]

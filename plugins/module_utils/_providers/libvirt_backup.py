@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import os
 import tempfile
 import typing as t
@@ -39,6 +40,7 @@ except ImportError:
     libvirt = None
 
 CHECKPOINT_PREFIX = "vmsafe-"
+OWNER_FILE = "owner.json"
 SOCKET_DIR = "/run/vmsafe"
 READ_CHUNK = 4 * 1024 * 1024
 
@@ -126,6 +128,49 @@ def _remove_tree(path: str) -> None:
         os.rmdir(path)
 
 
+def recover_abandoned(dom: t.Any, vm: VmRef, warn: t.Callable[[str], None]) -> bool:
+    """End a pull-mode backup job whose vmsafe process is gone; return True when one was ended.
+
+    A killed vm_backup leaves QEMU exporting the disks, and every later job would wait for the state-change lock.
+    The job's NBD socket sits in a folder of ours with an owner file: a dead owner pid means the job is abandoned.
+    """
+    try:
+        root = ET.fromstring(dom.backupGetXMLDesc(0))
+    except libvirt.libvirtError:
+        return False  # not a backup job
+    server = root.find("server")
+    sock = server.get("socket", "") if server is not None else ""
+    if not sock.startswith(SOCKET_DIR + "/"):
+        return False  # not ours
+    owner_path = os.path.join(os.path.dirname(sock), OWNER_FILE)
+    try:
+        with open(owner_path, encoding="utf-8") as handle:
+            owner = json.load(handle)
+        os.kill(int(owner["pid"]), 0)
+        return False  # the owner still runs: a real concurrent backup
+    except ProcessLookupError:
+        pass
+    except (OSError, ValueError, KeyError):
+        owner = {}
+    try:
+        dom.abortJob()
+    except libvirt.libvirtError:
+        return False
+    for path in owner.get("scratch", []):
+        if os.path.exists(path):
+            os.unlink(path)
+    _remove_tree(os.path.dirname(sock))
+    if owner.get("checkpoint"):
+        try:
+            # Its backup never reached the repository; the previous checkpoint stays the base.
+            dom.checkpointLookupByName(owner["checkpoint"], 0).delete(0)
+        except libvirt.libvirtError:
+            pass
+    warn(f"Ended an abandoned backup job of VM '{vm.name}' (its vm_backup process {owner.get('pid', '?')} is gone) "
+         f"and removed its checkpoint; the repository was not changed by it.")
+    return True
+
+
 def checkpoint_names(dom: t.Any) -> list[str]:
     """The VM's checkpoints, oldest first."""
     try:
@@ -161,6 +206,8 @@ def begin(dom: t.Any, vm: VmRef, since: str | None, quiesce: bool, quiesce_fallb
         raise UnsupportedOperation(
             f"VM '{vm.name}' is shut off: libvirt backs up running VMs only (QEMU serves the disks). Start it, or "
             f"back up its image files with the VM off using mode: full and the VM running for a moment.")
+    if dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE:
+        recover_abandoned(dom, vm, warn)
     if dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE:
         raise Busy(f"VM '{vm.name}' has a job in progress (another backup, a migration or a save). Wait for it to "
                    f"finish, or abort it with 'virsh domjobabort {vm.name}', then retry.")
@@ -225,6 +272,9 @@ def begin(dom: t.Any, vm: VmRef, since: str | None, quiesce: bool, quiesce_fallb
                 warnings.append(f"Thawing VM '{vm.name}' failed: {exc.get_error_message()}; check the guest.")
     for warning in warnings:
         warn(warning)
+    # Who owns this job: a later run finds it here if this process dies (kill -9, a lost controller).
+    with open(os.path.join(scratch_dir, OWNER_FILE), "w", encoding="utf-8") as handle:
+        json.dump({"pid": os.getpid(), "checkpoint": checkpoint, "scratch": scratch_files}, handle)
     definition = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
     session = BackupSession(dom=dom, vm=vm, checkpoint=checkpoint, since=since, consistency=consistency,
                             vm_definition=definition, disks=[], socket_path=socket_path, scratch_dir=scratch_dir,
