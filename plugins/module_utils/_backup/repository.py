@@ -643,7 +643,8 @@ class Repository:
         def close_segment() -> None:
             seg_map: MapSegment = state["map"]
             # records copied from a parent of another size may have the wrong length: re-store them
-            for chunk, _cid, _sha, length in list(seg_map.iter_stored()):
+            resized = parent is not None and parent.size != size
+            for chunk, _cid, _sha, length in list(seg_map.iter_stored()) if resized else ():
                 want = chunk_length(chunk, size, csize)
                 if length != want:
                     data = parent_plain(chunk, want)
@@ -853,31 +854,68 @@ class Repository:
         zero = bytes(csize)
         written = 0
 
-        def work(chunk: int, cid: bytes, raw: bytes, length: int, pack: str) -> int:
-            try:
-                plain = codec.open(BLOB_DATA, cid, raw, length)
-            except IntegrityError as exc:
-                raise CorruptChunkError(
-                    cid.hex(), str(exc), record.id, disk.name, chunk, chunk * csize, pack
-                ) from None
-            view = memoryview(plain)
-            pos = chunk * csize
-            while view:
-                count = os.pwrite(fd, view, pos)
-                view = view[count:]
-                pos += count
-            return length
+        def work(batch: list[tuple[int, bytes, bytes, int, str]]) -> int:
+            done = 0
+            for chunk, cid, raw, length, pack in batch:
+                try:
+                    plain = codec.open(BLOB_DATA, cid, raw, length)
+                except IntegrityError as exc:
+                    raise CorruptChunkError(
+                        cid.hex(), str(exc), record.id, disk.name, chunk, chunk * csize, pack
+                    ) from None
+                view = memoryview(plain)
+                pos = chunk * csize
+                while view:
+                    count = os.pwrite(fd, view, pos)
+                    view = view[count:]
+                    pos += count
+                done += length
+            return done
 
         def zeros_until(start_chunk: int, end_chunk: int) -> None:
             for chunk in range(start_chunk, end_chunk):
                 length = chunk_length(chunk, disk.size, csize)
                 os.pwrite(fd, zero[:length], chunk * csize)
 
-        window = self.threads * 4
+        def read_batch(items: list[tuple[int, bytes, int, t.Any]]) -> list[tuple[int, bytes, bytes, int, str]]:
+            """Read the stored blobs of a batch, one read per run of adjacent blobs in a pack."""
+            out: list[tuple[int, bytes, bytes, int, str]] = []
+            i = 0
+            while i < len(items):
+                j = i + 1
+                loc = items[i][3]
+                end = loc.offset + loc.length
+                while j < len(items) and items[j][3].pack == loc.pack and items[j][3].offset == end:
+                    end += items[j][3].length
+                    j += 1
+                try:
+                    data = self.backend.read_range(pack_object_name(loc.pack), loc.offset, end - loc.offset)
+                except FileNotFoundError:
+                    chunk, cid = items[i][0], items[i][1]
+                    raise CorruptChunkError(
+                        cid.hex(), "its pack file is missing", record.id, disk.name, chunk, chunk * csize, loc.pack
+                    ) from None
+                for chunk, cid, length, item_loc in items[i:j]:
+                    start = item_loc.offset - loc.offset
+                    out.append((chunk, cid, data[start : start + item_loc.length], length, item_loc.pack))
+                i = j
+            return out
+
+        batch_size = max(1, (1024 * 1024) // csize)
+        window = self.threads * 3
         pending: "collections.deque[concurrent.futures.Future[int]]" = collections.deque()
+        batch: list[tuple[int, bytes, int, t.Any]] = []
         next_chunk = 0
         nchunks = chunk_count(disk.size, csize)
         with concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="vmsafe-restore") as pool:
+
+            def submit() -> None:
+                nonlocal written, batch
+                pending.append(pool.submit(work, read_batch(batch)))
+                batch = []
+                while len(pending) > window:
+                    written += pending.popleft().result()
+
             try:
                 for seg_no, seg_id in enumerate(disk.segments):
                     if seg_id is None:
@@ -897,19 +935,15 @@ class Repository:
                             raise CorruptChunkError(
                                 cid.hex(), "it is missing from the repository", record.id, disk.name, chunk, chunk * csize
                             )
-                        try:
-                            raw = self.backend.read_range(pack_object_name(loc.pack), loc.offset, loc.length)
-                        except FileNotFoundError:
-                            raise CorruptChunkError(
-                                cid.hex(), "its pack file is missing", record.id, disk.name, chunk, chunk * csize, loc.pack
-                            ) from None
                         if write_zeros:
                             zeros_until(next_chunk, chunk)
                         next_chunk = chunk + 1
                         digest.add(chunk, sha)
-                        pending.append(pool.submit(work, chunk, cid, raw, length, loc.pack))
-                        while len(pending) > window:
-                            written += pending.popleft().result()
+                        batch.append((chunk, cid, length, loc))
+                        if len(batch) >= batch_size:
+                            submit()
+                if batch:
+                    submit()
                 while pending:
                     written += pending.popleft().result()
             except BaseException:
