@@ -90,7 +90,9 @@ FORMAT_VERSION = 1
 DEFAULT_CHUNK_SIZE = 64 * 1024
 DEFAULT_SEGMENT_CHUNKS = 16384
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
-DEFAULT_COMPRESSION_LEVEL = 3
+#: zstd level 2: on 64 KiB chunks of the benchmark image it compresses as well as level 3 (ratio 0.465 vs
+#: 0.464 on the compressible chunks) at 1.6x the speed (229 vs 145 MB/s per core); level 1 stores 10 % more.
+DEFAULT_COMPRESSION_LEVEL = 2
 REPACK_THRESHOLD = 0.5
 DIRS = ("keys", "packs", "index", "snapshots", "locks")
 
@@ -1161,7 +1163,9 @@ class Repository:
                     seg_map = self._read_map(seg_id, index, f"disk '{disk.name}' of backup {record.id}")
                     for _chunk, cid, _sha, _length in seg_map.iter_stored():
                         used.add(cid)
-        stored = {obj.rsplit("/", 1)[-1]: (obj, size) for obj, size in self.backend.list("packs")}
+        stored = {
+            obj.rsplit("/", 1)[-1]: (obj, size) for obj, size in self.backend.list("packs") if ".tmp-" not in obj
+        }
         packs = index.packs()
         keep: dict[str, list[PackEntry]] = {}
         delete: list[str] = []
