@@ -169,7 +169,7 @@ class _PackSink:
     def __init__(self, repo: "Repository", index: Index) -> None:
         self._repo = repo
         self._index = index
-        self._queue: "queue.Queue[t.Any]" = queue.Queue(maxsize=256)
+        self._queue: "queue.Queue[t.Any]" = queue.Queue(maxsize=64)
         self._sync_queue: "queue.Queue[PackWriter | None]" = queue.Queue(maxsize=2)
         self._claimed: set[bytes] = set()
         self._claim_lock = threading.Lock()
