@@ -262,8 +262,10 @@ class Vmsafe(Tool):
     def env(self) -> dict[str, str]:
         return {"VMSAFE_PASSPHRASE": PASS}
 
+    init_args: list[str] = []
+
     def init(self) -> None:
-        run(self.cli() + ["init", self.repo], self.env())
+        run(self.cli() + ["init", self.repo] + self.init_args, self.env())
 
     def backup(self, label: str, image: str, extents: list[list[int]] | None = None) -> None:
         cmd = self.cli() + ["backup", self.repo, image]
@@ -298,7 +300,8 @@ def table(tools: list[Tool], size: int, extra: dict[str, t.Any]) -> str:
     lines = [
         f"Image {size / 2**30:.2f} GiB (40 % zero, 35 % compressible, 25 % random); MB = 10^6 bytes added; "
         "restore includes fsync of the restored file. borg: zstd,3, no encryption; restic: defaults (encrypted, "
-        f"zstd auto); vmsafe: AES-256-GCM, zstd level {extra.get('vmsafe_level', '?')}, 64 KiB chunks, "
+        f"zstd auto); vmsafe: AES-256-GCM, zstd level {extra.get('vmsafe_level', '?')}, "
+        f"{extra.get('vmsafe_chunk_size', 0) // 1024} KiB chunks, "
         "incrementals given the 64 KiB dirty-bitmap extents.",
         "",
         "| tool | full | incr. clustered 1 % | incr. scattered 1 % | restore | peak RSS |",
@@ -355,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tools", default="borg,restic,vmsafe")
     parser.add_argument("--skip-16g", action="store_true", help="skip the flat-RSS run on the 4x sparse image")
     parser.add_argument("--keep", action="store_true", help="keep repositories and images afterwards")
+    parser.add_argument("--vmsafe-chunk-size", type=int, help="chunk size of the vmsafe repository (default 64 KiB)")
+    parser.add_argument("--vmsafe-level", type=int, help="zstd level of the vmsafe repository (default: engine's)")
     args = parser.parse_args(argv)
     size = 256 * MIB if args.quick else int(args.size_gib * 1024) * MIB
     names = [n for n in args.tools.split(",") if n]
@@ -365,6 +370,10 @@ def main(argv: list[str] | None = None) -> int:
             "apt-get install borgbackup restic (or pass --tools vmsafe).\n"
         )
         return 2
+    if args.vmsafe_chunk_size:
+        Vmsafe.init_args += ["--chunk-size", str(args.vmsafe_chunk_size)]
+    if args.vmsafe_level is not None:
+        Vmsafe.init_args += ["--level", str(args.vmsafe_level)]
     work = os.path.abspath(args.workdir)
     os.makedirs(work, exist_ok=True)
     os.environ["BENCH_TMP"] = work
@@ -380,7 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     extra: dict[str, t.Any] = {}
     if "vmsafe" in names:
         with open(os.path.join(work, "repo-vmsafe", "config"), encoding="utf-8") as handle:
-            extra["vmsafe_level"] = json.load(handle)["compression"]["level"]
+            vm_config = json.load(handle)
+        extra["vmsafe_level"] = vm_config["compression"]["level"]
+        extra["vmsafe_chunk_size"] = vm_config["chunk_size"]
     for tool in tools:
         tool.backup("full", image)
     clustered = clustered_writes(size, rng)
@@ -408,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         repo = os.path.join(work, "repo-vmsafe-4x")
         shutil.rmtree(repo, ignore_errors=True)
         vm = Vmsafe(work)
-        vm.repo = repo
+        vm.repo = repo  # same settings (init_args) as the main vmsafe repository
         vm.init()
         r = run(vm.cli() + ["backup", repo, big], vm.env())
         extra.update(rss_16g=r.rss_mib, size_small=size, size_big=size * 4, big_seconds=r.seconds)

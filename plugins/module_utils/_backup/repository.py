@@ -60,7 +60,8 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.index impor
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.locks import Lock, break_locks
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.manifest import (
     BackupRecord,
-    DigestBuilder,
+    combine_digests,
+    segment_digest,
     DiskRecord,
     MapSegment,
     chunk_count,
@@ -623,34 +624,52 @@ class Repository:
                 data.extend(bytes(length - len(data)))
             return data[:length]
 
-        # ---- collection side: maps and digest, in chunk order
+        # ---- collection side: maps and digests, in chunk order. A segment's map is only loaded
+        # ("materialised") when a changed chunk falls into it; untouched segments keep the parent's
+        # id and digest, so an incremental costs in proportion to the change, not to the disk.
         segments: list[str | None] = []
-        digest = DigestBuilder(size, csize)
-        state: dict[str, t.Any] = {"seg": -1, "map": None, "changed": False, "parent_id": None}
-        counters = {"stored": 0, "zero": 0}
+        seg_digests: list[str] = []
+        resized = parent is not None and parent.size != size
+        state: dict[str, t.Any] = {"seg": -1, "map": None, "changed": False, "old_stored": 0}
+        counters = {"stored": 0, "zero": 0, "delta": 0}
 
-        def open_segment(seg: int) -> None:
-            first = seg * seg_chunks
-            count = min(seg_chunks, nchunks - first)
-            pseg = parent_segment(seg)
-            new = MapSegment(first, count, csize)
-            parent_id = None
-            if pseg is not None:
-                keep = min(count, pseg.count)
-                new.buf[: keep * 68] = pseg.buf[: keep * 68]
-                if pseg.count == count:
-                    parent_id = t.cast(DiskRecord, parent).segments[seg]
-            state.update(seg=seg, map=new, changed=False, parent_id=parent_id)
+        def materialize() -> MapSegment:
+            if state["map"] is None:
+                seg = state["seg"]
+                first = seg * seg_chunks
+                count = min(seg_chunks, nchunks - first)
+                new = MapSegment(first, count, csize)
+                pseg = parent_segment(seg)
+                if pseg is not None:
+                    keep = min(count, pseg.count)
+                    new.buf[: keep * 68] = pseg.buf[: keep * 68]
+                    if not resized:
+                        state["old_stored"] = sum(1 for _ in pseg.iter_stored())
+                state["map"] = new
+            return t.cast(MapSegment, state["map"])
+
+        def parent_has(seg: int) -> bool:
+            return parent is not None and not resized and seg < len(parent.segments)
 
         def close_segment() -> None:
-            seg_map: MapSegment = state["map"]
+            seg = state["seg"]
+            if state["map"] is None and resized:
+                materialize()
+            seg_map: MapSegment | None = state["map"]
+            if seg_map is None or (not state["changed"] and parent_has(seg)):
+                if parent_has(seg):
+                    pdisk = t.cast(DiskRecord, parent)
+                    segments.append(pdisk.segments[seg])
+                    seg_digests.append(pdisk.segment_digests[seg])
+                else:
+                    segments.append(None)
+                    seg_digests.append(segment_digest(None, seg, size, csize, seg_chunks).hex())
+                return
             # records copied from a parent of another size may have the wrong length: re-store them
-            resized = parent is not None and parent.size != size
             for chunk, _cid, _sha, length in list(seg_map.iter_stored()) if resized else ():
                 want = chunk_length(chunk, size, csize)
                 if length != want:
                     data = parent_plain(chunk, want)
-                    state["changed"] = True
                     if data == bytes(want):
                         seg_map.clear(chunk)
                     else:
@@ -658,14 +677,11 @@ class Repository:
                         if sink.claim(cid):
                             sink.put(BLOB_DATA, cid, codec.seal(BLOB_DATA, cid, data))
                         seg_map.set(chunk, cid, sha, want)
-            stored = 0
-            for chunk, _cid, sha, _length in seg_map.iter_stored():
-                digest.add(chunk, sha)
-                stored += 1
+            stored = sum(1 for _ in seg_map.iter_stored())
             counters["stored"] += stored
-            if not state["changed"] and state["parent_id"] is not None:
-                segments.append(state["parent_id"])
-            elif stored == 0:
+            counters["delta"] += stored - state["old_stored"]
+            seg_digests.append(segment_digest(seg_map, seg, size, csize, seg_chunks).hex())
+            if stored == 0:
                 segments.append(None)
             else:
                 plain = seg_map.encode()
@@ -679,14 +695,14 @@ class Repository:
             while state["seg"] < seg:
                 if state["seg"] >= 0:
                     close_segment()
-                open_segment(state["seg"] + 1)
+                state.update(seg=state["seg"] + 1, map=None, changed=False, old_stored=0)
 
         def collect(item: t.Any) -> None:
             chunk, length, result = item
             if isinstance(result, concurrent.futures.Future):
                 result = result.result()
             advance_to(chunk)
-            seg_map: MapSegment = state["map"]
+            seg_map = materialize()
             old = seg_map.get(chunk)
             if result is None:
                 counters["zero"] += 1
@@ -768,15 +784,20 @@ class Repository:
             close_segment()
         stats["chunks"] += pieces
         stats["zero_chunks"] += counters["zero"]
+        if parent is None or resized:
+            stored_total = counters["stored"]
+        else:
+            stored_total = parent.stored_chunks + counters["delta"]
         return DiskRecord(
             name=source.name,
             size=size,
             chunk_size=csize,
             segment_chunks=seg_chunks,
-            content_digest=digest.hexdigest(),
+            content_digest=combine_digests([bytes.fromhex(d) for d in seg_digests]),
             segments=segments,
-            stored_chunks=counters["stored"],
-            zero_chunks=nchunks - counters["stored"],
+            segment_digests=seg_digests,
+            stored_chunks=stored_total,
+            zero_chunks=nchunks - stored_total,
         )
 
     # ------------------------------------------------------------------ restore
@@ -801,7 +822,7 @@ class Repository:
             raise DiskNotFoundError(
                 f"Backup {backup_id} has no disk '{disk_name}'; it has: {', '.join(d.name for d in record.disks)}."
             )
-        with self._lock(False, "restore"):
+        with self._lock(False, "restore") as lock:
             index = self._load_index()
             close_fd = False
             final_path = tmp_path = None
@@ -822,7 +843,7 @@ class Repository:
                     os.ftruncate(fd, 0)
                     os.ftruncate(fd, disk.size)
                 write_zeros = is_block or not sparse
-                result = self._restore_into(record, disk, index, fd, write_zeros)
+                result = self._restore_into(record, disk, index, fd, write_zeros, lock)
                 os.fsync(fd)
             except BaseException:
                 if close_fd:
@@ -847,12 +868,14 @@ class Repository:
             return result
 
     def _restore_into(
-        self, record: BackupRecord, disk: DiskRecord, index: Index, fd: int, write_zeros: bool
+        self, record: BackupRecord, disk: DiskRecord, index: Index, fd: int, write_zeros: bool, lock: Lock
     ) -> dict[str, t.Any]:
         csize = disk.chunk_size
         codec = self.codec
-        digest = DigestBuilder(disk.size, csize)
         what = f"disk '{disk.name}' of backup {record.id}"
+        if len(disk.segment_digests) != len(disk.segments):
+            raise CorruptMetadataError(f"The manifest of {what} lists {len(disk.segments)} map segments but "
+                                       f"{len(disk.segment_digests)} digests.")
         zero = bytes(csize)
         written = 0
 
@@ -915,14 +938,21 @@ class Repository:
                 nonlocal written, batch
                 pending.append(pool.submit(work, read_batch(batch)))
                 batch = []
+                lock.refresh()  # cheap; rewrites the lock every 5 minutes so it never looks stale
                 while len(pending) > window:
                     written += pending.popleft().result()
 
             try:
                 for seg_no, seg_id in enumerate(disk.segments):
-                    if seg_id is None:
+                    seg_map = None if seg_id is None else self._read_map(seg_id, index, what)
+                    check = segment_digest(seg_map, seg_no, disk.size, csize, disk.segment_chunks).hex()
+                    if check != disk.segment_digests[seg_no]:
+                        raise CorruptMetadataError(
+                            f"The chunk map segment {seg_no} of {what} does not match its digest in the manifest; "
+                            "the manifest or the map is damaged. Restore from another backup."
+                        )
+                    if seg_map is None:
                         continue
-                    seg_map = self._read_map(seg_id, index, what)
                     if seg_map.first != seg_no * disk.segment_chunks or seg_map.chunk_size != csize:
                         raise CorruptMetadataError(f"The chunk map segment {seg_no} of {what} is misplaced.")
                     for chunk, cid, sha, length in seg_map.iter_stored():
@@ -940,7 +970,6 @@ class Repository:
                         if write_zeros:
                             zeros_until(next_chunk, chunk)
                         next_chunk = chunk + 1
-                        digest.add(chunk, sha)
                         batch.append((chunk, cid, length, loc))
                         if len(batch) >= batch_size:
                             submit()
@@ -954,7 +983,7 @@ class Repository:
                 raise
         if write_zeros:
             zeros_until(next_chunk, nchunks)
-        value = digest.hexdigest()
+        value = combine_digests([bytes.fromhex(d) for d in disk.segment_digests])
         if value != disk.content_digest:
             raise CorruptMetadataError(
                 f"The restored content of {what} does not match the digest in its manifest; the manifest or its "
@@ -1015,14 +1044,19 @@ class Repository:
                 report.backups_checked += 1
                 for disk in record.disks:
                     what = f"disk '{disk.name}' of backup {record.id}"
-                    digest = DigestBuilder(disk.size, disk.chunk_size)
                     try:
-                        for seg_id in disk.segments:
-                            if seg_id is None:
+                        if len(disk.segment_digests) != len(disk.segments):
+                            raise CorruptMetadataError(f"The manifest of {what} has a wrong number of segment digests.")
+                        for seg_no, seg_id in enumerate(disk.segments):
+                            seg_map = None if seg_id is None else self._read_map(seg_id, index, what)
+                            check = segment_digest(seg_map, seg_no, disk.size, disk.chunk_size, disk.segment_chunks)
+                            if check.hex() != disk.segment_digests[seg_no]:
+                                report.errors.append(
+                                    f"The chunk map segment {seg_no} of {what} does not match its digest in the manifest."
+                                )
+                            if seg_map is None:
                                 continue
-                            seg_map = self._read_map(seg_id, index, what)
                             for chunk, cid, sha, length in seg_map.iter_stored():
-                                digest.add(chunk, sha)
                                 if cid not in used:
                                     used[cid] = (record.id, disk.name, chunk, length)
                                 if cid not in index:
@@ -1032,7 +1066,7 @@ class Repository:
                                     )
                                 elif self.codec.chunk_id(sha) != cid:
                                     report.errors.append(f"The chunk map of {what} is inconsistent at chunk #{chunk}.")
-                        if digest.hexdigest() != disk.content_digest:
+                        if combine_digests([bytes.fromhex(d) for d in disk.segment_digests]) != disk.content_digest:
                             report.errors.append(f"The content digest of {what} does not match its chunk maps.")
                     except BackupError as exc:
                         report.errors.append(str(exc))
