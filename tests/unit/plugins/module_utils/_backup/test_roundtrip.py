@@ -132,6 +132,10 @@ def test_incremental_equals_new_image(parts: list[tuple[str, int]], seed: int,
         assert restore_bytes(repo, second.id, "vda", tmp) == bytes(new)
         assert restore_bytes(repo, first.id, "vda", tmp) == old
         assert repo.verify(read_data=True).ok
+        path = os.path.join(tmp, "new.img")
+        with open(path, "wb") as handle:
+            handle.write(new)
+        assert second.disks[0].content_digest == disk_digest(path, CHUNK, 8)
 
 
 def test_sparse_restore_makes_holes(tmp_path: t.Any) -> None:
@@ -213,3 +217,26 @@ def test_bad_extents_are_refused(repo: Repository, extents: t.Any, message: str)
     with pytest.raises(InvalidArgumentError, match=message):
         repo.backup("vm", [DiskSource("vda", 100, extents)])
     assert repo.list() == []
+
+
+def test_incremental_reads_only_touched_segments(tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = make_repo(str(tmp_path / "repo"))  # 8 chunks of 4 KiB per map segment
+    image = os.urandom(CHUNK * 8 * 20)  # 20 segments
+    first = repo.backup("vm", [DiskSource("vda", len(image), [(0, len(image), image)])])
+    reads: list[str] = []
+    original = Repository._read_map
+
+    def counting(self: Repository, seg_id: str, *args: t.Any) -> t.Any:
+        reads.append(seg_id)
+        return original(self, seg_id, *args)
+
+    monkeypatch.setattr(Repository, "_read_map", counting)
+    change = os.urandom(100)
+    second = repo.backup("vm", [DiskSource("vda", len(image), [(CHUNK * 8 * 7 + 5, 100, change)])], parent=first.id)
+    assert len(reads) == 1, "only the changed segment's parent map may be read"
+    assert sum(a != b for a, b in zip(first.disks[0].segments, second.disks[0].segments)) == 1
+    assert second.stats["new_blobs"] == 2  # the changed chunk and its segment
+    new = bytearray(image)
+    new[CHUNK * 8 * 7 + 5 : CHUNK * 8 * 7 + 105] = change
+    assert restore_bytes(repo, second.id, "vda", str(tmp_path)) == bytes(new)
+    assert second.disks[0].stored_chunks == 160
