@@ -48,6 +48,7 @@ def _require_paramiko() -> t.Any:
         paramiko = _paramiko
     return paramiko
 
+
 TMP_MARK = ".tmp-"
 
 
@@ -157,7 +158,9 @@ class _LocalWriter(ObjectWriter):
             os.makedirs(directory, exist_ok=True)
             self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as exc:
-            raise BackendError(f"Cannot create '{self._tmp}': {exc.strerror}. Check permissions and free space.") from exc
+            raise BackendError(
+                f"Cannot create '{self._tmp}': {exc.strerror}. Check permissions and free space."
+            ) from exc
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._fd is None:
@@ -168,7 +171,9 @@ class _LocalWriter(ObjectWriter):
                 written = os.write(self._fd, view)
                 view = view[written:]
         except OSError as exc:
-            raise BackendError(f"Cannot write '{self._tmp}': {exc.strerror}. Check free space on the repository.") from exc
+            raise BackendError(
+                f"Cannot write '{self._tmp}': {exc.strerror}. Check free space on the repository."
+            ) from exc
 
     def commit(self) -> None:
         if self._fd is None:
@@ -607,9 +612,7 @@ def open_backend(url_or_path: str, **options: t.Any) -> Backend:
             )
         if not parsed.hostname:
             raise InvalidArgumentError(f"The SFTP URL '{url_or_path}' has no host; use sftp://user@host[:port]/path.")
-        password = options.pop("password", None) or (
-            urllib.parse.unquote(parsed.password) if parsed.password else None
-        )
+        password = options.pop("password", None) or (urllib.parse.unquote(parsed.password) if parsed.password else None)
         return SFTPBackend(
             host=parsed.hostname,
             port=parsed.port or 22,

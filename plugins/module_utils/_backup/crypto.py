@@ -259,8 +259,9 @@ class BlobCodec:
             return True
         probe = getattr(self._local, "probe", None)
         if probe is None:
-            probe = self._local.probe = zstandard.ZstdCompressor(level=1, write_checksum=False,
-                                                                 write_content_size=False)
+            probe = self._local.probe = zstandard.ZstdCompressor(
+                level=1, write_checksum=False, write_content_size=False
+            )
         mid = (size // 2) & ~4095
         sample = memoryview(data)[mid : mid + 4096]
         return len(probe.compress(sample)) < 4000

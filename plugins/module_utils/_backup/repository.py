@@ -905,8 +905,10 @@ class Repository:
         codec = self.codec
         what = f"disk '{disk.name}' of backup {record.id}"
         if len(disk.segment_digests) != len(disk.segments):
-            raise CorruptMetadataError(f"The manifest of {what} lists {len(disk.segments)} map segments but "
-                                       f"{len(disk.segment_digests)} digests.")
+            raise CorruptMetadataError(
+                f"The manifest of {what} lists {len(disk.segments)} map segments but "
+                f"{len(disk.segment_digests)} digests."
+            )
         zero = bytes(csize)
         written = 0
 
@@ -1018,7 +1020,12 @@ class Repository:
                         loc = index.get(cid)
                         if loc is None:
                             raise CorruptChunkError(
-                                cid.hex(), "it is missing from the repository", record.id, disk.name, chunk, chunk * csize
+                                cid.hex(),
+                                "it is missing from the repository",
+                                record.id,
+                                disk.name,
+                                chunk,
+                                chunk * csize,
                             )
                         if write_zeros:
                             zeros_until(next_chunk, chunk)
@@ -1062,7 +1069,9 @@ class Repository:
                             index.add_pack(pack, entries)
                     except CorruptMetadataError:
                         continue
-            pack_sizes = {obj.rsplit("/", 1)[-1]: size for obj, size in self.backend.list("packs") if ".tmp-" not in obj}
+            pack_sizes = {
+                obj.rsplit("/", 1)[-1]: size for obj, size in self.backend.list("packs") if ".tmp-" not in obj
+            }
             for pack, entries in index.packs().items():
                 report.packs_checked += 1
                 size = pack_sizes.get(pack)
@@ -1114,8 +1123,14 @@ class Repository:
                                     used[cid] = (record.id, disk.name, chunk, length)
                                 if cid not in index:
                                     report.damaged.append(
-                                        DamagedChunk(cid.hex(), "missing from the index", record.id, disk.name, chunk,
-                                                     chunk * disk.chunk_size)
+                                        DamagedChunk(
+                                            cid.hex(),
+                                            "missing from the index",
+                                            record.id,
+                                            disk.name,
+                                            chunk,
+                                            chunk * disk.chunk_size,
+                                        )
                                     )
                                 elif self.codec.chunk_id(sha) != cid:
                                     report.errors.append(f"The chunk map of {what} is inconsistent at chunk #{chunk}.")
@@ -1250,9 +1265,7 @@ class Repository:
                     seg_map = self._read_map(seg_id, index, f"disk '{disk.name}' of backup {record.id}")
                     for _chunk, cid, _sha, _length in seg_map.iter_stored():
                         used.add(cid)
-        stored = {
-            obj.rsplit("/", 1)[-1]: (obj, size) for obj, size in self.backend.list("packs") if ".tmp-" not in obj
-        }
+        stored = {obj.rsplit("/", 1)[-1]: (obj, size) for obj, size in self.backend.list("packs") if ".tmp-" not in obj}
         packs = index.packs()
         keep: dict[str, list[PackEntry]] = {}
         delete: list[str] = []

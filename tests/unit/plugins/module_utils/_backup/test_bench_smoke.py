@@ -24,9 +24,20 @@ def test_benchmark_quick(tmp_path: t.Any) -> None:
     tools.sort()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "benchmarks", "backup_bench.py"), "--quick", "--workdir", str(tmp_path),
-         "--tools", ",".join(tools)],
-        capture_output=True, text=True, env=env, timeout=600, check=False,
+        [
+            sys.executable,
+            os.path.join(ROOT, "benchmarks", "backup_bench.py"),
+            "--quick",
+            "--workdir",
+            str(tmp_path),
+            "--tools",
+            ",".join(tools),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| vmsafe |" in proc.stdout

@@ -34,12 +34,17 @@ def test_prune_repacks_half_empty_pack(tmp_path: t.Any) -> None:
     repo = make_repo(str(tmp_path / "repo"))
     rng = random.Random(1)
     old = rng.randbytes(100 * 4096)
-    first = repo.backup("vm", [DiskSource("vda", len(old), [(0, len(old), old)])],
-                        time=datetime.datetime(2026, 1, 1, tzinfo=UTC))
+    first = repo.backup(
+        "vm", [DiskSource("vda", len(old), [(0, len(old), old)])], time=datetime.datetime(2026, 1, 1, tzinfo=UTC)
+    )
     new = bytearray(old)
     new[: 70 * 4096] = rng.randbytes(70 * 4096)  # 70 % of the first pack becomes garbage after the prune
-    second = repo.backup("vm", [DiskSource("vda", len(new), [(0, 70 * 4096, bytes(new[: 70 * 4096]))])],
-                         parent=first.id, time=datetime.datetime(2026, 1, 2, tzinfo=UTC))
+    second = repo.backup(
+        "vm",
+        [DiskSource("vda", len(new), [(0, 70 * 4096, bytes(new[: 70 * 4096]))])],
+        parent=first.id,
+        time=datetime.datetime(2026, 1, 2, tzinfo=UTC),
+    )
     before = repo_bytes(repo)
     dry = repo.prune(RetentionPolicy(keep_last=1), dry_run=True)
     assert [r.id for r in dry.pruned] == [first.id] and len(repo.list()) == 2 and repo_bytes(repo) == before
@@ -78,8 +83,11 @@ def test_prune_is_per_vm_and_keeps_shared_chunks(tmp_path: t.Any) -> None:
     for day in range(1, 4):
         for vm in ("a", "b"):
             image = shared + bytes([day]) * 4096
-            rec = repo.backup(vm, [DiskSource("vda", len(image), [(0, len(image), image)])],
-                              time=datetime.datetime(2026, 1, day, tzinfo=UTC))
+            rec = repo.backup(
+                vm,
+                [DiskSource("vda", len(image), [(0, len(image), image)])],
+                time=datetime.datetime(2026, 1, day, tzinfo=UTC),
+            )
             expected[rec.id] = (vm, day, image)
     result = repo.prune({"keep_daily": 2})
     assert sorted((expected[r.id][0], expected[r.id][1]) for r in result.pruned) == [("a", 1), ("b", 1)]

@@ -30,8 +30,9 @@ def test_backup_restore_verify_prune_over_sftp(sshd: t.Any, tmp_path: t.Any) -> 
     opts = {"key_filename": sshd.client_key, "known_hosts": sshd.known_hosts}
     backend = open_backend(location, **opts)
     assert isinstance(backend, SFTPBackend) and sshd.client_key not in repr(backend)
-    repo = Repository.init(backend, passphrase=PASSPHRASE, chunk_size=4096, pack_size=1024 * 1024,
-                           segment_chunks=8, kdf=FAST_KDF)
+    repo = Repository.init(
+        backend, passphrase=PASSPHRASE, chunk_size=4096, pack_size=1024 * 1024, segment_chunks=8, kdf=FAST_KDF
+    )
     rng = random.Random(5)
     old = make_image(rng, 300_000)
     first = repo.backup("vm", [DiskSource("vda", len(old), [(0, len(old), old)])])
@@ -68,8 +69,9 @@ def test_unknown_host_key_is_refused_by_default(sshd: t.Any, tmp_path: t.Any) ->
 def test_changed_host_key_is_refused(sshd: t.Any, tmp_path: t.Any) -> None:
     wrong = tmp_path / "known_hosts"
     # a syntactically valid but different ed25519 key for the same host and port
-    wrong.write_text(f"[127.0.0.1]:{sshd.port} ssh-ed25519 "
-                     "AAAAC3NzaC1lZDI1NTE5AAAAIHt7e3t7e3t7e3t7e3t7e3t7e3t7e3t7e3t7e3t7e3t7\n")
+    wrong.write_text(
+        f"[127.0.0.1]:{sshd.port} ssh-ed25519 " "AAAAC3NzaC1lZDI1NTE5AAAAIHt7e3t7e3t7e3t7e3t7e3t7e3t7e3t7e3t7e3t7e3t7\n"
+    )
     with pytest.raises(HostKeyError, match="does not match"):
         open_backend(url(sshd, f"{sshd.root}/repo3"), key_filename=sshd.client_key, known_hosts=str(wrong))
 
@@ -77,8 +79,12 @@ def test_changed_host_key_is_refused(sshd: t.Any, tmp_path: t.Any) -> None:
 def test_accept_new_policy_records_the_key(sshd: t.Any, tmp_path: t.Any) -> None:
     known = tmp_path / "known_hosts"
     known.write_text("")
-    backend = open_backend(url(sshd, f"{sshd.root}/repo4"), key_filename=sshd.client_key, known_hosts=str(known),
-                           host_key_policy="accept_new")
+    backend = open_backend(
+        url(sshd, f"{sshd.root}/repo4"),
+        key_filename=sshd.client_key,
+        known_hosts=str(known),
+        host_key_policy="accept_new",
+    )
     backend.close()
     assert str(sshd.port) in known.read_text()
     open_backend(url(sshd, f"{sshd.root}/repo4"), key_filename=sshd.client_key, known_hosts=str(known)).close()
