@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
                 opts["chunk_size"] = args.chunk_size
             if args.level is not None:
                 opts["compression_level"] = args.level
-            repo = Repository.init(backend, passphrase=passphrase, encryption="aes-256-gcm" if passphrase else "none", **opts)
+            repo = Repository.init(
+                backend, passphrase=passphrase, encryption="aes-256-gcm" if passphrase else "none", **opts
+            )
             out: dict[str, t.Any] = {"config": repo.config}
         elif args.cmd == "backup":
             repo = Repository.open(backend, passphrase)
@@ -89,8 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             repo = Repository.open(backend, passphrase)
             report = repo.verify(read_data=args.read_data)
-            out = {"ok": report.ok, "errors": report.errors, "damaged": len(report.damaged),
-                   "chunks_checked": report.chunks_checked}
+            out = {
+                "ok": report.ok,
+                "errors": report.errors,
+                "damaged": len(report.damaged),
+                "chunks_checked": report.chunks_checked,
+            }
     except BackupError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2

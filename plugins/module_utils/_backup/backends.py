@@ -18,6 +18,7 @@ import os
 import secrets
 import socket
 import stat as stat_mod
+import threading
 import traceback
 import typing as t
 import urllib.parse
@@ -46,6 +47,7 @@ def _require_paramiko() -> t.Any:
             raise MissingDependencyError("paramiko", "SFTP repositories", PARAMIKO_IMPORT_ERROR) from None
         paramiko = _paramiko
     return paramiko
+
 
 TMP_MARK = ".tmp-"
 
@@ -156,7 +158,9 @@ class _LocalWriter(ObjectWriter):
             os.makedirs(directory, exist_ok=True)
             self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as exc:
-            raise BackendError(f"Cannot create '{self._tmp}': {exc.strerror}. Check permissions and free space.") from exc
+            raise BackendError(
+                f"Cannot create '{self._tmp}': {exc.strerror}. Check permissions and free space."
+            ) from exc
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._fd is None:
@@ -167,7 +171,9 @@ class _LocalWriter(ObjectWriter):
                 written = os.write(self._fd, view)
                 view = view[written:]
         except OSError as exc:
-            raise BackendError(f"Cannot write '{self._tmp}': {exc.strerror}. Check free space on the repository.") from exc
+            raise BackendError(
+                f"Cannot write '{self._tmp}': {exc.strerror}. Check free space on the repository."
+            ) from exc
 
     def commit(self) -> None:
         if self._fd is None:
@@ -306,48 +312,52 @@ class _SFTPWriter(ObjectWriter):
         self._backend = backend
         self._final = backend._path(name)
         self._tmp = f"{self._final}{TMP_MARK}{secrets.token_hex(6)}"
-        sftp = backend._sftp()
-        try:
-            self._file: t.Any = sftp.open(self._tmp, "wbx")
-        except IOError as exc:
-            if getattr(exc, "errno", None) == errno.ENOENT:
-                backend._mkdirs(os.path.dirname(self._final))
-                self._file = sftp.open(self._tmp, "wbx")
-            else:
-                raise BackendError(f"Cannot create '{self._tmp}' on {backend.location}: {exc}.") from exc
-        self._file.set_pipelined(True)
+        with backend.lock:
+            sftp = backend._sftp()
+            try:
+                self._file: t.Any = sftp.open(self._tmp, "wbx")
+            except IOError as exc:
+                if getattr(exc, "errno", None) == errno.ENOENT:
+                    backend._mkdirs(os.path.dirname(self._final))
+                    self._file = sftp.open(self._tmp, "wbx")
+                else:
+                    raise BackendError(f"Cannot create '{self._tmp}' on {backend.location}: {exc}.") from exc
+            self._file.set_pipelined(True)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        try:
-            self._file.write(bytes(data))
-        except (IOError, OSError, socket.error) as exc:
-            raise BackendError(f"Cannot write '{self._tmp}' on {self._backend.location}: {exc}.") from exc
+        with self._backend.lock:
+            try:
+                self._file.write(bytes(data))
+            except (IOError, OSError, socket.error) as exc:
+                raise BackendError(f"Cannot write '{self._tmp}' on {self._backend.location}: {exc}.") from exc
 
     def commit(self) -> None:
-        sftp = self._backend._sftp()
-        try:
-            self._file.flush()
+        with self._backend.lock:
+            sftp = self._backend._sftp()
             try:
-                sftp._request(paramiko.sftp.CMD_EXTENDED, "fsync@openssh.com", self._file.handle)
-            except IOError:
-                # Servers without the fsync extension still rename atomically; durability then
-                # depends on the server's own flushing.
-                pass
-            self._file.close()
-            self._file = None
-            sftp.posix_rename(self._tmp, self._final)
-        except (IOError, OSError, socket.error) as exc:
-            self.abort()
-            raise BackendError(f"Cannot store '{self._final}' on {self._backend.location}: {exc}.") from exc
-
-    def abort(self) -> None:
-        try:
-            if self._file is not None:
+                self._file.flush()
+                try:
+                    sftp._request(paramiko.sftp.CMD_EXTENDED, "fsync@openssh.com", self._file.handle)
+                except IOError:
+                    # Servers without the fsync extension still rename atomically; durability then
+                    # depends on the server's own flushing.
+                    pass
                 self._file.close()
                 self._file = None
-            self._backend._sftp().remove(self._tmp)
-        except Exception:  # pylint: disable=broad-except  # abort must never raise
-            pass
+                sftp.posix_rename(self._tmp, self._final)
+            except (IOError, OSError, socket.error) as exc:
+                self.abort()
+                raise BackendError(f"Cannot store '{self._final}' on {self._backend.location}: {exc}.") from exc
+
+    def abort(self) -> None:
+        with self._backend.lock:
+            try:
+                if self._file is not None:
+                    self._file.close()
+                    self._file = None
+                self._backend._sftp().remove(self._tmp)
+            except Exception:  # pylint: disable=broad-except  # abort must never raise
+                pass
 
 
 class SFTPBackend(Backend):
@@ -383,6 +393,9 @@ class SFTPBackend(Backend):
         self._client: t.Any = None
         self._sftp_client: t.Any = None
         self._handles: dict[str, t.Any] = {}
+        # paramiko's SFTPClient matches replies to requests per channel and is not safe for
+        # concurrent requests from several threads (pack writer, syncer, readers): serialise.
+        self.lock = threading.RLock()
         self._connect()
 
     def __repr__(self) -> str:
@@ -465,89 +478,96 @@ class SFTPBackend(Backend):
                         raise BackendError(f"Cannot create '{current}' on {self.location}: {exc}.") from exc
 
     def read(self, name: str) -> bytes:
-        try:
-            with self._sftp().open(self._path(name), "rb") as handle:
-                handle.prefetch()
-                return handle.read()
-        except IOError as exc:
-            if getattr(exc, "errno", None) == errno.ENOENT:
-                raise FileNotFoundError(name) from exc
-            raise BackendError(f"Cannot read '{name}' on {self.location}: {exc}.") from exc
+        with self.lock:
+            try:
+                with self._sftp().open(self._path(name), "rb") as handle:
+                    handle.prefetch()
+                    return handle.read()
+            except IOError as exc:
+                if getattr(exc, "errno", None) == errno.ENOENT:
+                    raise FileNotFoundError(name) from exc
+                raise BackendError(f"Cannot read '{name}' on {self.location}: {exc}.") from exc
 
     def read_range(self, name: str, offset: int, length: int) -> bytes:
-        try:
-            handle = self._handles.get(name)
-            if handle is None:
-                if len(self._handles) > 16:
-                    self._close_handles()
-                handle = self._sftp().open(self._path(name), "rb")
-                self._handles[name] = handle
-            handle.seek(offset)
-            data = handle.read(length)
-        except IOError as exc:
-            if getattr(exc, "errno", None) == errno.ENOENT:
-                raise FileNotFoundError(name) from exc
-            raise BackendError(f"Cannot read '{name}' on {self.location}: {exc}.") from exc
-        if len(data) != length:
-            raise BackendError(
-                f"Short read of '{name}' on {self.location} at offset {offset}: wanted {length} bytes, got "
-                f"{len(data)}. The file is truncated; run verify and restore from another backup."
-            )
-        return data
+        with self.lock:
+            try:
+                handle = self._handles.get(name)
+                if handle is None:
+                    if len(self._handles) > 16:
+                        self._close_handles()
+                    handle = self._sftp().open(self._path(name), "rb")
+                    self._handles[name] = handle
+                handle.seek(offset)
+                data = handle.read(length)
+            except IOError as exc:
+                if getattr(exc, "errno", None) == errno.ENOENT:
+                    raise FileNotFoundError(name) from exc
+                raise BackendError(f"Cannot read '{name}' on {self.location}: {exc}.") from exc
+            if len(data) != length:
+                raise BackendError(
+                    f"Short read of '{name}' on {self.location} at offset {offset}: wanted {length} bytes, got "
+                    f"{len(data)}. The file is truncated; run verify and restore from another backup."
+                )
+            return data
 
     def open_writer(self, name: str) -> ObjectWriter:
         return _SFTPWriter(self, name)
 
     def list(self, directory: str) -> list[tuple[str, int]]:
-        found: list[tuple[str, int]] = []
-        sftp = self._sftp()
+        with self.lock:
+            found: list[tuple[str, int]] = []
+            sftp = self._sftp()
 
-        def walk(rel: str) -> None:
+            def walk(rel: str) -> None:
+                try:
+                    entries = sftp.listdir_attr(self._path(rel))
+                except IOError as exc:
+                    if getattr(exc, "errno", None) == errno.ENOENT:
+                        return
+                    raise BackendError(f"Cannot list '{rel}' on {self.location}: {exc}.") from exc
+                for entry in entries:
+                    child = f"{rel}/{entry.filename}"
+                    if entry.st_mode is not None and stat_mod.S_ISDIR(entry.st_mode):
+                        walk(child)
+                    else:
+                        found.append((child, int(entry.st_size or 0)))
+
+            walk(directory)
+            found.sort()
+            return found
+
+    def delete(self, name: str) -> None:
+        with self.lock:
+            handle = self._handles.pop(name, None)
+            if handle is not None:
+                handle.close()
             try:
-                entries = sftp.listdir_attr(self._path(rel))
+                self._sftp().remove(self._path(name))
             except IOError as exc:
                 if getattr(exc, "errno", None) == errno.ENOENT:
                     return
-                raise BackendError(f"Cannot list '{rel}' on {self.location}: {exc}.") from exc
-            for entry in entries:
-                child = f"{rel}/{entry.filename}"
-                if entry.st_mode is not None and stat_mod.S_ISDIR(entry.st_mode):
-                    walk(child)
-                else:
-                    found.append((child, int(entry.st_size or 0)))
-
-        walk(directory)
-        found.sort()
-        return found
-
-    def delete(self, name: str) -> None:
-        handle = self._handles.pop(name, None)
-        if handle is not None:
-            handle.close()
-        try:
-            self._sftp().remove(self._path(name))
-        except IOError as exc:
-            if getattr(exc, "errno", None) == errno.ENOENT:
-                return
-            raise BackendError(f"Cannot delete '{name}' on {self.location}: {exc}.") from exc
+                raise BackendError(f"Cannot delete '{name}' on {self.location}: {exc}.") from exc
 
     def exists(self, name: str) -> bool:
-        try:
-            self._sftp().stat(self._path(name))
-            return True
-        except IOError:
-            return False
+        with self.lock:
+            try:
+                self._sftp().stat(self._path(name))
+                return True
+            except IOError:
+                return False
 
     def size(self, name: str) -> int:
-        try:
-            return int(self._sftp().stat(self._path(name)).st_size or 0)
-        except IOError as exc:
-            raise FileNotFoundError(name) from exc
+        with self.lock:
+            try:
+                return int(self._sftp().stat(self._path(name)).st_size or 0)
+            except IOError as exc:
+                raise FileNotFoundError(name) from exc
 
     def make_dirs(self, directories: t.Iterable[str]) -> None:
-        self._mkdirs(self.root)
-        for directory in directories:
-            self._mkdirs(self._path(directory))
+        with self.lock:
+            self._mkdirs(self.root)
+            for directory in directories:
+                self._mkdirs(self._path(directory))
 
     def _close_handles(self) -> None:
         for handle in self._handles.values():
@@ -558,13 +578,14 @@ class SFTPBackend(Backend):
         self._handles.clear()
 
     def close(self) -> None:
-        self._close_handles()
-        if self._sftp_client is not None:
-            self._sftp_client.close()
-            self._sftp_client = None
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        with self.lock:
+            self._close_handles()
+            if self._sftp_client is not None:
+                self._sftp_client.close()
+                self._sftp_client = None
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
 
 def open_backend(url_or_path: str, **options: t.Any) -> Backend:
@@ -591,9 +612,7 @@ def open_backend(url_or_path: str, **options: t.Any) -> Backend:
             )
         if not parsed.hostname:
             raise InvalidArgumentError(f"The SFTP URL '{url_or_path}' has no host; use sftp://user@host[:port]/path.")
-        password = options.pop("password", None) or (
-            urllib.parse.unquote(parsed.password) if parsed.password else None
-        )
+        password = options.pop("password", None) or (urllib.parse.unquote(parsed.password) if parsed.password else None)
         return SFTPBackend(
             host=parsed.hostname,
             port=parsed.port or 22,

@@ -66,10 +66,11 @@ FLAG_ZSTD = 1
 BLOB_OVERHEAD_GCM = 1 + NONCE_SIZE + TAG_SIZE
 BLOB_OVERHEAD_NONE = 1
 
-#: Default KDF parameters. Memory is kept modest because peak RSS matters on
+#: Default KDF parameters: OWASP's recommended minimums (Argon2id m=19 MiB, t=2, p=1; scrypt N=2^14,
+#: r=8, p=5). Memory is kept modest because peak RSS matters on
 #: hypervisor hosts; the parameters are stored in the key file, so they can be raised.
-DEFAULT_ARGON2 = {"name": "argon2id", "iterations": 3, "lanes": 1, "memory_kib": 32768}
-DEFAULT_SCRYPT = {"name": "scrypt", "n": 32768, "r": 8, "p": 1}
+DEFAULT_ARGON2 = {"name": "argon2id", "iterations": 2, "lanes": 1, "memory_kib": 19456}
+DEFAULT_SCRYPT = {"name": "scrypt", "n": 16384, "r": 8, "p": 5}
 KEY_FILE_VERSION = 1
 
 
@@ -258,8 +259,9 @@ class BlobCodec:
             return True
         probe = getattr(self._local, "probe", None)
         if probe is None:
-            probe = self._local.probe = zstandard.ZstdCompressor(level=1, write_checksum=False,
-                                                                 write_content_size=False)
+            probe = self._local.probe = zstandard.ZstdCompressor(
+                level=1, write_checksum=False, write_content_size=False
+            )
         mid = (size // 2) & ~4095
         sample = memoryview(data)[mid : mid + 4096]
         return len(probe.compress(sample)) < 4000

@@ -112,4 +112,6 @@ def decode_index(data: bytes, what: str) -> dict[str, list[PackEntry]]:
             raise ValueError("trailing data")
         return result
     except (ValueError, struct.error) as exc:
-        raise CorruptMetadataError(f"The {what} is damaged ({exc}). Run rebuild_index to recreate it from the packs.") from None
+        raise CorruptMetadataError(
+            f"The {what} is damaged ({exc}). Run rebuild_index to recreate it from the packs."
+        ) from None

@@ -27,7 +27,7 @@ MAP_MAGIC = b"VMSMAP01"
 MAP_HEAD = struct.Struct("<8sQII")  # magic, first chunk index, chunk size, record count
 RECORD = struct.Struct("<32s32sI")  # id, sha256(plaintext), length (0 = hole)
 MANIFEST_VERSION = 1
-DIGEST_ALGORITHM = "sha256-of-chunk-sha256"
+DIGEST_ALGORITHM = "sha256-of-segment-sha256"
 
 
 def chunk_count(size: int, chunk_size: int) -> int:
@@ -85,66 +85,69 @@ class MapSegment:
         return cls(first, count, chunk_size, bytearray(data[MAP_HEAD.size :]))
 
 
-class DigestBuilder:
-    """Content digest of a disk: SHA-256 over the SHA-256 of each chunk, in order.
+_ZERO_SHA: dict[int, bytes] = {}
 
-    This can be updated from stored chunk hashes, so incremental backups get the digest
-    of the whole new disk without reading unchanged data. ``disk_digest()`` computes the
-    same value from a file.
+
+def zero_sha(length: int) -> bytes:
+    """SHA-256 of ``length`` zero bytes (memoised: only a handful of lengths occur)."""
+    digest = _ZERO_SHA.get(length)
+    if digest is None:
+        digest = _ZERO_SHA[length] = hashlib.sha256(bytes(length)).digest()
+    return digest
+
+
+def segment_digest(seg_map: "MapSegment | None", seg_no: int, size: int, chunk_size: int, segment_chunks: int) -> bytes:
+    """SHA-256 over the SHA-256 of each chunk of segment ``seg_no`` (holes hash as zero chunks).
+
+    ``seg_map`` None means the whole segment is holes.
     """
-
-    def __init__(self, size: int, chunk_size: int) -> None:
-        self._h = hashlib.sha256()
-        self._size = size
-        self._chunk_size = chunk_size
-        self._next = 0
-        self._zero_full = hashlib.sha256(bytes(chunk_size)).digest()
-
-    def _zero_sha(self, index: int) -> bytes:
-        length = chunk_length(index, self._size, self._chunk_size)
-        if length == self._chunk_size:
-            return self._zero_full
-        return hashlib.sha256(bytes(length)).digest()
-
-    def holes_until(self, index: int) -> None:
-        """Account for zero chunks from the current position up to ``index`` (exclusive)."""
-        if index <= self._next:
-            return
-        last = chunk_count(self._size, self._chunk_size) - 1
-        full_end = min(index, last)
-        if full_end > self._next:
-            # feed runs of the constant zero-chunk hash in bulk
-            remaining = full_end - self._next
-            block = self._zero_full * min(remaining, 4096)
-            while remaining:
-                n = min(remaining, 4096)
-                self._h.update(block[: n * 32])
-                remaining -= n
-            self._next = full_end
-        while self._next < index:
-            self._h.update(self._zero_sha(self._next))
-            self._next += 1
-
-    def add(self, index: int, sha: bytes) -> None:
-        self.holes_until(index)
-        self._h.update(sha)
-        self._next = index + 1
-
-    def hexdigest(self) -> str:
-        self.holes_until(chunk_count(self._size, self._chunk_size))
-        return self._h.hexdigest()
-
-
-def disk_digest(path: str, chunk_size: int) -> str:
-    """Compute the content digest a manifest stores for a disk, from an image file."""
+    first = seg_no * segment_chunks
+    count = min(segment_chunks, chunk_count(size, chunk_size) - first)
     outer = hashlib.sha256()
+    zero_full = zero_sha(chunk_size)
+    nxt = first
+
+    def holes_until(end: int) -> None:
+        nonlocal nxt
+        full_end = min(end, (size // chunk_size))  # chunks before this index are full length
+        if full_end > nxt:
+            outer.update(zero_full * (full_end - nxt))
+            nxt = full_end
+        while nxt < end:
+            outer.update(zero_sha(chunk_length(nxt, size, chunk_size)))
+            nxt += 1
+
+    if seg_map is not None:
+        for chunk, _cid, sha, _length in seg_map.iter_stored():
+            holes_until(chunk)
+            outer.update(sha)
+            nxt = chunk + 1
+    holes_until(first + count)
+    return outer.digest()
+
+
+def combine_digests(segment_digests: t.Sequence[bytes]) -> str:
+    """The disk's content digest: SHA-256 over the segment digests, in order."""
+    return hashlib.sha256(b"".join(segment_digests)).hexdigest()
+
+
+def disk_digest(path: str, chunk_size: int, segment_chunks: int) -> str:
+    """Compute the content digest a manifest stores for a disk, from an image file."""
+    digests = []
     with open(path, "rb") as handle:
         while True:
-            data = handle.read(chunk_size)
-            if not data:
+            inner = hashlib.sha256()
+            count = 0
+            while count < segment_chunks:
+                data = handle.read(chunk_size)
+                if not data:
+                    break
+                inner.update(hashlib.sha256(data).digest())
+                count += 1
+            if not count:
                 break
-            outer.update(hashlib.sha256(data).digest())
-    return outer.hexdigest()
+            digests.append(inner.digest())
+    return combine_digests(digests)
 
 
 @dataclasses.dataclass
@@ -157,6 +160,7 @@ class DiskRecord:
     segment_chunks: int
     content_digest: str
     segments: list[str | None]
+    segment_digests: list[str] = dataclasses.field(default_factory=list)
     stored_chunks: int = 0
     zero_chunks: int = 0
 
@@ -168,6 +172,7 @@ class DiskRecord:
             "segment_chunks": self.segment_chunks,
             "content_digest": {"algorithm": DIGEST_ALGORITHM, "value": self.content_digest},
             "segments": self.segments,
+            "segment_digests": self.segment_digests,
             "stored_chunks": self.stored_chunks,
             "zero_chunks": self.zero_chunks,
         }
@@ -181,6 +186,7 @@ class DiskRecord:
             segment_chunks=int(doc["segment_chunks"]),
             content_digest=str(doc["content_digest"]["value"]),
             segments=[None if s is None else str(s) for s in doc["segments"]],
+            segment_digests=[str(d) for d in doc["segment_digests"]],
             stored_chunks=int(doc.get("stored_chunks", 0)),
             zero_chunks=int(doc.get("zero_chunks", 0)),
         )

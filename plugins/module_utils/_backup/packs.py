@@ -110,7 +110,9 @@ class PackWriter:
         self._writer.abort()
 
 
-def read_pack_header(backend: "Backend", codec: "BlobCodec", pack_name: str, size: int | None = None) -> list[PackEntry]:
+def read_pack_header(
+    backend: "Backend", codec: "BlobCodec", pack_name: str, size: int | None = None
+) -> list[PackEntry]:
     """Read and check the header of a pack. Raises CorruptMetadataError or FileNotFoundError."""
     obj = pack_object_name(pack_name)
     what = f"pack {pack_name}"

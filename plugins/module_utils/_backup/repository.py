@@ -17,6 +17,7 @@ import concurrent.futures
 import dataclasses
 import datetime
 import json
+import mmap
 import os
 import queue
 import secrets
@@ -60,7 +61,8 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.index impor
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.locks import Lock, break_locks
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.manifest import (
     BackupRecord,
-    DigestBuilder,
+    combine_digests,
+    segment_digest,
     DiskRecord,
     MapSegment,
     chunk_count,
@@ -90,7 +92,9 @@ FORMAT_VERSION = 1
 DEFAULT_CHUNK_SIZE = 64 * 1024
 DEFAULT_SEGMENT_CHUNKS = 16384
 DEFAULT_PACK_SIZE = 16 * 1024 * 1024
-DEFAULT_COMPRESSION_LEVEL = 3
+#: zstd level 2: on 64 KiB chunks of the benchmark image it compresses as well as level 3 (ratio 0.465 vs
+#: 0.464 on the compressible chunks) at 1.6x the speed (229 vs 145 MB/s per core); level 1 stores 10 % more.
+DEFAULT_COMPRESSION_LEVEL = 2
 REPACK_THRESHOLD = 0.5
 DIRS = ("keys", "packs", "index", "snapshots", "locks")
 
@@ -152,6 +156,22 @@ class PruneResult:
     bytes_freed: int = 0
 
 
+def _open_direct(fd: int, chunk_size: int) -> int | None:
+    """Reopen ``fd`` with O_DIRECT for large aligned restore writes, or return None.
+
+    Copying gigabytes into the page cache and flushing them later cost more than
+    decrypting and decompressing here; direct writes of whole-chunk runs avoid both.
+    Falls back to buffered writes where O_DIRECT is unsupported (tmpfs, other OSes).
+    """
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag or chunk_size % 4096 or not os.path.exists(f"/proc/self/fd/{fd}"):
+        return None
+    try:
+        return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | flag)
+    except OSError:
+        return None
+
+
 def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
 
@@ -167,7 +187,7 @@ class _PackSink:
     def __init__(self, repo: "Repository", index: Index) -> None:
         self._repo = repo
         self._index = index
-        self._queue: "queue.Queue[t.Any]" = queue.Queue(maxsize=256)
+        self._queue: "queue.Queue[t.Any]" = queue.Queue(maxsize=64)
         self._sync_queue: "queue.Queue[PackWriter | None]" = queue.Queue(maxsize=2)
         self._claimed: set[bytes] = set()
         self._claim_lock = threading.Lock()
@@ -621,33 +641,52 @@ class Repository:
                 data.extend(bytes(length - len(data)))
             return data[:length]
 
-        # ---- collection side: maps and digest, in chunk order
+        # ---- collection side: maps and digests, in chunk order. A segment's map is only loaded
+        # ("materialised") when a changed chunk falls into it; untouched segments keep the parent's
+        # id and digest, so an incremental costs in proportion to the change, not to the disk.
         segments: list[str | None] = []
-        digest = DigestBuilder(size, csize)
-        state: dict[str, t.Any] = {"seg": -1, "map": None, "changed": False, "parent_id": None}
-        counters = {"stored": 0, "zero": 0}
+        seg_digests: list[str] = []
+        resized = parent is not None and parent.size != size
+        state: dict[str, t.Any] = {"seg": -1, "map": None, "changed": False, "old_stored": 0}
+        counters = {"stored": 0, "zero": 0, "delta": 0}
 
-        def open_segment(seg: int) -> None:
-            first = seg * seg_chunks
-            count = min(seg_chunks, nchunks - first)
-            pseg = parent_segment(seg)
-            new = MapSegment(first, count, csize)
-            parent_id = None
-            if pseg is not None:
-                keep = min(count, pseg.count)
-                new.buf[: keep * 68] = pseg.buf[: keep * 68]
-                if pseg.count == count:
-                    parent_id = t.cast(DiskRecord, parent).segments[seg]
-            state.update(seg=seg, map=new, changed=False, parent_id=parent_id)
+        def materialize() -> MapSegment:
+            if state["map"] is None:
+                seg = state["seg"]
+                first = seg * seg_chunks
+                count = min(seg_chunks, nchunks - first)
+                new = MapSegment(first, count, csize)
+                pseg = parent_segment(seg)
+                if pseg is not None:
+                    keep = min(count, pseg.count)
+                    new.buf[: keep * 68] = pseg.buf[: keep * 68]
+                    if not resized:
+                        state["old_stored"] = sum(1 for _ in pseg.iter_stored())
+                state["map"] = new
+            return t.cast(MapSegment, state["map"])
+
+        def parent_has(seg: int) -> bool:
+            return parent is not None and not resized and seg < len(parent.segments)
 
         def close_segment() -> None:
-            seg_map: MapSegment = state["map"]
+            seg = state["seg"]
+            if state["map"] is None and resized:
+                materialize()
+            seg_map: MapSegment | None = state["map"]
+            if seg_map is None or (not state["changed"] and parent_has(seg)):
+                if parent_has(seg):
+                    pdisk = t.cast(DiskRecord, parent)
+                    segments.append(pdisk.segments[seg])
+                    seg_digests.append(pdisk.segment_digests[seg])
+                else:
+                    segments.append(None)
+                    seg_digests.append(segment_digest(None, seg, size, csize, seg_chunks).hex())
+                return
             # records copied from a parent of another size may have the wrong length: re-store them
-            for chunk, _cid, _sha, length in list(seg_map.iter_stored()):
+            for chunk, _cid, _sha, length in list(seg_map.iter_stored()) if resized else ():
                 want = chunk_length(chunk, size, csize)
                 if length != want:
                     data = parent_plain(chunk, want)
-                    state["changed"] = True
                     if data == bytes(want):
                         seg_map.clear(chunk)
                     else:
@@ -655,14 +694,11 @@ class Repository:
                         if sink.claim(cid):
                             sink.put(BLOB_DATA, cid, codec.seal(BLOB_DATA, cid, data))
                         seg_map.set(chunk, cid, sha, want)
-            stored = 0
-            for chunk, _cid, sha, _length in seg_map.iter_stored():
-                digest.add(chunk, sha)
-                stored += 1
+            stored = sum(1 for _ in seg_map.iter_stored())
             counters["stored"] += stored
-            if not state["changed"] and state["parent_id"] is not None:
-                segments.append(state["parent_id"])
-            elif stored == 0:
+            counters["delta"] += stored - state["old_stored"]
+            seg_digests.append(segment_digest(seg_map, seg, size, csize, seg_chunks).hex())
+            if stored == 0:
                 segments.append(None)
             else:
                 plain = seg_map.encode()
@@ -676,14 +712,14 @@ class Repository:
             while state["seg"] < seg:
                 if state["seg"] >= 0:
                     close_segment()
-                open_segment(state["seg"] + 1)
+                state.update(seg=state["seg"] + 1, map=None, changed=False, old_stored=0)
 
         def collect(item: t.Any) -> None:
             chunk, length, result = item
             if isinstance(result, concurrent.futures.Future):
                 result = result.result()
             advance_to(chunk)
-            seg_map: MapSegment = state["map"]
+            seg_map = materialize()
             old = seg_map.get(chunk)
             if result is None:
                 counters["zero"] += 1
@@ -765,15 +801,20 @@ class Repository:
             close_segment()
         stats["chunks"] += pieces
         stats["zero_chunks"] += counters["zero"]
+        if parent is None or resized:
+            stored_total = counters["stored"]
+        else:
+            stored_total = parent.stored_chunks + counters["delta"]
         return DiskRecord(
             name=source.name,
             size=size,
             chunk_size=csize,
             segment_chunks=seg_chunks,
-            content_digest=digest.hexdigest(),
+            content_digest=combine_digests([bytes.fromhex(d) for d in seg_digests]),
             segments=segments,
-            stored_chunks=counters["stored"],
-            zero_chunks=nchunks - counters["stored"],
+            segment_digests=seg_digests,
+            stored_chunks=stored_total,
+            zero_chunks=nchunks - stored_total,
         )
 
     # ------------------------------------------------------------------ restore
@@ -798,7 +839,7 @@ class Repository:
             raise DiskNotFoundError(
                 f"Backup {backup_id} has no disk '{disk_name}'; it has: {', '.join(d.name for d in record.disks)}."
             )
-        with self._lock(False, "restore"):
+        with self._lock(False, "restore") as lock:
             index = self._load_index()
             close_fd = False
             final_path = tmp_path = None
@@ -819,7 +860,14 @@ class Repository:
                     os.ftruncate(fd, 0)
                     os.ftruncate(fd, disk.size)
                 write_zeros = is_block or not sparse
-                result = self._restore_into(record, disk, index, fd, write_zeros)
+                direct_fd = _open_direct(fd, disk.chunk_size)
+                try:
+                    result = self._restore_into(record, disk, index, fd, write_zeros, lock, direct_fd)
+                    if direct_fd is not None:
+                        os.fsync(direct_fd)
+                finally:
+                    if direct_fd is not None:
+                        os.close(direct_fd)
                 os.fsync(fd)
             except BaseException:
                 if close_fd:
@@ -844,45 +892,122 @@ class Repository:
             return result
 
     def _restore_into(
-        self, record: BackupRecord, disk: DiskRecord, index: Index, fd: int, write_zeros: bool
+        self,
+        record: BackupRecord,
+        disk: DiskRecord,
+        index: Index,
+        fd: int,
+        write_zeros: bool,
+        lock: Lock,
+        direct_fd: int | None = None,
     ) -> dict[str, t.Any]:
         csize = disk.chunk_size
         codec = self.codec
-        digest = DigestBuilder(disk.size, csize)
         what = f"disk '{disk.name}' of backup {record.id}"
+        if len(disk.segment_digests) != len(disk.segments):
+            raise CorruptMetadataError(
+                f"The manifest of {what} lists {len(disk.segments)} map segments but "
+                f"{len(disk.segment_digests)} digests."
+            )
         zero = bytes(csize)
         written = 0
 
-        def work(chunk: int, cid: bytes, raw: bytes, length: int, pack: str) -> int:
-            try:
-                plain = codec.open(BLOB_DATA, cid, raw, length)
-            except IntegrityError as exc:
-                raise CorruptChunkError(
-                    cid.hex(), str(exc), record.id, disk.name, chunk, chunk * csize, pack
-                ) from None
-            view = memoryview(plain)
-            pos = chunk * csize
+        local = threading.local()
+
+        def pwrite_all(target_fd: int, data: t.Any, pos: int) -> None:
+            view = memoryview(data)
             while view:
-                count = os.pwrite(fd, view, pos)
+                count = os.pwrite(target_fd, view, pos)
                 view = view[count:]
                 pos += count
-            return length
+
+        def work(batch: list[tuple[int, bytes, bytes, int, str]]) -> int:
+            # every chunk of the batch is checked before anything of the batch is written
+            plains: list[tuple[int, bytes]] = []
+            for chunk, cid, raw, length, pack in batch:
+                try:
+                    plains.append((chunk, codec.open(BLOB_DATA, cid, raw, length)))
+                except IntegrityError as exc:
+                    raise CorruptChunkError(
+                        cid.hex(), str(exc), record.id, disk.name, chunk, chunk * csize, pack
+                    ) from None
+            i = 0
+            while i < len(plains):
+                chunk, plain = plains[i]
+                j = i
+                if direct_fd is not None:
+                    while j < len(plains) and plains[j][0] == chunk + (j - i) and len(plains[j][1]) == csize:
+                        j += 1
+                if j == i:
+                    pwrite_all(fd, plain, chunk * csize)
+                    i += 1
+                    continue
+                # a run of adjacent full chunks: one aligned O_DIRECT write, no page-cache copy
+                buf = getattr(local, "buf", None)
+                if buf is None:
+                    buf = local.buf = mmap.mmap(-1, batch_size * csize)
+                for k in range(i, j):
+                    buf[(k - i) * csize : (k - i + 1) * csize] = plains[k][1]
+                pwrite_all(t.cast(int, direct_fd), memoryview(buf)[: (j - i) * csize], chunk * csize)
+                i = j
+            return sum(len(p) for _c, p in plains)
 
         def zeros_until(start_chunk: int, end_chunk: int) -> None:
             for chunk in range(start_chunk, end_chunk):
                 length = chunk_length(chunk, disk.size, csize)
                 os.pwrite(fd, zero[:length], chunk * csize)
 
-        window = self.threads * 4
+        def read_batch(items: list[tuple[int, bytes, int, t.Any]]) -> list[tuple[int, bytes, bytes, int, str]]:
+            """Read the stored blobs of a batch, one read per run of adjacent blobs in a pack."""
+            out: list[tuple[int, bytes, bytes, int, str]] = []
+            i = 0
+            while i < len(items):
+                j = i + 1
+                loc = items[i][3]
+                end = loc.offset + loc.length
+                while j < len(items) and items[j][3].pack == loc.pack and items[j][3].offset == end:
+                    end += items[j][3].length
+                    j += 1
+                try:
+                    data = self.backend.read_range(pack_object_name(loc.pack), loc.offset, end - loc.offset)
+                except FileNotFoundError:
+                    chunk, cid = items[i][0], items[i][1]
+                    raise CorruptChunkError(
+                        cid.hex(), "its pack file is missing", record.id, disk.name, chunk, chunk * csize, loc.pack
+                    ) from None
+                for chunk, cid, length, item_loc in items[i:j]:
+                    start = item_loc.offset - loc.offset
+                    out.append((chunk, cid, data[start : start + item_loc.length], length, item_loc.pack))
+                i = j
+            return out
+
+        batch_size = max(1, (1024 * 1024) // csize)
+        window = self.threads * 3
         pending: "collections.deque[concurrent.futures.Future[int]]" = collections.deque()
+        batch: list[tuple[int, bytes, int, t.Any]] = []
         next_chunk = 0
         nchunks = chunk_count(disk.size, csize)
         with concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="vmsafe-restore") as pool:
+
+            def submit() -> None:
+                nonlocal written, batch
+                pending.append(pool.submit(work, read_batch(batch)))
+                batch = []
+                lock.refresh()  # cheap; rewrites the lock every 5 minutes so it never looks stale
+                while len(pending) > window:
+                    written += pending.popleft().result()
+
             try:
                 for seg_no, seg_id in enumerate(disk.segments):
-                    if seg_id is None:
+                    seg_map = None if seg_id is None else self._read_map(seg_id, index, what)
+                    check = segment_digest(seg_map, seg_no, disk.size, csize, disk.segment_chunks).hex()
+                    if check != disk.segment_digests[seg_no]:
+                        raise CorruptMetadataError(
+                            f"The chunk map segment {seg_no} of {what} does not match its digest in the manifest; "
+                            "the manifest or the map is damaged. Restore from another backup."
+                        )
+                    if seg_map is None:
                         continue
-                    seg_map = self._read_map(seg_id, index, what)
                     if seg_map.first != seg_no * disk.segment_chunks or seg_map.chunk_size != csize:
                         raise CorruptMetadataError(f"The chunk map segment {seg_no} of {what} is misplaced.")
                     for chunk, cid, sha, length in seg_map.iter_stored():
@@ -895,21 +1020,21 @@ class Repository:
                         loc = index.get(cid)
                         if loc is None:
                             raise CorruptChunkError(
-                                cid.hex(), "it is missing from the repository", record.id, disk.name, chunk, chunk * csize
+                                cid.hex(),
+                                "it is missing from the repository",
+                                record.id,
+                                disk.name,
+                                chunk,
+                                chunk * csize,
                             )
-                        try:
-                            raw = self.backend.read_range(pack_object_name(loc.pack), loc.offset, loc.length)
-                        except FileNotFoundError:
-                            raise CorruptChunkError(
-                                cid.hex(), "its pack file is missing", record.id, disk.name, chunk, chunk * csize, loc.pack
-                            ) from None
                         if write_zeros:
                             zeros_until(next_chunk, chunk)
                         next_chunk = chunk + 1
-                        digest.add(chunk, sha)
-                        pending.append(pool.submit(work, chunk, cid, raw, length, loc.pack))
-                        while len(pending) > window:
-                            written += pending.popleft().result()
+                        batch.append((chunk, cid, length, loc))
+                        if len(batch) >= batch_size:
+                            submit()
+                if batch:
+                    submit()
                 while pending:
                     written += pending.popleft().result()
             except BaseException:
@@ -918,7 +1043,7 @@ class Repository:
                 raise
         if write_zeros:
             zeros_until(next_chunk, nchunks)
-        value = digest.hexdigest()
+        value = combine_digests([bytes.fromhex(d) for d in disk.segment_digests])
         if value != disk.content_digest:
             raise CorruptMetadataError(
                 f"The restored content of {what} does not match the digest in its manifest; the manifest or its "
@@ -944,7 +1069,9 @@ class Repository:
                             index.add_pack(pack, entries)
                     except CorruptMetadataError:
                         continue
-            pack_sizes = {obj.rsplit("/", 1)[-1]: size for obj, size in self.backend.list("packs") if ".tmp-" not in obj}
+            pack_sizes = {
+                obj.rsplit("/", 1)[-1]: size for obj, size in self.backend.list("packs") if ".tmp-" not in obj
+            }
             for pack, entries in index.packs().items():
                 report.packs_checked += 1
                 size = pack_sizes.get(pack)
@@ -979,24 +1106,35 @@ class Repository:
                 report.backups_checked += 1
                 for disk in record.disks:
                     what = f"disk '{disk.name}' of backup {record.id}"
-                    digest = DigestBuilder(disk.size, disk.chunk_size)
                     try:
-                        for seg_id in disk.segments:
-                            if seg_id is None:
+                        if len(disk.segment_digests) != len(disk.segments):
+                            raise CorruptMetadataError(f"The manifest of {what} has a wrong number of segment digests.")
+                        for seg_no, seg_id in enumerate(disk.segments):
+                            seg_map = None if seg_id is None else self._read_map(seg_id, index, what)
+                            check = segment_digest(seg_map, seg_no, disk.size, disk.chunk_size, disk.segment_chunks)
+                            if check.hex() != disk.segment_digests[seg_no]:
+                                report.errors.append(
+                                    f"The chunk map segment {seg_no} of {what} does not match its digest in the manifest."
+                                )
+                            if seg_map is None:
                                 continue
-                            seg_map = self._read_map(seg_id, index, what)
                             for chunk, cid, sha, length in seg_map.iter_stored():
-                                digest.add(chunk, sha)
                                 if cid not in used:
                                     used[cid] = (record.id, disk.name, chunk, length)
                                 if cid not in index:
                                     report.damaged.append(
-                                        DamagedChunk(cid.hex(), "missing from the index", record.id, disk.name, chunk,
-                                                     chunk * disk.chunk_size)
+                                        DamagedChunk(
+                                            cid.hex(),
+                                            "missing from the index",
+                                            record.id,
+                                            disk.name,
+                                            chunk,
+                                            chunk * disk.chunk_size,
+                                        )
                                     )
                                 elif self.codec.chunk_id(sha) != cid:
                                     report.errors.append(f"The chunk map of {what} is inconsistent at chunk #{chunk}.")
-                        if digest.hexdigest() != disk.content_digest:
+                        if combine_digests([bytes.fromhex(d) for d in disk.segment_digests]) != disk.content_digest:
                             report.errors.append(f"The content digest of {what} does not match its chunk maps.")
                     except BackupError as exc:
                         report.errors.append(str(exc))
@@ -1127,7 +1265,7 @@ class Repository:
                     seg_map = self._read_map(seg_id, index, f"disk '{disk.name}' of backup {record.id}")
                     for _chunk, cid, _sha, _length in seg_map.iter_stored():
                         used.add(cid)
-        stored = {obj.rsplit("/", 1)[-1]: (obj, size) for obj, size in self.backend.list("packs")}
+        stored = {obj.rsplit("/", 1)[-1]: (obj, size) for obj, size in self.backend.list("packs") if ".tmp-" not in obj}
         packs = index.packs()
         keep: dict[str, list[PackEntry]] = {}
         delete: list[str] = []

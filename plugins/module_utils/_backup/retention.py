@@ -86,8 +86,13 @@ class RetentionPolicy:
 
     def is_empty(self) -> bool:
         return not (
-            self.keep_last or self.keep_hourly or self.keep_daily or self.keep_weekly or self.keep_monthly
-            or self.keep_yearly or self.keep_within is not None
+            self.keep_last
+            or self.keep_hourly
+            or self.keep_daily
+            or self.keep_weekly
+            or self.keep_monthly
+            or self.keep_yearly
+            or self.keep_within is not None
         )
 
 

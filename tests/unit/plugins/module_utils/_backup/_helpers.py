@@ -18,8 +18,13 @@ LONG = os.environ.get("VMSAFE_LONG_TESTS") == "1"
 
 
 def make_repo(path: str, **kwargs: t.Any) -> Repository:
-    opts: dict[str, t.Any] = {"passphrase": PASSPHRASE, "chunk_size": 4096, "pack_size": 1024 * 1024,
-                              "segment_chunks": 8, "kdf": FAST_KDF}
+    opts: dict[str, t.Any] = {
+        "passphrase": PASSPHRASE,
+        "chunk_size": 4096,
+        "pack_size": 1024 * 1024,
+        "segment_chunks": 8,
+        "kdf": FAST_KDF,
+    }
     opts.update(kwargs)
     if opts.get("encryption") == "none":
         opts.pop("passphrase", None)
@@ -39,5 +44,3 @@ def make_image(rng: random.Random, size: int) -> bytes:
         else:
             out += rng.randbytes(length)
     return bytes(out[:size])
-
-

@@ -47,8 +47,9 @@ def two_backups(tmp_path: t.Any) -> tuple[Repository, list[t.Any], list[bytes]]:
     repo = make_repo(str(tmp_path / "repo"))
     rng = random.Random(11)
     images = [make_image(rng, 150_000), make_image(rng, 90_000)]
-    records = [repo.backup(f"vm{i}", [DiskSource("vda", len(img), [(0, len(img), img)])])
-               for i, img in enumerate(images)]
+    records = [
+        repo.backup(f"vm{i}", [DiskSource("vda", len(img), [(0, len(img), img)])]) for i, img in enumerate(images)
+    ]
     return repo, records, images
 
 
@@ -164,8 +165,9 @@ def test_no_plain_content_hashes_or_secrets_on_storage(tmp_path: t.Any) -> None:
     repo = make_repo(str(tmp_path / "repo"))
     data = os.urandom(4096 * 5)
     repo.backup("secret-vm-name", [DiskSource("vda", len(data), [(0, len(data), data)])], tags={"t": "secret-tag"})
-    stored = b"".join(open(os.path.join(d, f), "rb").read()
-                      for d, _s, files in os.walk(tmp_path / "repo") for f in files)
+    stored = b"".join(
+        open(os.path.join(d, f), "rb").read() for d, _s, files in os.walk(tmp_path / "repo") for f in files
+    )
     for i in range(5):
         assert hashlib.sha256(data[i * 4096 : (i + 1) * 4096]).digest() not in stored
         assert data[i * 4096 : i * 4096 + 64] not in stored

@@ -85,8 +85,10 @@ def test_concurrent_prunes_in_processes_never_both_run(repo: Repository, tmp_pat
         "try:\n    repo.prune({'keep_last': 1}); print('ran')\nexcept LockedError as e:\n    print('locked')\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    procs = [subprocess.Popen([sys.executable, str(script), repo.backend.location], stdout=subprocess.PIPE, env=env)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen([sys.executable, str(script), repo.backend.location], stdout=subprocess.PIPE, env=env)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=60)[0].decode().strip() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert sorted(outs) in (["locked", "ran"], ["ran", "ran"], ["locked", "locked"])
@@ -97,16 +99,26 @@ def test_concurrent_prunes_in_processes_never_both_run(repo: Repository, tmp_pat
 def test_stale_lock_of_dead_process_is_ignored_and_removed(repo: Repository) -> None:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    stale = {"host": os.uname().nodename, "pid": proc.pid, "operation": "prune", "exclusive": True,
-             "time": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+    stale = {
+        "host": os.uname().nodename,
+        "pid": proc.pid,
+        "operation": "prune",
+        "exclusive": True,
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+    }
     repo.backend.write_atomic("locks/deadbeef", json.dumps(stale).encode())
     small_backup(repo)
     assert not repo.backend.exists("locks/deadbeef")
 
 
 def test_lock_of_other_host_blocks_until_broken(repo: Repository) -> None:
-    other = {"host": "backup-host-2", "pid": 4242, "operation": "prune", "exclusive": True,
-             "time": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+    other = {
+        "host": "backup-host-2",
+        "pid": 4242,
+        "operation": "prune",
+        "exclusive": True,
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+    }
     repo.backend.write_atomic("locks/other", json.dumps(other).encode())
     with pytest.raises(LockedError) as info:
         small_backup(repo)
@@ -117,8 +129,13 @@ def test_lock_of_other_host_blocks_until_broken(repo: Repository) -> None:
 
 
 def test_old_lock_of_other_host_is_stale(repo: Repository) -> None:
-    old = {"host": "gone-host", "pid": 1, "operation": "backup", "exclusive": True,
-           "time": (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=2)).isoformat()}
+    old = {
+        "host": "gone-host",
+        "pid": 1,
+        "operation": "backup",
+        "exclusive": True,
+        "time": (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=2)).isoformat(),
+    }
     repo.backend.write_atomic("locks/old", json.dumps(old).encode())
     small_backup(repo)
 

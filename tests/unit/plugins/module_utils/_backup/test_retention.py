@@ -34,24 +34,42 @@ DAILY += [rec("2026-11-23 06:00"), rec("2026-11-23 09:30")]
 @pytest.mark.parametrize(
     "policy, kept",
     [
-        (RetentionPolicy(keep_last=3), {"2026-11-23 09:30": "last #1", "2026-11-23 06:00": "last #2",
-                                        "2026-11-23 01:00": "last #3"}),
-        (RetentionPolicy(keep_daily=3), {"2026-11-23 09:30": "daily #1", "2026-11-22 01:00": "daily #2",
-                                         "2026-11-21 01:00": "daily #3"}),
-        (RetentionPolicy(keep_last=1, keep_daily=2), {"2026-11-23 09:30": "last #1", "2026-11-22 01:00": "daily #1",
-                                                      "2026-11-21 01:00": "daily #2"}),
+        (
+            RetentionPolicy(keep_last=3),
+            {"2026-11-23 09:30": "last #1", "2026-11-23 06:00": "last #2", "2026-11-23 01:00": "last #3"},
+        ),
+        (
+            RetentionPolicy(keep_daily=3),
+            {"2026-11-23 09:30": "daily #1", "2026-11-22 01:00": "daily #2", "2026-11-21 01:00": "daily #3"},
+        ),
+        (
+            RetentionPolicy(keep_last=1, keep_daily=2),
+            {"2026-11-23 09:30": "last #1", "2026-11-22 01:00": "daily #1", "2026-11-21 01:00": "daily #2"},
+        ),
         (RetentionPolicy(keep_hourly=2), {"2026-11-23 09:30": "hourly #1", "2026-11-23 06:00": "hourly #2"}),
         # ISO weeks: 2026-11-23 is a Monday, so the week before ends on Sunday 2026-11-22
         (RetentionPolicy(keep_weekly=2), {"2026-11-23 09:30": "weekly #1", "2026-11-22 01:00": "weekly #2"}),
         (RetentionPolicy(keep_monthly=2), {"2026-11-23 09:30": "monthly #1", "2026-10-31 01:00": "monthly #2"}),
         (RetentionPolicy(keep_yearly=5), {"2026-11-23 09:30": "yearly #1", "2026-09-25 01:00": "yearly #2 [oldest]"}),
-        (RetentionPolicy(keep_within="2d"), {"2026-11-23 09:30": "within 2d", "2026-11-23 06:00": "within 2d",
-                                             "2026-11-23 01:00": "within 2d", "2026-11-22 01:00": "within 2d"}),
-        (RetentionPolicy(keep_within="12H", keep_daily=2), {"2026-11-23 09:30": "within 12H",
-                                                            "2026-11-23 06:00": "within 12H",
-                                                            "2026-11-23 01:00": "within 12H",
-                                                            "2026-11-22 01:00": "daily #1",
-                                                            "2026-11-21 01:00": "daily #2"}),
+        (
+            RetentionPolicy(keep_within="2d"),
+            {
+                "2026-11-23 09:30": "within 2d",
+                "2026-11-23 06:00": "within 2d",
+                "2026-11-23 01:00": "within 2d",
+                "2026-11-22 01:00": "within 2d",
+            },
+        ),
+        (
+            RetentionPolicy(keep_within="12H", keep_daily=2),
+            {
+                "2026-11-23 09:30": "within 12H",
+                "2026-11-23 06:00": "within 12H",
+                "2026-11-23 01:00": "within 12H",
+                "2026-11-22 01:00": "daily #1",
+                "2026-11-21 01:00": "daily #2",
+            },
+        ),
     ],
 )
 def test_select_prunable_table(policy: RetentionPolicy, kept: dict[str, str]) -> None:
@@ -67,8 +85,10 @@ def test_policy_that_keeps_nothing_is_refused() -> None:
         select_prunable(DAILY, RetentionPolicy(), NOW)
 
 
-@pytest.mark.parametrize("value, seconds", [("7d", 7 * 86400), ("12H", 43200), ("2w", 14 * 86400),
-                                            ("1m", 31 * 86400), ("1y", 365 * 86400), (60, 60)])
+@pytest.mark.parametrize(
+    "value, seconds",
+    [("7d", 7 * 86400), ("12H", 43200), ("2w", 14 * 86400), ("1m", 31 * 86400), ("1y", 365 * 86400), (60, 60)],
+)
 def test_parse_interval(value: t.Any, seconds: int) -> None:
     assert parse_interval(value).total_seconds() == seconds
 

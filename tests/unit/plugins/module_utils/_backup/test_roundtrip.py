@@ -20,7 +20,11 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors impo
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.manifest import disk_digest
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import DiskSource, Repository
 
-from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup._helpers import PASSPHRASE, make_image, make_repo
+from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup._helpers import (
+    PASSPHRASE,
+    make_image,
+    make_repo,
+)
 
 CHUNK = 4096
 
@@ -69,8 +73,12 @@ def build(parts: list[tuple[str, int]], seed: int) -> bytes:
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(parts=segments, seed=st.integers(0, 2**16), mode=st.sampled_from(["whole", "data", "reader"]),
-       encryption=st.sampled_from(["aes-256-gcm", "none"]))
+@given(
+    parts=segments,
+    seed=st.integers(0, 2**16),
+    mode=st.sampled_from(["whole", "data", "reader"]),
+    encryption=st.sampled_from(["aes-256-gcm", "none"]),
+)
 def test_full_roundtrip(parts: list[tuple[str, int]], seed: int, mode: str, encryption: str) -> None:
     image = build(parts, seed)
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,19 +94,21 @@ def test_full_roundtrip(parts: list[tuple[str, int]], seed: int, mode: str, encr
         path = os.path.join(tmp, "img")
         with open(path, "wb") as handle:
             handle.write(image)
-        assert record.disks[0].content_digest == disk_digest(path, CHUNK)
+        assert record.disks[0].content_digest == disk_digest(path, CHUNK, 8)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     parts=segments,
     seed=st.integers(0, 2**16),
-    writes=st.lists(st.tuples(st.floats(0, 1), st.integers(1, 2 * CHUNK + 3), st.sampled_from(["random", "zero"])),
-                    max_size=8),
+    writes=st.lists(
+        st.tuples(st.floats(0, 1), st.integers(1, 2 * CHUNK + 3), st.sampled_from(["random", "zero"])), max_size=8
+    ),
     grow=st.sampled_from([0, 0, 0, 1, -1]),
 )
-def test_incremental_equals_new_image(parts: list[tuple[str, int]], seed: int,
-                                      writes: list[tuple[float, int, str]], grow: int) -> None:
+def test_incremental_equals_new_image(
+    parts: list[tuple[str, int]], seed: int, writes: list[tuple[float, int, str]], grow: int
+) -> None:
     old = build(parts, seed)
     rng = random.Random(seed + 1)
     new = bytearray(old)
@@ -132,6 +142,10 @@ def test_incremental_equals_new_image(parts: list[tuple[str, int]], seed: int,
         assert restore_bytes(repo, second.id, "vda", tmp) == bytes(new)
         assert restore_bytes(repo, first.id, "vda", tmp) == old
         assert repo.verify(read_data=True).ok
+        path = os.path.join(tmp, "new.img")
+        with open(path, "wb") as handle:
+            handle.write(new)
+        assert second.disks[0].content_digest == disk_digest(path, CHUNK, 8)
 
 
 def test_sparse_restore_makes_holes(tmp_path: t.Any) -> None:
@@ -159,8 +173,9 @@ def test_restore_to_fd_and_file_source(tmp_path: t.Any) -> None:
     repo = make_repo(str(tmp_path / "repo"))
     fd = os.open(src, os.O_RDONLY)
     try:
-        record = repo.backup("vm", [DiskSource("vda", len(image), file_extents(fd))], tags={"k": "v"},
-                             vm_definition="<domain/>")
+        record = repo.backup(
+            "vm", [DiskSource("vda", len(image), file_extents(fd))], tags={"k": "v"}, vm_definition="<domain/>"
+        )
     finally:
         os.close(fd)
     out = tmp_path / "out.raw"
@@ -192,8 +207,9 @@ def test_file_extents_skips_holes(tmp_path: t.Any) -> None:
 def test_multiple_disks_and_dedup(tmp_path: t.Any) -> None:
     repo = make_repo(str(tmp_path / "repo"))
     data = os.urandom(40 * CHUNK)
-    first = repo.backup("vm", [DiskSource("a", len(data), [(0, len(data), data)]),
-                               DiskSource("b", len(data), [(0, len(data), data)])])
+    first = repo.backup(
+        "vm", [DiskSource("a", len(data), [(0, len(data), data)]), DiskSource("b", len(data), [(0, len(data), data)])]
+    )
     assert first.stats["new_blobs"] <= 40 + 10  # the second disk is deduplicated against the first
     again = repo.backup("vm", [DiskSource("a", len(data), [(0, len(data), data)])])
     assert again.stats["new_bytes"] < 10_000  # only a map segment or nothing
@@ -213,3 +229,37 @@ def test_bad_extents_are_refused(repo: Repository, extents: t.Any, message: str)
     with pytest.raises(InvalidArgumentError, match=message):
         repo.backup("vm", [DiskSource("vda", 100, extents)])
     assert repo.list() == []
+
+
+def test_incremental_reads_only_touched_segments(tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    repo = make_repo(str(tmp_path / "repo"))  # 8 chunks of 4 KiB per map segment
+    image = os.urandom(CHUNK * 8 * 20)  # 20 segments
+    first = repo.backup("vm", [DiskSource("vda", len(image), [(0, len(image), image)])])
+    reads: list[str] = []
+    original = Repository._read_map
+
+    def counting(self: Repository, seg_id: str, *args: t.Any) -> t.Any:
+        reads.append(seg_id)
+        return original(self, seg_id, *args)
+
+    monkeypatch.setattr(Repository, "_read_map", counting)
+    change = os.urandom(100)
+    second = repo.backup("vm", [DiskSource("vda", len(image), [(CHUNK * 8 * 7 + 5, 100, change)])], parent=first.id)
+    assert len(reads) == 1, "only the changed segment's parent map may be read"
+    assert sum(a != b for a, b in zip(first.disks[0].segments, second.disks[0].segments)) == 1
+    assert second.stats["new_blobs"] == 2  # the changed chunk and its segment
+    new = bytearray(image)
+    new[CHUNK * 8 * 7 + 5 : CHUNK * 8 * 7 + 105] = change
+    assert restore_bytes(repo, second.id, "vda", str(tmp_path)) == bytes(new)
+    assert second.disks[0].stored_chunks == 160
+
+
+def test_restore_without_direct_io(tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The buffered path (filesystems without O_DIRECT) restores the same bytes."""
+    from ansible_collections.vmsafe.protect.plugins.module_utils._backup import repository
+
+    monkeypatch.setattr(repository, "_open_direct", lambda fd, chunk_size: None)
+    repo = make_repo(str(tmp_path / "repo"))
+    image = make_image(random.Random(9), 123_457)
+    record = repo.backup("vm", [DiskSource("vda", len(image), [(0, len(image), image)])])
+    assert restore_bytes(repo, record.id, "vda", str(tmp_path)) == image
