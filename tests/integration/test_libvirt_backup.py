@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.manifest import disk_digest
-from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import DEFAULT_CHUNK_SIZE
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import DEFAULT_CHUNK_SIZE, DEFAULT_SEGMENT_CHUNKS
 
 pytestmark = pytest.mark.libvirt
 
@@ -33,7 +33,7 @@ def _raw_sha256(args: list[str]) -> tuple[str, str]:
         with open(out, "rb") as handle:
             for block in iter(lambda: handle.read(4 * MiB), b""):
                 digest.update(block)
-        return digest.hexdigest(), disk_digest(out, DEFAULT_CHUNK_SIZE)
+        return digest.hexdigest(), disk_digest(out, DEFAULT_CHUNK_SIZE, DEFAULT_SEGMENT_CHUNKS)
 
 
 def disk_sha256(vm: str) -> str:
@@ -94,10 +94,16 @@ def test_full_then_incrementals_restore_exactly_each_point(lab, ansible, repo, t
         restored = ansible("vm_restore", dict(repo, backup_id=backup_id, dest=str(dest), format="raw"))
         assert restored["_status"] == "ok", restored
         assert file_sha256(restored["files"][0]["path"])[0] == want[0]  # byte for byte the disk at that time
+    for fmt in ("qcow2", "vmdk", "vhdx"):
+        dest = tmp_path / fmt
+        dest.mkdir()
+        planned = ansible("vm_restore", dict(repo, backup_id=ids[-1], dest=str(dest), format=fmt), check=True)
+        assert planned["changed"] and planned["files"][0]["path"].endswith("." + fmt) and not list(dest.iterdir())
+        restored = ansible("vm_restore", dict(repo, backup_id=ids[-1], dest=str(dest), format=fmt))
+        assert restored["files"][0]["path"] == planned["files"][0]["path"]
+        assert file_sha256(restored["files"][0]["path"], fmt)[0] == sums[-1][0]
+        assert [p.name for p in dest.iterdir()] == [os.path.basename(restored["files"][0]["path"])]  # no leftovers
     dest = tmp_path / "qcow2"
-    dest.mkdir()
-    restored = ansible("vm_restore", dict(repo, backup_id=ids[-1], dest=str(dest), format="qcow2"))
-    assert file_sha256(restored["files"][0]["path"], "qcow2")[0] == sums[-1][0]
     again = ansible("vm_restore", dict(repo, backup_id=ids[-1], dest=str(dest), format="qcow2"))
     assert again["_status"] == "failed" and "Refusing to overwrite" in again["msg"]
 
