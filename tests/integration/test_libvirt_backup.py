@@ -286,3 +286,27 @@ def test_killed_backup_leaves_vm_running_repo_verifying_and_next_run_working(lab
     restored = ansible("vm_restore", dict(repo, backup_id=after["backup_id"], dest=str(tmp_path), format="raw"))
     assert file_sha256(restored["files"][0]["path"])[0] == want[0]
     assert ansible("backup_verify", dict(repo, read_data=True))["ok"]
+
+
+def test_backup_quiesce_without_agent_fails_or_falls_back(lab, ansible, repo):
+    vm = lab.vm()
+    failed = ansible("vm_backup", dict(repo, vm_name=vm, init=True, quiesce=True))
+    assert failed["_status"] == "failed" and "Failed to quiesce" in failed["msg"] and "qemu-guest-agent" in failed["msg"]
+    assert lab.virsh("checkpoint-list", vm, "--name").split() == []  # nothing left behind
+    done = ansible("vm_backup", dict(repo, vm_name=vm, init=True, quiesce=True, quiesce_fallback="crash_consistent"))
+    assert done["_status"] == "ok" and done["consistency"] == "crash_consistent"
+    assert any("Could not quiesce" in w for w in done.get("warnings", []))
+
+
+def test_shut_off_vm_guards(lab, ansible, repo):
+    vm = lab.vm()
+    ansible("vm_snapshot", {"vm_name": vm, "snapshot_name": "pre", "memory": True})
+    ansible("vm_backup", dict(repo, vm_name=vm, init=True))
+    lab.virsh("destroy", vm)
+    backup = ansible("vm_backup", dict(repo, vm_name=vm))
+    assert backup["_status"] == "failed" and "it is shut off" in backup["msg"] and "Start it" in backup["msg"]
+    snap = ansible("vm_snapshot", {"vm_name": vm, "snapshot_name": "cold"})
+    assert snap["_status"] == "failed" and "shut off and has backup checkpoints" in snap["msg"]
+    reverted = ansible("vm_snapshot", {"vm_name": vm, "snapshot_name": "pre", "state": "reverted"})
+    assert reverted["_status"] == "ok" and lab.virsh("checkpoint-list", vm, "--name").split() == []
+    assert ansible("vm_backup", dict(repo, vm_name=vm))["mode"] == "full"

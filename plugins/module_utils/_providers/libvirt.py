@@ -384,6 +384,12 @@ class LibvirtProvider(HypervisorProvider):
                     f"together with its memory. Set memory: true (revertable, resumes the running guest), "
                     f"disk_only: true (external, merged later; libvirt cannot revert it), or shut the VM off first."
                 )
+        if not running and libvirt_backup.checkpoint_names(dom):
+            raise UnsupportedOperation(
+                f"Failed to snapshot VM '{vm.name}': it is shut off and has backup checkpoints, and libvirt cannot "
+                f"snapshot a shut-off VM while checkpoints exist. Start the VM (running VMs can be snapshotted with "
+                f"checkpoints), or take the snapshot after the VM's next start."
+            )
         if spec.memory and not running:
             warnings.append(f"VM '{vm.name}' is {vm.state}: there is no memory to save, so the snapshot holds disks only.")
 
@@ -477,11 +483,7 @@ class LibvirtProvider(HypervisorProvider):
         if checkpoints:
             # Our own backup checkpoints: a revert would make their bitmaps lie, so drop them; the next
             # vm_backup sees no base checkpoint and takes a full backup (and says why).
-            for name in reversed(checkpoints):
-                try:
-                    dom.checkpointLookupByName(name, 0).delete(0)
-                except libvirt.libvirtError as exc:
-                    raise self._fail(f"delete backup checkpoint '{name}' before the revert", vm, exc) from exc
+            self._drop_checkpoints(dom, vm, checkpoints)
             self.warn(f"Deleted the backup checkpoint(s) of VM '{vm.name}' before reverting, so that no backup "
                       f"relies on bitmaps the revert would invalidate; the next vm_backup will be a full backup.")
         snap = self._lookup_snapshot(dom, vm, snapshot)
@@ -496,6 +498,22 @@ class LibvirtProvider(HypervisorProvider):
                            f"revert VM '{vm.name}' to '{snapshot.name}'")
         except libvirt.libvirtError as exc:
             raise self._fail(f"revert to snapshot '{snapshot.name}'", vm, exc) from exc
+
+    def _drop_checkpoints(self, dom: t.Any, vm: VmRef, names: list[str]) -> None:
+        """Delete checkpoints, newest first. A shut-off VM's checkpoints cannot be deleted by libvirt: drop their
+        records and remove their bitmaps from the images with qemu-img (local hosts)."""
+        active = dom.isActive()
+        images = [d.path for d in self._disks(dom)] if not active else []
+        for name in reversed(names):
+            try:
+                flags = 0 if active else libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY
+                dom.checkpointLookupByName(name, 0).delete(flags)
+            except libvirt.libvirtError as exc:
+                raise self._fail(f"delete backup checkpoint '{name}'", vm, exc) from exc
+            if not active and self.local:
+                for image in images:
+                    # A bitmap left in the image would only cost space; ignore "not found".
+                    subprocess.run(["qemu-img", "bitmap", "--remove", image, name], capture_output=True, check=False)
 
     def delete_snapshot(self, vm: VmRef, snapshot: Snapshot, children: bool, timeout: int) -> None:
         dom = self._domain(vm)

@@ -204,8 +204,8 @@ def begin(dom: t.Any, vm: VmRef, since: str | None, quiesce: bool, quiesce_fallb
         raise ProviderError("The libvirt-python package is not installed: pip install libvirt-python.")
     if not dom.isActive():
         raise UnsupportedOperation(
-            f"VM '{vm.name}' is shut off: libvirt backs up running VMs only (QEMU serves the disks). Start it, or "
-            f"back up its image files with the VM off using mode: full and the VM running for a moment.")
+            f"Failed to back up VM '{vm.name}': it is shut off, and libvirt backs up running VMs only (QEMU serves "
+            f"the disks and tracks the changes). Start it and run again; the guest may stay at its boot prompt.")
     if dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE:
         recover_abandoned(dom, vm, warn)
     if dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE:
