@@ -39,6 +39,9 @@ mkdir -p "$LINKDIR"
 ln -sfn "$ROOT" "$LINKDIR/protect"
 export ANSIBLE_COLLECTIONS_PATH="$ROOT/.lab/collections"
 
+# Staged copies live outside the checkout, one set per checkout, so parallel runs of two checkouts never collide.
+STAGE_BASE="${TMPDIR:-/tmp}/vmsafe-protect-$(printf '%s' "$ROOT" | sha1sum | cut -c1-8)"
+
 stage_copy() {
   # tracked and untracked-but-not-ignored files, as they are in the work tree
   local dest=$1
@@ -65,7 +68,7 @@ if args:
 EOF
   done
   # Not under a hidden folder: ansible-test skips every target there.
-  STAGE="${TMPDIR:-/tmp}/vmsafe-protect-sanity/ansible_collections/vmsafe/protect"
+  STAGE="$STAGE_BASE/sanity/ansible_collections/vmsafe/protect"
   stage_copy "$STAGE"
   (cd "$STAGE" && ansible-test sanity --python "$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
     --venv --color no 2>&1 | grep -vE "is ignored: it is neither|^Looking in (indexes|links)")
@@ -96,7 +99,7 @@ fi
 
 if want targets; then
   step "ansible-test integration targets (real libvirtd + QEMU)"
-  STAGE="${TMPDIR:-/tmp}/vmsafe-protect-targets/ansible_collections/vmsafe/protect"
+  STAGE="$STAGE_BASE/targets/ansible_collections/vmsafe/protect"
   stage_copy "$STAGE"
   # ansible-test passes no environment to the targets; integration_config.yml is how they get the lab helper.
   printf -- '---\nvmsafe_labvm: %s %s\n' "$PY" "$ROOT/tests/lab/labvm.py" >"$STAGE/tests/integration/integration_config.yml"

@@ -225,7 +225,7 @@ def test_killed_backup_leaves_vm_running_repo_verifying_and_next_run_working(lab
     import sys  # pylint: disable=import-outside-toplevel
     import time  # pylint: disable=import-outside-toplevel
 
-    from conftest import ansible_env  # pylint: disable=import-error,import-outside-toplevel
+    from it_helpers import ansible_env  # pylint: disable=import-error,import-outside-toplevel
 
     import labvm  # pylint: disable=import-outside-toplevel,import-error
     import libvirt  # pylint: disable=import-outside-toplevel

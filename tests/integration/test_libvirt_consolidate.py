@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import age_snapshot  # pylint: disable=import-error
+from it_helpers import age_snapshot  # pylint: disable=import-error
 
 pytestmark = pytest.mark.libvirt
 

@@ -1,0 +1,102 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright (c) 2026 vmsafe.protect contributors
+"""Helpers of the integration tests (a uniquely named module: "conftest" is ambiguous across test folders)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import typing as t
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests", "lab"))
+
+import labvm  # noqa: E402  pylint: disable=wrong-import-position,import-error
+
+
+def ansible_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        ANSIBLE_COLLECTIONS_PATH=os.environ["VMSAFE_COLLECTIONS_PATH"],
+        ANSIBLE_PYTHON_INTERPRETER=sys.executable,
+        ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+        ANSIBLE_CALLBACK_PLUGINS=os.path.join(ROOT, "tests", "integration", "callback_plugins"),
+        ANSIBLE_STDOUT_CALLBACK="result_json",
+        ANSIBLE_LOCALHOST_WARNING="false",
+        ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
+        ANSIBLE_DEPRECATION_WARNINGS="false",
+        PATH=os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
+    )
+    return env
+
+
+def run_ansible(module: str, args: dict[str, t.Any], check: bool = False, diff: bool = False) -> dict[str, t.Any]:
+    """Run one module through the ``ansible`` command, as a user would; return the host's result."""
+    cmd = [os.path.join(os.path.dirname(sys.executable), "ansible"), "localhost", "-m", f"vmsafe.protect.{module}",
+           "-a", json.dumps(args)]
+    if check:
+        cmd.append("--check")
+    if diff:
+        cmd.append("--diff")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ansible_env(), check=False, timeout=600)
+    try:
+        out = json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:
+        raise AssertionError(f"ansible printed no JSON (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}") from exc
+    result = out[0]
+    result["_rc"] = proc.returncode
+    return result
+
+
+class Lab:
+    """Makes throwaway VMs and removes them (with every snapshot and file) at the end of the test."""
+
+    def __init__(self) -> None:
+        self.prefix = f"vmsafe-it-{uuid.uuid4().hex[:6]}-"
+        self.names: list[str] = []
+
+    def vm(self, suffix: str = "vm", **kwargs: t.Any) -> str:
+        name = self.prefix + suffix
+        labvm.create(name, **kwargs)
+        self.names.append(name)
+        return name
+
+    write = staticmethod(labvm.write)
+    check = staticmethod(labvm.check)
+
+    @staticmethod
+    def virsh(*args: str) -> str:
+        return subprocess.run(["virsh", "-q", "-c", labvm.URI, *args], capture_output=True, text=True,
+                              check=True).stdout
+
+    def snapshot_names(self, name: str) -> list[str]:
+        return sorted(self.virsh("snapshot-list", name, "--name").split())
+
+    def chain(self, name: str) -> list[str]:
+        info = subprocess.run(["qemu-img", "info", "-U", "--backing-chain", "--output=json", labvm.active_image(name)],
+                              capture_output=True, text=True, check=True).stdout
+        return [layer["filename"] for layer in json.loads(info)]
+
+    def cleanup(self) -> None:
+        for name in self.names:
+            labvm.destroy(name)
+
+
+def age_snapshot(lab_: Lab, vm: str, snapshot: str, seconds: int) -> None:
+    """Make a snapshot look ``seconds`` older by redefining its record with an older creationTime."""
+    import re  # pylint: disable=import-outside-toplevel
+    import tempfile  # pylint: disable=import-outside-toplevel
+
+    xml = lab_.virsh("snapshot-dumpxml", vm, snapshot, "--security-info")
+    created = int(re.search(r"<creationTime>(\d+)</creationTime>", xml).group(1))
+    xml = xml.replace(f"<creationTime>{created}</creationTime>", f"<creationTime>{created - seconds}</creationTime>")
+    current = lab_.virsh("snapshot-current", vm, "--name").strip() == snapshot if lab_.snapshot_names(vm) else False
+    with tempfile.NamedTemporaryFile("w", suffix=".xml", delete=False) as handle:
+        handle.write(xml)
+    try:
+        lab_.virsh("snapshot-create", vm, handle.name, "--redefine", *(["--current"] if current else []))
+    finally:
+        os.unlink(handle.name)
