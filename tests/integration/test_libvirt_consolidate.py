@@ -33,7 +33,7 @@ def test_external_chain_consolidates_while_running_and_keeps_data(lab, ansible):
     assert lab.snapshot_names(vm) == ["ext-0", "ext-1", "ext-2"] and len(lab.chain(vm)) == 4
 
     real = ansible("snapshot_consolidate", args)
-    assert real["changed"] and real["summary"]["removed"] == 3 and real["summary"]["failed"] == 0
+    assert real["changed"] and real["summary"]["removed"] == 3 and real["summary"]["failed"] == 0, real["vms"]
     assert lab.snapshot_names(vm) == [] and len(lab.chain(vm)) == 1
     assert lab.virsh("domstate", vm).strip() == "running"
     assert lab.check(vm, 0x11, 0, MiB)

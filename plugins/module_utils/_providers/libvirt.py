@@ -610,6 +610,13 @@ class LibvirtProvider(HypervisorProvider):
             else:
                 dom.blockCommit(target, base, overlay, 0, 0)
                 self._wait_job(dom, vm, target, deadline, timeout, until_ready=False)
+            # The job can be gone a moment before libvirt has rewritten the disk's chain (more so on a busy host):
+            # wait for the chain itself, so the next merge plans on the real chain.
+            while overlay in next((d.chain for d in self._disks(dom) if d.target == target), []):
+                if time.monotonic() > deadline:
+                    raise OperationTimeout(f"Timed out after {timeout} s waiting for libvirt to drop {overlay} from "
+                                           f"disk {target} of VM '{vm.name}' after the merge; check 'virsh domblklist'.")
+                time.sleep(0.05)
         except libvirt.libvirtError as exc:
             raise self._fail(f"merge overlay {overlay} of disk {target}", vm, exc) from exc
         if self.local and os.path.exists(overlay) and overlay not in {f for d in self._disks(dom) for f in d.chain}:
