@@ -177,6 +177,10 @@ def test_prune_keeps_the_policy_set_and_verify_catches_a_bit_flip(lab, ansible, 
     assert len(ansible("backup_info", repo)["backups"]) == 4
     pruned = ansible("backup_prune", dict(repo, keep_last=2))
     assert pruned["changed"] and [b["id"] for b in ansible("backup_info", repo)["backups"]] == ids[2:]
+    # a GFS rule: all backups are from today, so keep_daily=1 keeps only the newest, and says why
+    daily = ansible("backup_prune", dict(repo, keep_daily=1), check=True)
+    assert [b["id"] for b in daily["pruned"]] == [ids[2]]
+    assert [(k["id"], k["reason"].split()[0]) for k in daily["kept"]] == [(ids[3], "daily")]
     again = ansible("backup_prune", dict(repo, keep_last=2))
     assert again["changed"] is False, {k: again[k] for k in ("pruned", "packs_deleted", "packs_repacked", "bytes_freed")}
 
@@ -310,3 +314,27 @@ def test_shut_off_vm_guards(lab, ansible, repo):
     reverted = ansible("vm_snapshot", {"vm_name": vm, "snapshot_name": "pre", "state": "reverted"})
     assert reverted["_status"] == "ok" and lab.virsh("checkpoint-list", vm, "--name").split() == []
     assert ansible("vm_backup", dict(repo, vm_name=vm))["mode"] == "full"
+
+
+def test_backup_runs_under_async_and_reports_bytes(lab, repo, tmp_path):
+    """AWX and long nightly runs use async/poll: the module must work detached and report what it did."""
+    import json  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+
+    from it_helpers import ansible_env  # pylint: disable=import-error,import-outside-toplevel
+
+    vm = lab.vm()
+    lab.write(vm, 0x71, 0, 2 * MiB)
+    play = [{"hosts": "localhost", "gather_facts": False, "tasks": [
+        {"name": "Back up in the background", "async": 300, "poll": 1, "register": "r",
+         "vmsafe.protect.vm_backup": dict(repo, vm_name=vm, init=True)},
+        {"name": "Show", "ansible.builtin.debug": {"var": "r"}},
+    ]}]
+    playbook = tmp_path / "async.yml"
+    playbook.write_text(json.dumps(play))
+    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), str(playbook)],
+                          capture_output=True, text=True, env=ansible_env(), check=False)
+    results = json.loads(proc.stdout)
+    backup = results[0]
+    assert backup["_status"] == "ok" and backup["finished"] == 1, backup
+    assert backup["mode"] == "full" and backup["bytes_read"] >= 2 * MiB and backup["backup_id"]
