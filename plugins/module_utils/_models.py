@@ -105,6 +105,7 @@ class Disk:
     virtual_size: int | None = None
     allocation: int | None = None
     block_job: dict[str, t.Any] | None = None
+    storage_free_bytes: int | None = None  # free space where the active image lives; None when unknown
 
     def to_dict(self) -> dict[str, t.Any]:
         return dataclasses.asdict(self)

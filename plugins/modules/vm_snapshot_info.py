@@ -119,11 +119,11 @@ vms:
       returned: always
       sample: []
     disks:
-      description: Disks with their image chain, active image first.
+      description: Disks with their image chain (active image first), allocation, and the free space of their storage (V(null) when unknown).
       type: list
       elements: dict
       returned: always
-      sample: [{"target": "vda", "path": "/var/lib/libvirt/images/web01.qcow2", "chain": ["/var/lib/libvirt/images/web01.qcow2"]}]
+      sample: [{"target": "vda", "path": "/var/lib/libvirt/images/web01.qcow2", "chain": ["/var/lib/libvirt/images/web01.qcow2"], "storage_free_bytes": 107374182400}]
 snapshots:
   description: Every snapshot that passes the filters, across VMs, with the VM's name in C(vm_name).
   returned: success

@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from it_helpers import age_snapshot  # pylint: disable=import-error
@@ -127,3 +129,20 @@ def test_external_snapshot_over_an_internal_parent_is_merged(lab, ansible):
     # the internal rollback point still works after the merge
     ansible("vm_snapshot", {"vm_name": vm, "snapshot_name": "pre-patch", "state": "reverted"})
     assert lab.check(vm, 0x00, 0, MiB)
+
+
+def test_thin_clone_of_a_template_is_not_a_leftover(lab, ansible, tmp_path):
+    """A VM whose disk is a qcow2 overlay on a shared golden image must never be 'consolidated' into it."""
+    import labvm  # pylint: disable=import-outside-toplevel,import-error
+
+    vm = lab.vm(start=False)
+    image = labvm.active_image(vm)
+    golden = str(tmp_path / "golden.qcow2")
+    os.rename(image, golden)
+    import subprocess  # pylint: disable=import-outside-toplevel
+
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", golden, image], check=True)
+    info = ansible("vm_snapshot_info", {"vm_name": vm})["vms"][0]
+    assert info["chain_depth"] == 2 and info["consolidation_needed"] is False and info["leftovers"] == []
+    assert ansible("snapshot_consolidate", {"vm_name": vm})["changed"] is False
+    assert len(lab.chain(vm)) == 2 and os.path.exists(golden)

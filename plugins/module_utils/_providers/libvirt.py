@@ -83,6 +83,16 @@ def _err_code(exc: BaseException) -> int | None:
     return None
 
 
+def _looks_like_snapshot_overlay(layer: str, backing: str) -> bool:
+    """Whether an overlay nobody tracks was made by a snapshot (libvirt names it ``<backing stem>.<snapshot>``).
+
+    Anything else is a thin clone of a template or golden image, which may be shared by other VMs: merging it
+    would change their base, so it is never reported as a leftover.
+    """
+    stem = os.path.splitext(os.path.basename(backing))[0]
+    return os.path.dirname(layer) == os.path.dirname(backing) and os.path.basename(layer).startswith(stem + ".")
+
+
 class LibvirtProvider(HypervisorProvider):
     """One libvirt connection (qemu:///system, qemu+ssh://user@host/system, ...)."""
 
@@ -270,6 +280,8 @@ class LibvirtProvider(HypervisorProvider):
                     chain = [layer.get("filename") for layer in info]
             disk.chain = chain
             if self.local and os.path.exists(disk.path):
+                stat = os.statvfs(os.path.dirname(disk.path) or ".")
+                disk.storage_free_bytes = stat.f_bavail * stat.f_frsize
                 try:
                     capacity, allocation, _physical = dom.blockInfo(disk.target)
                     disk.virtual_size, disk.allocation = capacity, allocation
@@ -558,8 +570,8 @@ class LibvirtProvider(HypervisorProvider):
                     kind="block_job", disk=disk.target,
                     detail=f"{disk.block_job['type']} block job at {disk.block_job['percent']} %"
                            f"{' (ready to pivot)' if disk.block_job['ready'] else ''}"))
-            for layer in disk.chain[:-1]:
-                if layer not in tracked:
+            for index, layer in enumerate(disk.chain[:-1]):
+                if layer not in tracked and _looks_like_snapshot_overlay(layer, disk.chain[index + 1]):
                     size = os.stat(layer).st_blocks * 512 if self.local and os.path.exists(layer) else None
                     status.leftovers.append(Leftover(
                         kind="untracked_overlay", disk=disk.target, files=[layer], bytes=size,
