@@ -66,11 +66,14 @@ class MapSegment:
 
     def iter_stored(self) -> t.Iterator[tuple[int, bytes, bytes, int]]:
         """Yield (absolute index, id, sha256, length) of every non-hole chunk, in order."""
-        buf = self.buf
-        for i in range(self.count):
-            blob_id, sha, length = RECORD.unpack_from(buf, i * RECORD.size)
+        first = self.first
+        for i, (blob_id, sha, length) in enumerate(RECORD.iter_unpack(self.buf)):
             if length:
-                yield self.first + i, blob_id, sha, length
+                yield first + i, blob_id, sha, length
+
+    def stored_count(self) -> int:
+        """Number of non-hole records."""
+        return sum(1 for _b, _s, length in RECORD.iter_unpack(self.buf) if length)
 
     def encode(self) -> bytes:
         return MAP_HEAD.pack(MAP_MAGIC, self.first, self.chunk_size, self.count) + bytes(self.buf)

@@ -57,6 +57,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.index impor
     Index,
     decode_index,
     encode_index,
+    iter_index_raw,
 )
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.locks import Lock, break_locks
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.manifest import (
@@ -432,8 +433,8 @@ class Repository:
             except FileNotFoundError:
                 continue
             plain = self.codec.open_meta(b"index:" + name.encode("ascii"), blob, f"index file {name}")
-            for pack, entries in decode_index(plain, f"index file {name}").items():
-                index.add_pack(pack, entries)
+            for pack, raw in iter_index_raw(plain, f"index file {name}"):
+                index.add_raw(pack, raw)
             files.append(name)
         self._index = index
         self._index_files = files
@@ -661,7 +662,7 @@ class Repository:
                     keep = min(count, pseg.count)
                     new.buf[: keep * 68] = pseg.buf[: keep * 68]
                     if not resized:
-                        state["old_stored"] = sum(1 for _ in pseg.iter_stored())
+                        state["old_stored"] = pseg.stored_count()
                 state["map"] = new
             return t.cast(MapSegment, state["map"])
 
@@ -694,7 +695,7 @@ class Repository:
                         if sink.claim(cid):
                             sink.put(BLOB_DATA, cid, codec.seal(BLOB_DATA, cid, data))
                         seg_map.set(chunk, cid, sha, want)
-            stored = sum(1 for _ in seg_map.iter_stored())
+            stored = seg_map.stored_count()
             counters["stored"] += stored
             counters["delta"] += stored - state["old_stored"]
             seg_digests.append(segment_digest(seg_map, seg, size, csize, seg_chunks).hex())
