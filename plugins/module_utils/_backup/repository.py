@@ -52,6 +52,8 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors impo
     RepositoryExistsError,
     RepositoryFormatError,
     RepositoryNotFoundError,
+    RestoreTargetError,
+    SourceReadError,
 )
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.index import (
     Index,
@@ -772,7 +774,16 @@ class Repository:
             while len(pending) > window:
                 collect_group(pending.popleft())
 
-        for piece in iter_chunks(source.extents, size, csize, buffers, source.name):
+        def guarded(pieces: t.Iterator[ChunkPiece]) -> t.Iterator[ChunkPiece]:
+            try:
+                yield from pieces
+            except OSError as exc:
+                raise SourceReadError(
+                    f"Reading disk '{source.name}' failed: {exc.strerror or exc}. The backup was not recorded and "
+                    "earlier backups are untouched; check the disk source and run the backup again."
+                ) from exc
+
+        for piece in guarded(iter_chunks(source.extents, size, csize, buffers, source.name)):
             pieces += 1
             buf, length = piece.buf, piece.length
             if piece.kind != FULL:
@@ -847,12 +858,20 @@ class Repository:
             if isinstance(target, int):
                 fd = target
             else:
-                if os.path.exists(target) and stat_mod.S_ISBLK(os.stat(target).st_mode):
-                    fd = os.open(target, os.O_WRONLY)
-                else:
-                    final_path = target
-                    tmp_path = f"{target}.vmsafe-partial"
-                    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    if os.path.exists(target) and stat_mod.S_ISBLK(os.stat(target).st_mode):
+                        fd = os.open(target, os.O_WRONLY)
+                    else:
+                        if os.path.isdir(target):
+                            raise IsADirectoryError(21, "Is a directory")
+                        final_path = target
+                        tmp_path = f"{target}.vmsafe-partial"
+                        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                except OSError as exc:
+                    raise RestoreTargetError(
+                        f"Cannot open the restore target '{target}': {exc.strerror}. Give a file path (its directory "
+                        "must exist and be writable) or a block device."
+                    ) from exc
                 close_fd = True
             try:
                 mode = os.fstat(fd).st_mode
@@ -870,7 +889,7 @@ class Repository:
                     if direct_fd is not None:
                         os.close(direct_fd)
                 os.fsync(fd)
-            except BaseException:
+            except BaseException as exc:
                 if close_fd:
                     os.close(fd)
                     close_fd = False
@@ -879,6 +898,12 @@ class Repository:
                         os.unlink(tmp_path)
                     except OSError:
                         pass
+                if isinstance(exc, OSError):
+                    raise RestoreTargetError(
+                        f"Writing the restore target '{target}' failed: {exc.strerror}. Check free space and "
+                        "permissions; "
+                        + ("the partial file was removed." if tmp_path else "the target holds incomplete data.")
+                    ) from exc
                 raise
             finally:
                 if close_fd:
