@@ -1082,7 +1082,7 @@ class Repository:
         """Check structure (and with ``read_data`` decrypt and hash every chunk). Never raises for damage:
         problems are listed in the report, naming backup, disk and chunk."""
         report = VerifyReport(read_data=read_data)
-        with self._lock(False, "verify"):
+        with self._lock(False, "verify") as lock:
             try:
                 index = self._load_index()
             except CorruptMetadataError as exc:
@@ -1165,12 +1165,14 @@ class Repository:
                     except BackupError as exc:
                         report.errors.append(str(exc))
             if read_data:
-                self._verify_data(index, used, report)
+                self._verify_data(index, used, report, lock)
                 if report.damaged:
                     self._name_damaged(report)
         return report
 
-    def _verify_data(self, index: Index, used: dict[bytes, tuple[str, str, int, int]], report: VerifyReport) -> None:
+    def _verify_data(
+        self, index: Index, used: dict[bytes, tuple[str, str, int, int]], report: VerifyReport, lock: Lock
+    ) -> None:
         codec = self.codec
 
         def check(cid: bytes, raw: bytes, length: int) -> str | None:
@@ -1198,6 +1200,7 @@ class Repository:
                         report.damaged.append(DamagedChunk(cid.hex(), problem))
 
             for pack, blobs in by_pack.items():
+                lock.refresh()
                 blobs.sort(key=lambda b: b[1])
                 for cid, offset, stored_len, length in blobs:
                     try:
@@ -1249,7 +1252,7 @@ class Repository:
         if not isinstance(policy, RetentionPolicy):
             policy = RetentionPolicy.from_mapping(policy)
         when = now or _utcnow()
-        with self._lock(True, "prune"):
+        with self._lock(True, "prune") as lock:
             records = self.list(vm_name)
             by_vm: dict[str, list[BackupRecord]] = {}
             for record in records:
@@ -1265,17 +1268,17 @@ class Repository:
                 return result
             for record in pruned:
                 self.backend.delete(self._manifest_name(record.id))
-            self._gc(result)
+            self._gc(result, lock)
             return result
 
     def gc(self) -> PruneResult:
         """Remove data no backup uses and repack half-empty packs (exclusive lock)."""
-        with self._lock(True, "gc"):
+        with self._lock(True, "gc") as lock:
             result = PruneResult(kept=[], pruned=[], dry_run=False)
-            self._gc(result)
+            self._gc(result, lock)
             return result
 
-    def _gc(self, result: PruneResult) -> None:
+    def _gc(self, result: PruneResult, lock: Lock) -> None:
         # A damaged index must stop GC: its packs would look unused and be deleted.
         index = self._load_index()
         old_index_files = list(self._index_files)
@@ -1291,6 +1294,7 @@ class Repository:
                     seg_map = self._read_map(seg_id, index, f"disk '{disk.name}' of backup {record.id}")
                     for _chunk, cid, _sha, _length in seg_map.iter_stored():
                         used.add(cid)
+                    lock.refresh()  # a long GC must not look stale to other hosts
         stored = {obj.rsplit("/", 1)[-1]: (obj, size) for obj, size in self.backend.list("packs") if ".tmp-" not in obj}
         packs = index.packs()
         keep: dict[str, list[PackEntry]] = {}
@@ -1317,6 +1321,7 @@ class Repository:
                     for entry in sorted(live, key=lambda e: e.offset):
                         raw = self.backend.read_range(obj, entry.offset, entry.length)
                         sink.put(entry.blob_type, entry.blob_id, raw)
+                    lock.refresh()
                 sink.close()
             except BaseException:
                 sink.abort()
