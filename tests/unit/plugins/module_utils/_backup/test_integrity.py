@@ -29,7 +29,6 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors impo
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.packs import pack_object_name
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import DiskSource, Repository
 from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup._helpers import (
-    FAST_KDF,
     PASSPHRASE,
     make_image,
     make_repo,
