@@ -231,6 +231,20 @@ class Borg(Tool):
         return target
 
 
+class BorgRepokey(Borg):
+    """borg with encryption (repokey: AES-CTR + HMAC-SHA256), full backup only, for an encrypted comparison."""
+
+    name = "borg-repokey"
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env["BORG_PASSPHRASE"] = PASS
+        return env
+
+    def init(self) -> None:
+        run(["borg", "init", "--encryption", "repokey", self.repo], self.env())
+
+
 class Restic(Tool):
     name = "restic"
 
@@ -337,7 +351,14 @@ def table(tools: list[Tool], size: int, extra: dict[str, t.Any]) -> str:
             f"| {r['scattered']['s']:.2f} s, +{r['scattered']['added'] / 1e6:.1f} MB "
             f"| {r['restore']['s']:.2f} s | {rss:.0f} MiB |"
         )
+    if "borg_repokey_full" in extra:
+        enc = extra["borg_repokey_full"]
+        lines.append(
+            f"| borg repokey (encrypted) | {enc['s']:.2f} s, {enc['added'] / 1e6:.0f} MB | | | | {enc['rss']:.0f} MiB |"
+        )
     by = {tool.name: tool.results for tool in tools}
+    if "vmsafe" not in by:
+        return "\n".join(lines)
     v = by["vmsafe"]
     lines += ["", "| target | measured | result |", "|---|---|---|"]
 
@@ -346,6 +367,11 @@ def table(tools: list[Tool], size: int, extra: dict[str, t.Any]) -> str:
 
     if "borg" in by and "restic" in by:
         b, r = by["borg"], by["restic"]
+        if "borg_repokey_full" in extra:
+            enc_ratio = extra["borg_repokey_full"]["s"] / v["full"]["s"]
+            lines.append(
+                f"| (info, no target) full vs encrypted borg (repokey) | borg-repokey/vmsafe {enc_ratio:.2f}x | - |"
+            )
         speed = min(b["full"]["s"], r["full"]["s"]) / v["full"]["s"]
         row(
             "full >= 2.0x faster than borg and restic",
@@ -400,6 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tools", default="borg,restic,vmsafe")
     parser.add_argument("--skip-16g", action="store_true", help="skip the flat-RSS run on the 4x sparse image")
     parser.add_argument("--keep", action="store_true", help="keep repositories and images afterwards")
+    parser.add_argument("--no-borg-repokey", action="store_true", help="skip the encrypted borg full backup")
     parser.add_argument("--vmsafe-chunk-size", type=int, help="chunk size of the vmsafe repository (default 64 KiB)")
     parser.add_argument("--vmsafe-level", type=int, help="zstd level of the vmsafe repository (default: engine's)")
     args = parser.parse_args(argv)
@@ -436,6 +463,12 @@ def main(argv: list[str] | None = None) -> int:
         extra["vmsafe_chunk_size"] = vm_config["chunk_size"]
     for tool in tools:
         tool.backup("full", image)
+    if "borg" in names and not args.no_borg_repokey:
+        encrypted = BorgRepokey(work)
+        encrypted.init()
+        encrypted.backup("full", image)
+        extra["borg_repokey_full"] = encrypted.results["full"]
+        shutil.rmtree(encrypted.repo, ignore_errors=True)
     clustered = clustered_writes(size, rng)
     apply_writes(image, clustered)
     for tool in tools:

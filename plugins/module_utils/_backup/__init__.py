@@ -16,10 +16,12 @@ API (import from the submodules)::
     backend = open_backend(url_or_path, key_filename=None, password=None, known_hosts=None,
                            host_key_policy="strict")                 # -> Backend
     repo = Repository.init(backend, passphrase="...", encryption="aes-256-gcm" | "none",
-                           chunk_size=65536, compression_level=3)    # -> Repository
+                           chunk_size=65536, compression_level=2, pack_size=16 MiB,
+                           segment_chunks=16384, kdf=None)           # -> Repository
     repo = Repository.open(backend, passphrase)                      # -> Repository
     rec = repo.backup(vm_name, disks=[DiskSource(name, size, extents, parent_disk=None)],
-                      vm_definition="<domain .../>", tags={"k": "v"}, parent=None)  # -> BackupRecord
+                      vm_definition="<domain .../>", tags={"k": "v"}, parent=None,
+                      time=None)                                     # -> BackupRecord
     #   extents: sorted, non-overlapping (offset, length, bytes-like or reader with readinto());
     #   with parent=<backup id> only the changed extents are given, the rest comes from the parent.
     #   chunker.file_extents(fd) yields the data extents of an image file (holes skipped).
@@ -32,6 +34,9 @@ API (import from the submodules)::
     repo.rebuild_index()                                             # -> number of packs indexed
     repo.break_lock()                                                # -> list of removed locks
     select_prunable(records, RetentionPolicy(keep_daily=7, ...), now)  # -> (list[Kept], list[BackupRecord])
+
+``repo.lock_wait`` (seconds, default 0) makes operations wait for a conflicting lock instead of
+failing at once; ``repo.threads`` is the size of the hashing/compression pool (default: CPU count).
 
 Every error is a subclass of ``errors.BackupError`` whose ``str()`` names the problem
 and the fix; secrets never appear in messages or reprs.

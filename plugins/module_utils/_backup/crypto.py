@@ -222,7 +222,7 @@ class BlobCodec:
         """Return the storage id of a blob whose plaintext has SHA-256 ``plain_sha256``."""
         if self._id_key is None:
             return plain_sha256
-        return hmac.new(self._id_key, plain_sha256, hashlib.sha256).digest()
+        return hmac.digest(self._id_key, plain_sha256, "sha256")  # one-shot OpenSSL HMAC, no Python object
 
     def hash_and_id(self, data: bytes | bytearray | memoryview) -> tuple[bytes, bytes]:
         """Return (sha256(plaintext), id)."""

@@ -74,6 +74,14 @@ class DiskNotFoundError(BackupError):
     """The backup exists but has no disk of that name."""
 
 
+class SourceReadError(BackupError):
+    """Reading a disk source failed during a backup (the backup is not recorded)."""
+
+
+class RestoreTargetError(BackupError):
+    """The restore target cannot be opened or written."""
+
+
 class InvalidArgumentError(BackupError):
     """The caller passed an argument the engine cannot accept."""
 

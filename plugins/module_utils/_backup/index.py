@@ -65,6 +65,13 @@ class Index:
         for entry in entries:
             self._entries[entry.blob_id] = (number, entry.offset, entry.length, entry.blob_type)
 
+    def add_raw(self, pack: str, entries: bytes | memoryview) -> None:
+        """Add packed index entries (u8 type | id | u64 offset | u32 length) without per-entry objects."""
+        number = self._intern(pack)
+        target = self._entries
+        for blob_type, blob_id, offset, length in ENTRY.iter_unpack(entries):
+            target[blob_id] = (number, offset, length, blob_type)
+
     def get(self, blob_id: bytes) -> Location | None:
         value = self._entries.get(blob_id)
         if value is None:
@@ -89,6 +96,33 @@ def encode_index(packs: t.Mapping[str, t.Sequence[PackEntry]]) -> bytes:
         parts.append(struct.pack("<I", len(entries)))
         parts.extend(ENTRY.pack(e.blob_type, e.blob_id, e.offset, e.length) for e in entries)
     return b"".join(parts)
+
+
+def iter_index_raw(data: bytes, what: str) -> t.Iterator[tuple[str, memoryview]]:
+    """Yield (pack name, packed entries) of an index file's plaintext. Raises CorruptMetadataError."""
+    view = memoryview(data)
+    try:
+        if bytes(view[:8]) != INDEX_MAGIC:
+            raise ValueError("bad magic")
+        (npacks,) = struct.unpack_from("<I", data, 8)
+        pos = 12
+        parts = []
+        for _ in range(npacks):
+            pack = bytes(view[pos : pos + 32]).hex()
+            (count,) = struct.unpack_from("<I", data, pos + 32)
+            pos += 36
+            end = pos + count * ENTRY.size
+            if end > len(data):
+                raise ValueError("truncated")
+            parts.append((pack, view[pos:end]))
+            pos = end
+        if pos != len(data):
+            raise ValueError("trailing data")
+    except (ValueError, struct.error) as exc:
+        raise CorruptMetadataError(
+            f"The {what} is damaged ({exc}). Run rebuild_index to recreate it from the packs."
+        ) from None
+    return iter(parts)
 
 
 def decode_index(data: bytes, what: str) -> dict[str, list[PackEntry]]:

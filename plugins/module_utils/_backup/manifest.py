@@ -66,11 +66,14 @@ class MapSegment:
 
     def iter_stored(self) -> t.Iterator[tuple[int, bytes, bytes, int]]:
         """Yield (absolute index, id, sha256, length) of every non-hole chunk, in order."""
-        buf = self.buf
-        for i in range(self.count):
-            blob_id, sha, length = RECORD.unpack_from(buf, i * RECORD.size)
+        first = self.first
+        for i, (blob_id, sha, length) in enumerate(RECORD.iter_unpack(self.buf)):
             if length:
-                yield self.first + i, blob_id, sha, length
+                yield first + i, blob_id, sha, length
+
+    def stored_count(self) -> int:
+        """Number of non-hole records."""
+        return sum(1 for _b, _s, length in RECORD.iter_unpack(self.buf) if length)
 
     def encode(self) -> bytes:
         return MAP_HEAD.pack(MAP_MAGIC, self.first, self.chunk_size, self.count) + bytes(self.buf)
@@ -103,27 +106,15 @@ def segment_digest(seg_map: "MapSegment | None", seg_no: int, size: int, chunk_s
     """
     first = seg_no * segment_chunks
     count = min(segment_chunks, chunk_count(size, chunk_size) - first)
-    outer = hashlib.sha256()
     zero_full = zero_sha(chunk_size)
-    nxt = first
-
-    def holes_until(end: int) -> None:
-        nonlocal nxt
-        full_end = min(end, (size // chunk_size))  # chunks before this index are full length
-        if full_end > nxt:
-            outer.update(zero_full * (full_end - nxt))
-            nxt = full_end
-        while nxt < end:
-            outer.update(zero_sha(chunk_length(nxt, size, chunk_size)))
-            nxt += 1
-
-    if seg_map is not None:
-        for chunk, _cid, sha, _length in seg_map.iter_stored():
-            holes_until(chunk)
-            outer.update(sha)
-            nxt = chunk + 1
-    holes_until(first + count)
-    return outer.digest()
+    if seg_map is None:
+        parts = [zero_full] * count
+    else:
+        parts = [sha if length else zero_full for _bid, sha, length in RECORD.iter_unpack(seg_map.buf)]
+    last = first + count - 1
+    if count and chunk_length(last, size, chunk_size) != chunk_size and (seg_map is None or seg_map.get(last) is None):
+        parts[-1] = zero_sha(chunk_length(last, size, chunk_size))  # a short last chunk that is a hole
+    return hashlib.sha256(b"".join(parts)).digest()
 
 
 def combine_digests(segment_digests: t.Sequence[bytes]) -> str:

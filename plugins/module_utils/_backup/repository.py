@@ -52,11 +52,14 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors impo
     RepositoryExistsError,
     RepositoryFormatError,
     RepositoryNotFoundError,
+    RestoreTargetError,
+    SourceReadError,
 )
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.index import (
     Index,
     decode_index,
     encode_index,
+    iter_index_raw,
 )
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.locks import Lock, break_locks
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.manifest import (
@@ -432,8 +435,8 @@ class Repository:
             except FileNotFoundError:
                 continue
             plain = self.codec.open_meta(b"index:" + name.encode("ascii"), blob, f"index file {name}")
-            for pack, entries in decode_index(plain, f"index file {name}").items():
-                index.add_pack(pack, entries)
+            for pack, raw in iter_index_raw(plain, f"index file {name}"):
+                index.add_raw(pack, raw)
             files.append(name)
         self._index = index
         self._index_files = files
@@ -661,7 +664,7 @@ class Repository:
                     keep = min(count, pseg.count)
                     new.buf[: keep * 68] = pseg.buf[: keep * 68]
                     if not resized:
-                        state["old_stored"] = sum(1 for _ in pseg.iter_stored())
+                        state["old_stored"] = pseg.stored_count()
                 state["map"] = new
             return t.cast(MapSegment, state["map"])
 
@@ -694,7 +697,7 @@ class Repository:
                         if sink.claim(cid):
                             sink.put(BLOB_DATA, cid, codec.seal(BLOB_DATA, cid, data))
                         seg_map.set(chunk, cid, sha, want)
-            stored = sum(1 for _ in seg_map.iter_stored())
+            stored = seg_map.stored_count()
             counters["stored"] += stored
             counters["delta"] += stored - state["old_stored"]
             seg_digests.append(segment_digest(seg_map, seg, size, csize, seg_chunks).hex())
@@ -771,7 +774,16 @@ class Repository:
             while len(pending) > window:
                 collect_group(pending.popleft())
 
-        for piece in iter_chunks(source.extents, size, csize, buffers, source.name):
+        def guarded(pieces: t.Iterator[ChunkPiece]) -> t.Iterator[ChunkPiece]:
+            try:
+                yield from pieces
+            except OSError as exc:
+                raise SourceReadError(
+                    f"Reading disk '{source.name}' failed: {exc.strerror or exc}. The backup was not recorded and "
+                    "earlier backups are untouched; check the disk source and run the backup again."
+                ) from exc
+
+        for piece in guarded(iter_chunks(source.extents, size, csize, buffers, source.name)):
             pieces += 1
             buf, length = piece.buf, piece.length
             if piece.kind != FULL:
@@ -846,12 +858,20 @@ class Repository:
             if isinstance(target, int):
                 fd = target
             else:
-                if os.path.exists(target) and stat_mod.S_ISBLK(os.stat(target).st_mode):
-                    fd = os.open(target, os.O_WRONLY)
-                else:
-                    final_path = target
-                    tmp_path = f"{target}.vmsafe-partial"
-                    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    if os.path.exists(target) and stat_mod.S_ISBLK(os.stat(target).st_mode):
+                        fd = os.open(target, os.O_WRONLY)
+                    else:
+                        if os.path.isdir(target):
+                            raise IsADirectoryError(21, "Is a directory")
+                        final_path = target
+                        tmp_path = f"{target}.vmsafe-partial"
+                        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                except OSError as exc:
+                    raise RestoreTargetError(
+                        f"Cannot open the restore target '{target}': {exc.strerror}. Give a file path (its directory "
+                        "must exist and be writable) or a block device."
+                    ) from exc
                 close_fd = True
             try:
                 mode = os.fstat(fd).st_mode
@@ -869,7 +889,7 @@ class Repository:
                     if direct_fd is not None:
                         os.close(direct_fd)
                 os.fsync(fd)
-            except BaseException:
+            except BaseException as exc:
                 if close_fd:
                     os.close(fd)
                     close_fd = False
@@ -878,6 +898,12 @@ class Repository:
                         os.unlink(tmp_path)
                     except OSError:
                         pass
+                if isinstance(exc, OSError):
+                    raise RestoreTargetError(
+                        f"Writing the restore target '{target}' failed: {exc.strerror}. Check free space and "
+                        "permissions; "
+                        + ("the partial file was removed." if tmp_path else "the target holds incomplete data.")
+                    ) from exc
                 raise
             finally:
                 if close_fd:
@@ -1056,7 +1082,7 @@ class Repository:
         """Check structure (and with ``read_data`` decrypt and hash every chunk). Never raises for damage:
         problems are listed in the report, naming backup, disk and chunk."""
         report = VerifyReport(read_data=read_data)
-        with self._lock(False, "verify"):
+        with self._lock(False, "verify") as lock:
             try:
                 index = self._load_index()
             except CorruptMetadataError as exc:
@@ -1139,12 +1165,14 @@ class Repository:
                     except BackupError as exc:
                         report.errors.append(str(exc))
             if read_data:
-                self._verify_data(index, used, report)
+                self._verify_data(index, used, report, lock)
                 if report.damaged:
                     self._name_damaged(report)
         return report
 
-    def _verify_data(self, index: Index, used: dict[bytes, tuple[str, str, int, int]], report: VerifyReport) -> None:
+    def _verify_data(
+        self, index: Index, used: dict[bytes, tuple[str, str, int, int]], report: VerifyReport, lock: Lock
+    ) -> None:
         codec = self.codec
 
         def check(cid: bytes, raw: bytes, length: int) -> str | None:
@@ -1172,6 +1200,7 @@ class Repository:
                         report.damaged.append(DamagedChunk(cid.hex(), problem))
 
             for pack, blobs in by_pack.items():
+                lock.refresh()
                 blobs.sort(key=lambda b: b[1])
                 for cid, offset, stored_len, length in blobs:
                     try:
@@ -1223,7 +1252,7 @@ class Repository:
         if not isinstance(policy, RetentionPolicy):
             policy = RetentionPolicy.from_mapping(policy)
         when = now or _utcnow()
-        with self._lock(True, "prune"):
+        with self._lock(True, "prune") as lock:
             records = self.list(vm_name)
             by_vm: dict[str, list[BackupRecord]] = {}
             for record in records:
@@ -1239,17 +1268,17 @@ class Repository:
                 return result
             for record in pruned:
                 self.backend.delete(self._manifest_name(record.id))
-            self._gc(result)
+            self._gc(result, lock)
             return result
 
     def gc(self) -> PruneResult:
         """Remove data no backup uses and repack half-empty packs (exclusive lock)."""
-        with self._lock(True, "gc"):
+        with self._lock(True, "gc") as lock:
             result = PruneResult(kept=[], pruned=[], dry_run=False)
-            self._gc(result)
+            self._gc(result, lock)
             return result
 
-    def _gc(self, result: PruneResult) -> None:
+    def _gc(self, result: PruneResult, lock: Lock) -> None:
         # A damaged index must stop GC: its packs would look unused and be deleted.
         index = self._load_index()
         old_index_files = list(self._index_files)
@@ -1265,6 +1294,7 @@ class Repository:
                     seg_map = self._read_map(seg_id, index, f"disk '{disk.name}' of backup {record.id}")
                     for _chunk, cid, _sha, _length in seg_map.iter_stored():
                         used.add(cid)
+                    lock.refresh()  # a long GC must not look stale to other hosts
         stored = {obj.rsplit("/", 1)[-1]: (obj, size) for obj, size in self.backend.list("packs") if ".tmp-" not in obj}
         packs = index.packs()
         keep: dict[str, list[PackEntry]] = {}
@@ -1293,6 +1323,7 @@ class Repository:
                     for entry in sorted(live, key=lambda e: e.offset):
                         raw = self.backend.read_range(obj, entry.offset, entry.length)
                         sink.put(entry.blob_type, entry.blob_id, raw)
+                    lock.refresh()
                 sink.close()
             except BaseException:
                 sink.abort()

@@ -22,12 +22,13 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors impo
     PassphraseRequiredError,
     RepositoryExistsError,
     RepositoryNotFoundError,
+    RestoreTargetError,
+    SourceReadError,
     WrongPassphraseError,
 )
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.packs import pack_object_name
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import DiskSource, Repository
 from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup._helpers import (
-    FAST_KDF,
     PASSPHRASE,
     make_image,
     make_repo,
@@ -214,3 +215,22 @@ def test_every_error_is_a_backup_error() -> None:
 
     classes = [c for _n, c in inspect.getmembers(errors, inspect.isclass) if c.__module__ == errors.__name__]
     assert len(classes) > 10 and all(issubclass(c, BackupError) for c in classes)
+
+
+def test_source_read_error_records_nothing(repo: Repository) -> None:
+    class Failing:
+        def readinto(self, buf: t.Any) -> int:
+            raise OSError(5, "Input/output error")
+
+    with pytest.raises(SourceReadError, match="vda.*Input/output error"):
+        repo.backup("vm", [DiskSource("vda", 8192, [(0, 8192, Failing())])])
+    assert repo.list() == []
+    assert repo.verify().ok
+
+
+def test_restore_target_errors_are_clear(two_backups: t.Any, tmp_path: t.Any) -> None:
+    repo, records, _images = two_backups
+    with pytest.raises(RestoreTargetError, match="directory"):
+        repo.restore(records[0].id, "vda", str(tmp_path))
+    with pytest.raises(RestoreTargetError, match="Cannot open"):
+        repo.restore(records[0].id, "vda", str(tmp_path / "missing-dir" / "x.raw"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors impo
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.locks import Lock, list_locks
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import DiskSource, Repository
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.retention import RetentionPolicy
+from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup._helpers import make_image, make_repo
 
 
 def small_backup(repo: Repository, name: str = "vm") -> t.Any:
@@ -148,3 +150,30 @@ def test_lock_refresh_rewrites_time(repo: Repository, monkeypatch: pytest.Monkey
     lock.refresh()
     assert json.loads(repo.backend.read(lock.name))["time"] != before
     lock.release()
+
+
+def test_concurrent_backups_share_the_repository(tmp_path: t.Any) -> None:
+    """Backups take shared locks: two processes back up at once, both results restore."""
+    repo = make_repo(str(tmp_path / "repo"))
+    script = tmp_path / "backup.py"
+    script.write_text(
+        "import sys, random\n"
+        "from ansible_collections.vmsafe.protect.plugins.module_utils._backup.backends import LocalBackend\n"
+        "from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import DiskSource, Repository\n"
+        "from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup._helpers import (\n"
+        "    PASSPHRASE, make_image)\n"
+        "repo = Repository.open(LocalBackend(sys.argv[1]), PASSPHRASE)\n"
+        "img = make_image(random.Random(int(sys.argv[2])), 2_000_000)\n"
+        "repo.backup('vm' + sys.argv[2], [DiskSource('vda', len(img), [(0, len(img), img)])])\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    procs = [
+        subprocess.Popen([sys.executable, str(script), repo.backend.location, str(seed)], env=env) for seed in (1, 2)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    for record in repo.list():
+        image = make_image(random.Random(int(record.vm_name[2:])), 2_000_000)
+        repo.restore(record.id, "vda", str(tmp_path / "out.raw"))
+        assert (tmp_path / "out.raw").read_bytes() == image
+    assert len(repo.list()) == 2
+    assert repo.verify(read_data=True).ok
