@@ -87,11 +87,11 @@ def fsync_file(path: str) -> None:
 
 # ---------------------------------------------------------------- image generation
 def make_corpus(rng: random.Random) -> bytes:
-    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(3, 10))) for _ in range(2000)]
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _unused in range(rng.randint(3, 10))) for _unused in range(2000)]
     parts = []
     total = 0
     while total < 8 * MIB:
-        line = " ".join(rng.choice(words) for _ in range(rng.randint(5, 14))) + f" {rng.randint(0, 99999)}\n"
+        line = " ".join(rng.choice(words) for _unused in range(rng.randint(5, 14))) + f" {rng.randint(0, 99999)}\n"
         parts.append(line)
         total += len(line)
     return "".join(parts).encode("ascii")[: 8 * MIB]
@@ -147,7 +147,7 @@ def clustered_writes(size: int, rng: random.Random) -> list[tuple[int, int]]:
 def scattered_writes(size: int, rng: random.Random) -> list[tuple[int, int]]:
     """1 % of the disk in 4 KiB writes at random 4 KiB-aligned offsets."""
     count = max(1, int(size * 0.01) // 4096)
-    return [(rng.randrange(0, size // 4096) * 4096, 4096) for _ in range(count)]
+    return [(rng.randrange(0, size // 4096) * 4096, 4096) for _unused in range(count)]
 
 
 def dirty_extents(writes: list[tuple[int, int]], granularity: int = 65536) -> list[list[int]]:

@@ -10,7 +10,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-HASH=$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-12)
+# The hash ignores comments, so documenting the script does not rebuild the image.
+HASH=$(grep -v '^[[:space:]]*#' "${BASH_SOURCE[0]}" | sha256sum | cut -c1-12)
 OUT="$ROOT/.cache/guest/$HASH"
 log() { printf '[guest] %s\n' "$*" >&2; }
 
@@ -37,8 +38,10 @@ ssh-keygen -q -t ed25519 -N "" -C vmsafe-guest -f "$WORK/id_ed25519"
 SOURCES=/etc/apt/sources.list.d/debian.sources
 [ -f "$SOURCES" ] || SOURCES=/etc/apt/sources.list
 log "mmdebstrap (about a minute)"
+# The hooks are run by mmdebstrap's shell with the root folder as $1: single quotes are meant.
+# shellcheck disable=SC2016
 mmdebstrap --mode=root --variant=minbase --quiet \
-  --include=linux-image-cloud-amd64,initramfs-tools,openssh-server,python3,systemd-sysv,udev,ifupdown,isc-dhcp-client,iproute2,procps,apt \
+  --include=linux-image-cloud-amd64,initramfs-tools,openssh-server,python3,python3-apt,systemd-sysv,udev,ifupdown,isc-dhcp-client,iproute2,procps,apt \
   --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
   --hook-dir=/usr/share/mmdebstrap/hooks/eatmydata \
   --customize-hook='echo vmsafe-guest > "$1/etc/hostname"' \

@@ -123,7 +123,11 @@ vms:
       type: list
       elements: dict
       returned: always
-      sample: [{"target": "vda", "path": "/var/lib/libvirt/images/web01.qcow2", "chain": ["/var/lib/libvirt/images/web01.qcow2"], "storage_free_bytes": 107374182400}]
+      sample:
+        - target: vda
+          path: /var/lib/libvirt/images/web01.qcow2
+          chain: ["/var/lib/libvirt/images/web01.qcow2"]
+          storage_free_bytes: 107374182400
 snapshots:
   description: Every snapshot that passes the filters, across VMs, with the VM's name in C(vm_name).
   returned: success

@@ -98,7 +98,7 @@ def test_failed_validation_is_reverted_and_no_snapshot_remains(guest, patch_file
     assert rc != 0  # the host failed, after the revert
     by_task = {r["_task"]: r for r in results if r["_host"] == guest["name"]}
     assert "Install it" in by_task, [(r["_task"], r["_status"], r.get("msg")) for r in results]
-    assert by_task["Install it"]["changed"] is True  # the patch really happened
+    assert by_task["Install it"]["changed"] is True, by_task["Install it"]  # the patch really happened
     assert by_task["Revert to the rollback point"]["changed"] is True
     report = [r for r in results if r["_task"] == "One line per guest"][0]
     assert report["msg"] == f"{guest['name']}: reverted"

@@ -34,7 +34,7 @@ class BufferPool:
     def __init__(self, count: int, size: int) -> None:
         self.size = size
         self._free: "queue.Queue[bytearray]" = queue.Queue()
-        for _ in range(count):
+        for _unused in range(count):
             self._free.put(bytearray(size))
 
     def get(self) -> bytearray:

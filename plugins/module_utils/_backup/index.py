@@ -107,7 +107,7 @@ def iter_index_raw(data: bytes, what: str) -> t.Iterator[tuple[str, memoryview]]
         (npacks,) = struct.unpack_from("<I", data, 8)
         pos = 12
         parts = []
-        for _ in range(npacks):
+        for _unused in range(npacks):
             pack = bytes(view[pos : pos + 32]).hex()
             (count,) = struct.unpack_from("<I", data, pos + 32)
             pos += 36
@@ -133,7 +133,7 @@ def decode_index(data: bytes, what: str) -> dict[str, list[PackEntry]]:
         (npacks,) = struct.unpack_from("<I", data, 8)
         pos = 12
         result: dict[str, list[PackEntry]] = {}
-        for _ in range(npacks):
+        for _unused in range(npacks):
             pack = data[pos : pos + 32].hex()
             (count,) = struct.unpack_from("<I", data, pos + 32)
             pos += 36

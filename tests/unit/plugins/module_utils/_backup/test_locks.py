@@ -74,7 +74,7 @@ def test_two_prunes_exclusive(repo: Repository) -> None:
 
 def test_concurrent_prunes_in_processes_never_both_run(repo: Repository, tmp_path: t.Any) -> None:
     """Two processes race for the exclusive lock: at most one wins, the other gets LockedError."""
-    for _ in range(3):
+    for _unused in range(3):
         small_backup(repo)
     script = tmp_path / "prune.py"
     script.write_text(
@@ -89,7 +89,7 @@ def test_concurrent_prunes_in_processes_never_both_run(repo: Repository, tmp_pat
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     procs = [
         subprocess.Popen([sys.executable, str(script), repo.backend.location], stdout=subprocess.PIPE, env=env)
-        for _ in range(2)
+        for _unused in range(2)
     ]
     outs = [p.communicate(timeout=60)[0].decode().strip() for p in procs]
     assert all(p.returncode == 0 for p in procs)

@@ -46,7 +46,7 @@ def data_extents(image: bytes, granularity: int = 512) -> list[tuple[int, int, b
         if block.count(0) == len(block):
             continue
         if extents and extents[-1][0] + extents[-1][1] == pos:
-            off, length, _ = extents[-1]
+            off, length, _data = extents[-1]
             extents[-1] = (off, length + len(block), image[off : pos + len(block)])
         else:
             extents.append((pos, len(block), block))
