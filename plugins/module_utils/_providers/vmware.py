@@ -442,7 +442,7 @@ class VmwareProvider(HypervisorProvider):
 
     def revert_snapshot(self, vm: VmRef, snapshot: Snapshot, timeout: int) -> None:
         snap = self._snapshot_obj(snapshot)
-        self._run(lambda: snap.RevertToSnapshot_Task(), timeout, f"revert VM '{vm.name}' to '{snapshot.name}'",
+        self._run(snap.RevertToSnapshot_Task, timeout, f"revert VM '{vm.name}' to '{snapshot.name}'",
                   f"revert to snapshot '{snapshot.name}' ({snapshot.id})", vm)
 
     def delete_snapshot(self, vm: VmRef, snapshot: Snapshot, children: bool, timeout: int) -> None:
@@ -478,5 +478,5 @@ class VmwareProvider(HypervisorProvider):
 
     def repair_leftover(self, vm: VmRef, leftover: Leftover, timeout: int) -> None:
         obj = self._obj(vm)
-        self._run(lambda: obj.ConsolidateVMDisks_Task(), timeout, f"consolidate the disks of VM '{vm.name}'",
+        self._run(obj.ConsolidateVMDisks_Task, timeout, f"consolidate the disks of VM '{vm.name}'",
                   "consolidate the disks", vm)
