@@ -96,6 +96,7 @@ if __name__ == "__main__":
     sim = Vcsim(vms_per_pool=int(sys.argv[sys.argv.index("--vm") + 1]) if "--vm" in sys.argv else 2,
                 trace="--trace" in sys.argv)
     print("\n".join(f"{k}={v}" for k, v in sim.env.items()), flush=True)
+    signal.signal(signal.SIGTERM, lambda _sig, _frame: sim.stop())
     try:
         sim.proc.wait()
     except KeyboardInterrupt:
