@@ -188,7 +188,11 @@ class VmwareProvider(HypervisorProvider):
     def close(self) -> None:
         if self.si is not None:
             try:
-                Disconnect(self.si)
+                # Logout through the content we hold: Disconnect() would fetch the service content once more.
+                if self.content is not None:
+                    self.content.sessionManager.Logout()
+                else:
+                    Disconnect(self.si)
             except (OSError, vmodl.MethodFault):
                 pass
             self.si = None
