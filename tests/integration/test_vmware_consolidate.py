@@ -72,8 +72,8 @@ def test_consolidate_policy_removes_old_snapshots(ansible: Run) -> None:
             WaitForTask(vm.CreateSnapshot_Task(name, "", False, False))
         args = sim.module_args(vm_name=VM, name_pattern="^pre-patch", keep_last=1)
         result = ansible("snapshot_consolidate", args)
-        assert result["changed"] and sorted(r["name"] for r in result["vms"][0]["removed"]) == ["pre-patch-1",
-                                                                                                  "pre-patch-2"]
+        removed = sorted(r["name"] for r in result["vms"][0]["removed"])
+        assert result["changed"] and removed == ["pre-patch-1", "pre-patch-2"], result
         names = []
 
         def walk(nodes: t.Any) -> None:
