@@ -66,7 +66,7 @@ func main() {
 	}
 	defer model.Remove()
 	// The project's overlay: VM defaults (capabilities, consolidationNeeded) and a paging property collector.
-	simulator.VmsafeSetup()
+	simulator.VmsafeSetup(model.Service)
 
 	model.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(*username, *password)}
 	if !*plain {

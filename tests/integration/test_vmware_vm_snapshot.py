@@ -87,6 +87,7 @@ def test_present_check_mode_then_real_then_idempotent(sim: Vcsim, ansible: Run) 
     (name, moid, parent), = tree(sim)
     assert (name, parent) == ("pre-patch", None)
     assert real["snapshot"]["id"] == moid and real["snapshot"]["description"] == "CHG-1"
+    assert real["snapshot"]["memory"] is False  # vSphere records a running VM's disk-only snapshot as poweredOff
     assert sorted(set(checked) - {"diff"}) == sorted(real)  # check mode returns the same keys
 
     again = ansible("vm_snapshot", args)
@@ -97,6 +98,9 @@ def test_present_check_mode_then_real_then_idempotent(sim: Vcsim, ansible: Run) 
 def test_memory_on_running_vm_and_offline_vm(sim: Vcsim, ansible: Run) -> None:
     running = ansible("vm_snapshot", sim.module_args(vm_name=VM, snapshot_name="with-ram", memory=True))
     assert running["consistency"] == "memory" and running["snapshot"]["memory"] is True, running
+    WaitForTask(vm_obj(sim).PowerOffVM_Task())
+    back = ansible("vm_snapshot", sim.module_args(vm_name=VM, snapshot_name="with-ram", state="reverted"))
+    assert back["changed"] and vm_obj(sim).runtime.powerState == "poweredOn", back  # RAM saved: resumes running
     WaitForTask(vm_obj(sim).PowerOffVM_Task())
     off = ansible("vm_snapshot", sim.module_args(vm_name=VM, snapshot_name="off", memory=True))
     assert off["consistency"] == "offline" and off["snapshot"]["vm_state"] == "shutoff", off
@@ -153,6 +157,8 @@ def test_revert_check_mode_then_real(sim: Vcsim, ansible: Run) -> None:
     assert checked["changed"] and current(sim) == moid_of(sim, "second")
     real = ansible("vm_snapshot", args)
     assert real["changed"] and current(sim) == first and real["snapshot"]["current"] is True, real
+    # "first" was taken without memory: like vSphere, the revert leaves the VM powered off.
+    assert vm_obj(sim).runtime.powerState == "poweredOff"
     missing = ansible("vm_snapshot", sim.module_args(vm_name=VM, snapshot_name="nope", state="reverted"))
     assert missing["_status"] == "failed" and "Existing snapshots: 'first', 'second'" in missing["msg"]
 

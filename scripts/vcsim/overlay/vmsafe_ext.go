@@ -7,6 +7,8 @@
 //   - every VM reports its snapshot and CBT capabilities and runtime.consolidationNeeded=false (vcsim leaves
 //     them unset, and clients then turn quiesce off or cannot tell "no" from "unknown");
 //   - ConsolidateVMDisks_Task merges the leftover delta disks and clears runtime.consolidationNeeded;
+//   - CreateSnapshot_Task with memory=false on a powered-on VM records the snapshot as poweredOff, as vSphere
+//     does (the stock simulator ignores memory), so a revert to it leaves the VM powered off;
 //   - CreateSnapshot_Task with quiesce=true fails with ToolsUnavailable, leaving no snapshot, when the VM runs
 //     without VMware Tools (set guest.toolsRunningStatus through extraConfig "SET.guest.toolsRunningStatus");
 //   - Fetch (what pyvmomi's property accessors call) of an unset property answers "unset" instead of
@@ -17,7 +19,10 @@
 package simulator
 
 import (
+	"bytes"
+	"encoding/xml"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,8 +35,19 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 )
 
-// VmsafeSetup applies the extensions to the current Map; call it once after Model.Create().
-func VmsafeSetup() {
+// VmsafeSetup applies the extensions to the service and the current Map; call it once after Model.Create().
+func VmsafeSetup(s *Service) {
+	// The stock CreateSnapshotTask never sees the memory flag it is given; note it from the request body
+	// (the one place every SOAP request passes) for vmsafeAfterTask.
+	read := s.readAll
+	s.readAll = func(r io.Reader) ([]byte, error) {
+		body, err := read(r)
+		if err == nil {
+			noteSnapshotMemory(body)
+		}
+		return body, err
+	}
+
 	defaults := &vmDefaults{}
 	defaults.Self = types.ManagedObjectReference{Type: "VmsafeDefaults", Value: "vmsafe-defaults"}
 	for _, obj := range Map.All("VirtualMachine") {
@@ -81,9 +97,54 @@ func (vm *VirtualMachine) ConsolidateVMDisksTask(req *types.ConsolidateVMDisks_T
 	return &methods.ConsolidateVMDisks_TaskBody{Res: &types.ConsolidateVMDisks_TaskResponse{Returnval: task.Run()}}
 }
 
+// snapshotMemory holds, per VM, the memory flags of CreateSnapshot_Task requests not yet run (FIFO).
+var snapshotMemory = struct {
+	sync.Mutex
+	pending map[string][]bool
+}{pending: map[string][]bool{}}
+
+type createSnapshotEnvelope struct {
+	Body struct {
+		Req *struct {
+			This   types.ManagedObjectReference `xml:"_this"`
+			Memory bool                         `xml:"memory"`
+		} `xml:"CreateSnapshot_Task"`
+	} `xml:"Body"`
+}
+
+func noteSnapshotMemory(body []byte) {
+	if !bytes.Contains(body, []byte("CreateSnapshot_Task")) {
+		return
+	}
+	var env createSnapshotEnvelope
+	if xml.Unmarshal(body, &env) != nil || env.Body.Req == nil {
+		return
+	}
+	snapshotMemory.Lock()
+	defer snapshotMemory.Unlock()
+	vm := env.Body.Req.This.Value
+	snapshotMemory.pending[vm] = append(snapshotMemory.pending[vm], env.Body.Req.Memory)
+}
+
+// takeSnapshotMemory returns the memory flag of the oldest pending CreateSnapshot_Task request for vm.
+func takeSnapshotMemory(vm string) (memory bool, known bool) {
+	snapshotMemory.Lock()
+	defer snapshotMemory.Unlock()
+	queue := snapshotMemory.pending[vm]
+	if len(queue) == 0 {
+		return false, false
+	}
+	snapshotMemory.pending[vm] = queue[1:]
+	return queue[0], true
+}
+
 // vmsafeAfterTask lets a finished task report what vSphere would (called by Task.Run in task.go).
 func vmsafeAfterTask(t *Task, res types.AnyType, fault types.BaseMethodFault) (types.AnyType, types.BaseMethodFault) {
-	if fault != nil || strings.TrimSuffix(t.Info.Name, vTaskSuffix) != "CreateSnapshot" || t.Info.Entity == nil {
+	if strings.TrimSuffix(t.Info.Name, vTaskSuffix) != "CreateSnapshot" || t.Info.Entity == nil {
+		return res, fault
+	}
+	memory, known := takeSnapshotMemory(t.Info.Entity.Value)
+	if fault != nil {
 		return res, fault
 	}
 	vm, ok := Map.Get(*t.Info.Entity).(*VirtualMachine)
@@ -92,6 +153,9 @@ func vmsafeAfterTask(t *Task, res types.AnyType, fault types.BaseMethodFault) (t
 		return res, fault
 	}
 	node := findSnapshotInTree(vm.Snapshot.RootSnapshotList, snap)
+	if node != nil && known && !memory && node.State == types.VirtualMachinePowerStatePoweredOn {
+		node.State = types.VirtualMachinePowerStatePoweredOff // disks only: a revert leaves the VM off
+	}
 	tools := ""
 	if vm.Guest != nil {
 		tools = vm.Guest.ToolsRunningStatus

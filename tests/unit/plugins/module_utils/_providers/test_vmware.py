@@ -35,14 +35,20 @@ def convert(data: dict[str, t.Any]) -> list[t.Any]:
 
 def test_every_branch_is_flattened_and_linked(branched: dict[str, t.Any]) -> None:
     snaps = {s.id: s for s in convert(branched)}
-    assert set(snaps) == {"snapshot-72", "snapshot-74", "snapshot-77", "snapshot-79"}
-    assert snaps["snapshot-72"].parent is None and snaps["snapshot-72"].depth == 1
-    assert snaps["snapshot-72"].children == ["snapshot-74", "snapshot-77"]
-    assert snaps["snapshot-77"].children == ["snapshot-79"]
-    assert (snaps["snapshot-79"].parent, snaps["snapshot-79"].depth) == ("snapshot-77", 3)
-    assert [s.id for s in snaps.values() if s.current] == ["snapshot-79"]
-    assert snaps["snapshot-72"].description == "golden image"
-    assert snaps["snapshot-72"].created.tzinfo is not None
+    assert set(snaps) == {"snapshot-69", "snapshot-71", "snapshot-74", "snapshot-76"}
+    assert snaps["snapshot-69"].parent is None and snaps["snapshot-69"].depth == 1
+    assert snaps["snapshot-69"].children == ["snapshot-71", "snapshot-74"]
+    assert snaps["snapshot-74"].children == ["snapshot-76"]
+    assert (snaps["snapshot-76"].parent, snaps["snapshot-76"].depth) == ("snapshot-74", 3)
+    assert [s.id for s in snaps.values() if s.current] == ["snapshot-76"]
+    assert snaps["snapshot-69"].description == "golden image"
+    assert snaps["snapshot-69"].created.tzinfo is not None
+
+
+def test_memory_is_read_from_the_recorded_state(branched: dict[str, t.Any]) -> None:
+    snaps = {s.name: s for s in convert(branched) if s.name != "pre-patch"}
+    assert snaps["base"].memory is True and snaps["base"].vm_state == "running"
+    assert snaps["branch-b-leaf"].memory is False
 
 
 def test_sizes_come_from_layout(branched: dict[str, t.Any]) -> None:
@@ -54,16 +60,16 @@ def test_snapshot_in_second_branch_is_found_by_name_and_id(branched: dict[str, t
     """vmware.vmware's recursive search stops in the first branch; ours must not."""
     snaps = convert(branched)
     leaf = tree.find(snaps, "branch-b-leaf", None, "DC0_H0_VM1")
-    assert leaf is not None and leaf.id == "snapshot-79"
-    second = tree.find(snaps, None, "snapshot-77", "DC0_H0_VM1")
+    assert leaf is not None and leaf.id == "snapshot-76"
+    second = tree.find(snaps, None, "snapshot-74", "DC0_H0_VM1")
     assert second is not None and second.description == "CHG-2"
-    assert [s.id for s in tree.descendants(snaps, "snapshot-77")] == ["snapshot-79"]
+    assert [s.id for s in tree.descendants(snaps, "snapshot-74")] == ["snapshot-76"]
 
 
 def test_duplicate_names_are_ambiguous_and_list_the_ids(branched: dict[str, t.Any]) -> None:
     with pytest.raises(AmbiguousSnapshot) as info:
         tree.find(convert(branched), "pre-patch", None, "DC0_H0_VM1")
-    assert "snapshot-74" in str(info.value) and "snapshot-77" in str(info.value) and "snapshot_id" in str(info.value)
+    assert "snapshot-71" in str(info.value) and "snapshot-74" in str(info.value) and "snapshot_id" in str(info.value)
 
 
 @pytest.mark.parametrize("state, memory, vm_state", [
