@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/simulator/esx"
@@ -38,6 +39,7 @@ func main() {
 	apiVersion := flag.String("api-version", "", "API version to report (default: the library's)")
 	trace := flag.Bool("trace", false, "log SOAP traffic to stderr")
 	delay := flag.Int("delay", 0, "milliseconds added to every method call")
+	taskDelay := flag.Int("task-delay", 0, "milliseconds tasks on VMs and snapshots stay queued before they run (cancelable)")
 	plain := flag.Bool("http", false, "serve plain HTTP instead of HTTPS")
 	flag.Parse()
 
@@ -60,6 +62,7 @@ func main() {
 		}
 	}
 	simulator.Trace = *trace
+	simulator.TaskDelay = time.Duration(*taskDelay) * time.Millisecond
 
 	if err := model.Create(); err != nil {
 		log.Fatalf("vcsim: creating the inventory: %v", err)

@@ -236,3 +236,20 @@ def test_datacenter_and_folder_scope(sim: Vcsim, ansible: Run) -> None:
     assert scoped["summary"]["vms"] == 4, scoped
     nowhere = ansible("vm_snapshot_info", sim.module_args(datacenter="DC0", folder="missing"))
     assert nowhere["_status"] == "failed" and "Failed to find folder 'DC0/vm/missing'" in nowhere["msg"], nowhere
+
+
+def test_timeout_cancels_the_task_and_leaves_no_snapshot(ansible: Run) -> None:
+    """With -task-delay, vcsim queues VM tasks like a busy host; the module's timeout cancels them."""
+    import time  # pylint: disable=import-outside-toplevel
+
+    with Vcsim(extra=["-task-delay", "2500"]) as slow:
+        slow.si = slow.connect()
+        result = ansible("vm_snapshot", slow.module_args(vm_name=VM, snapshot_name="slow", timeout=1))
+        assert result["_status"] == "failed", result
+        assert "Timed out after 1 s waiting to create snapshot 'slow' of VM 'DC0_H0_VM0'" in result["msg"]
+        assert "cancellation was requested" in result["msg"]
+        time.sleep(3)  # past the task's start: a canceled task never runs
+        assert tree(slow) == []
+
+        ok = ansible("vm_snapshot", slow.module_args(vm_name=VM, snapshot_name="patient", timeout=30))
+        assert ok["changed"] and ok["snapshot"]["name"] == "patient", ok

@@ -8,6 +8,10 @@
 // fails to decode the task (TypeError). vSphere reports the VM for snapshot tasks and no entity for
 // non-entities, which is what taskEntity() does here. After a task runs, vmsafeAfterTask (vmsafe_ext.go)
 // may turn its result into the fault vSphere would report (quiesce without VMware Tools).
+//
+// Stock vcsim runs every task inside the call that starts it. With TaskDelay set (main.go -task-delay), tasks
+// on VMs and snapshots are queued and run that much later, as on a busy host, and CancelTask stops a task
+// that has not run yet: so clients' waiting, timeouts and cancellation can be tested.
 
 package simulator
 
@@ -15,11 +19,17 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/vmware/govmomi/vim25/methods"
 	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 )
+
+// TaskDelay is how long tasks on VMs and snapshots wait before they run; 0 runs them at once (stock).
+var TaskDelay time.Duration
 
 const vTaskSuffix = "_Task" // suffix of the vSphere method names
 const sTaskSuffix = "Task"  // suffix of the simulator's Go method names
@@ -29,6 +39,9 @@ type Task struct {
 	mo.Task
 
 	Execute func(*Task) (types.AnyType, types.BaseMethodFault)
+
+	owner    types.ManagedObjectReference // the object the method ran on, locked while the task runs
+	canceled int32
 }
 
 // TaskRunner is an object that is also the body of its own task (see NewTask).
@@ -67,7 +80,7 @@ func CreateTask(e mo.Reference, name string, run func(*Task) (types.AnyType, typ
 		name = id + vTaskSuffix
 	}
 
-	task := &Task{Execute: run}
+	task := &Task{Execute: run, owner: ref}
 	task.Self = Map.newReference(task)
 	task.Info.Key = task.Self.Value
 	task.Info.Task = task.Self
@@ -81,16 +94,35 @@ func CreateTask(e mo.Reference, name string, run func(*Task) (types.AnyType, typ
 	return task
 }
 
-// Run executes the task and records its outcome; it returns the task's reference.
+// Run executes the task (now, or after TaskDelay) and records its outcome; it returns the task's reference.
 func (t *Task) Run() types.ManagedObjectReference {
+	if TaskDelay > 0 && (t.owner.Type == "VirtualMachine" || t.owner.Type == "VirtualMachineSnapshot") {
+		t.Info.Cancelable = true
+		go func() {
+			time.Sleep(TaskDelay)
+			Map.WithLock(t.owner, t.execute)
+		}()
+		return t.Self
+	}
+	t.execute()
+	return t.Self
+}
+
+func (t *Task) execute() {
+	if atomic.LoadInt32(&t.canceled) != 0 {
+		t.finish(nil, &types.RequestCanceled{})
+		return
+	}
 	Map.Update(t, []types.PropertyChange{
 		{Name: "info.startTime", Val: time.Now()},
 		{Name: "info.state", Val: types.TaskInfoStateRunning},
+		{Name: "info.cancelable", Val: false},
 	})
-
 	res, fault := t.Execute(t)
-	res, fault = vmsafeAfterTask(t, res, fault)
+	t.finish(vmsafeAfterTask(t, res, fault))
+}
 
+func (t *Task) finish(res types.AnyType, fault types.BaseMethodFault) {
 	state := types.TaskInfoStateSuccess
 	var info interface{}
 	if fault != nil {
@@ -103,13 +135,27 @@ func (t *Task) Run() types.ManagedObjectReference {
 		{Name: "info.result", Val: res},
 		{Name: "info.error", Val: info},
 	})
-	return t.Self
+}
+
+// CancelTask implements CancelTask: a queued task is marked canceled and ends with RequestCanceled.
+func (t *Task) CancelTask(req *types.CancelTask) soap.HasFault {
+	body := &methods.CancelTaskBody{}
+	if t.Info.State != types.TaskInfoStateQueued || !t.Info.Cancelable {
+		body.Fault_ = Fault("the task cannot be canceled in its current state", &types.InvalidState{})
+		return body
+	}
+	atomic.StoreInt32(&t.canceled, 1)
+	body.Res = &types.CancelTaskResponse{}
+	return body
 }
 
 // faultMessage is the text a client shows: the fault's own message when it has one, else its type.
 func faultMessage(fault types.BaseMethodFault) string {
 	if msg := fault.GetMethodFault().FaultMessage; len(msg) != 0 && msg[0].Message != "" {
 		return msg[0].Message
+	}
+	if _, ok := fault.(*types.RequestCanceled); ok {
+		return "The task was canceled by a user."
 	}
 	return strings.TrimPrefix(fmt.Sprintf("%T", fault), "*types.")
 }
