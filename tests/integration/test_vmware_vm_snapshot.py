@@ -253,3 +253,14 @@ def test_timeout_cancels_the_task_and_leaves_no_snapshot(ansible: Run) -> None:
 
         ok = ansible("vm_snapshot", slow.module_args(vm_name=VM, snapshot_name="patient", timeout=30))
         assert ok["changed"] and ok["snapshot"]["name"] == "patient", ok
+
+
+def test_standalone_esxi(ansible: Run) -> None:
+    """vcsim -esx: one ESXi host without vCenter (ha-datacenter); lookup, create and the fleet report work there."""
+    with Vcsim(extra=["-esx"]) as esx:
+        esx.si = esx.connect()
+        made = ansible("vm_snapshot", esx.module_args(vm_name="ha-host_VM0", snapshot_name="on-esxi"))
+        assert made["changed"] and made["snapshot"]["id"].startswith("snapshot-"), made
+        assert [n for n, _m, _p in tree(esx, "ha-host_VM0")] == ["on-esxi"]
+        info = ansible("vm_snapshot_info", esx.module_args())
+        assert info["summary"]["vms"] == 2 and info["summary"]["snapshots"] == 1, info
