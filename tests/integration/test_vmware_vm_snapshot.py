@@ -234,6 +234,10 @@ def test_environment_variables(sim: Vcsim, ansible: Run, monkeypatch: pytest.Mon
 def test_datacenter_and_folder_scope(sim: Vcsim, ansible: Run) -> None:
     scoped = ansible("vm_snapshot_info", sim.module_args(datacenter="DC0"))
     assert scoped["summary"]["vms"] == 4, scoped
+    absolute = ansible("vm_snapshot", sim.module_args(folder="/DC0/vm", vm_name=VM, snapshot_name="scoped"))
+    assert absolute["changed"] and absolute["vm"]["name"] == VM, absolute
+    relative = ansible("vm_snapshot", sim.module_args(folder="vm", vm_name=VM, snapshot_name="x"))
+    assert relative["_status"] == "failed" and "give datacenter too" in relative["msg"], relative
     nowhere = ansible("vm_snapshot_info", sim.module_args(datacenter="DC0", folder="missing"))
     assert nowhere["_status"] == "failed" and "Failed to find folder 'DC0/vm/missing'" in nowhere["msg"], nowhere
 
