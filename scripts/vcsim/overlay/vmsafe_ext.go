@@ -6,6 +6,7 @@
 //
 //   - every VM reports its snapshot and CBT capabilities and runtime.consolidationNeeded=false (vcsim leaves
 //     them unset, and clients then turn quiesce off or cannot tell "no" from "unknown");
+//   - CreateSnapshotEx_Task (vSphere 7.0 U3) is CreateSnapshot_Task with a quiesceSpec instead of a quiesce flag;
 //   - ConsolidateVMDisks_Task merges the leftover delta disks and clears runtime.consolidationNeeded;
 //   - CreateSnapshot_Task with memory=false on a powered-on VM records the snapshot as poweredOff, as vSphere
 //     does (the stock simulator ignores memory), so a revert to it leaves the VM powered off;
@@ -136,6 +137,18 @@ func takeSnapshotMemory(vm string) (memory bool, known bool) {
 	}
 	snapshotMemory.pending[vm] = queue[1:]
 	return queue[0], true
+}
+
+// CreateSnapshotExTask implements CreateSnapshotEx_Task through the stock CreateSnapshot_Task.
+func (vm *VirtualMachine) CreateSnapshotExTask(req *types.CreateSnapshotEx_Task) soap.HasFault {
+	snapshotMemory.Lock()
+	snapshotMemory.pending[vm.Self.Value] = append(snapshotMemory.pending[vm.Self.Value], req.Memory)
+	snapshotMemory.Unlock()
+	res := vm.CreateSnapshotTask(&types.CreateSnapshot_Task{
+		This: req.This, Name: req.Name, Description: req.Description, Memory: req.Memory,
+		Quiesce: req.QuiesceSpec != nil,
+	}).(*methods.CreateSnapshot_TaskBody)
+	return &methods.CreateSnapshotEx_TaskBody{Res: &types.CreateSnapshotEx_TaskResponse{Returnval: res.Res.Returnval}}
 }
 
 // vmsafeAfterTask lets a finished task report what vSphere would (called by Task.Run in task.go).
