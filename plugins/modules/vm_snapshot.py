@@ -103,6 +103,9 @@ notes:
   - On libvirt, snapshot names are unique per VM, and the id is the name.
   - On libvirt, a VM with backup checkpoints or external snapshots is not reverted, because libvirt would damage
     them; the error says how to clear them first.
+  - On VMware (O(hypervisor=vmware)), several snapshots may share a name; the id is the snapshot's managed object id
+    (for example V(snapshot-42)). O(disk_only=true) means a snapshot without memory, and O(quiesce) needs VMware Tools
+    running in the guest.
 seealso:
   - module: vmsafe.protect.vm_snapshot_info
   - module: vmsafe.protect.snapshot_consolidate

@@ -8,6 +8,7 @@ from __future__ import annotations
 import typing as t
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers import libvirt as _libvirt
+from ansible_collections.vmsafe.protect.plugins.module_utils._providers import vmware as _vmware
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from ansible_collections.vmsafe.protect.plugins.module_utils._providers.base import HypervisorProvider
@@ -15,4 +16,5 @@ if t.TYPE_CHECKING:  # pragma: no cover
 # name -> (provider class, pip package it needs, import traceback or None)
 PROVIDERS: dict[str, tuple[type[HypervisorProvider], str, str | None]] = {
     "libvirt": (_libvirt.LibvirtProvider, "libvirt-python", _libvirt.LIBVIRT_IMPORT_ERROR),
+    "vmware": (_vmware.VmwareProvider, "pyvmomi", _vmware.PYVMOMI_IMPORT_ERROR),
 }

@@ -1,0 +1,486 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright (c) 2026 vmsafe.protect contributors
+# PRIVATE to this collection; no compatibility guarantees.
+"""VMware vSphere (vCenter or a standalone ESXi host) through pyVmomi.
+
+Every VM the connection sees is read with one container view and one property-collector retrieval
+(followed through its continuation tokens): name, power state, the whole snapshot tree, the consolidation
+flag and the file layout. Single-VM calls after a change re-read that VM only. Snapshot ids are the
+snapshots' managed object ids (``snapshot-42``), because vSphere allows several snapshots with one name.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import ssl
+import time
+import traceback
+import typing as t
+
+from ansible_collections.vmsafe.protect.plugins.module_utils._errors import (
+    ConnectionFailed,
+    InvalidArgument,
+    OperationTimeout,
+    ProviderError,
+    QuiesceFailed,
+    SnapshotNotFound,
+    VmNotFound,
+)
+from ansible_collections.vmsafe.protect.plugins.module_utils._models import (
+    ConsolidationStatus,
+    CreateResult,
+    Disk,
+    Leftover,
+    Snapshot,
+    SnapshotSpec,
+    VmRef,
+    VmSelector,
+)
+from ansible_collections.vmsafe.protect.plugins.module_utils._providers.base import HypervisorProvider, Warn
+from ansible_collections.vmsafe.protect.plugins.module_utils import _snapshot_tree as tree
+
+try:
+    from pyVim.connect import Disconnect, SmartConnect
+    from pyVmomi import vim, vmodl
+except ImportError:
+    vim = vmodl = SmartConnect = Disconnect = None
+    PYVMOMI_IMPORT_ERROR: str | None = traceback.format_exc()
+else:
+    PYVMOMI_IMPORT_ERROR = None
+
+_STATES = {"poweredOn": "running", "poweredOff": "shutoff", "suspended": "suspended"}
+# Everything the fleet listing reads, per VM, in the one retrieval.
+VM_PROPERTIES = [
+    "name", "runtime.powerState", "config.uuid", "config.instanceUuid", "snapshot",
+    "runtime.consolidationNeeded", "layoutEx.file", "layoutEx.snapshot", "layoutEx.disk",
+]
+# What find_vm needs: a light listing when no fleet listing was made.
+ID_PROPERTIES = ["name", "runtime.powerState", "config.uuid", "config.instanceUuid"]
+# Objects per page of RetrievePropertiesEx; the rest comes through ContinueRetrievePropertiesEx.
+PAGE_SIZE = 500
+# Faults vSphere reports when the guest cannot be quiesced (no or stopped VMware Tools, VSS failure).
+_QUIESCE_FAULTS = ("ToolsUnavailable", "ApplicationQuiesceFault", "GuestOperationsUnavailable")
+
+
+# -- pure conversions (unit-tested from recorded responses) -----------------------------------------
+
+
+def _parse_time(value: t.Any) -> datetime.datetime:
+    if isinstance(value, datetime.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
+    text = str(value).replace("Z", "+00:00")
+    parsed = datetime.datetime.fromisoformat(text)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
+
+
+def snapshots_from_tree(roots: list[dict[str, t.Any]], current: str | None,
+                        sizes: dict[str, int] | None = None) -> list[Snapshot]:
+    """Flatten vSphere's rootSnapshotList (as plain dicts) into linked Snapshots, every branch included.
+
+    Each node: ``snapshot`` (MoID), ``name``, ``description``, ``createTime``, ``state``, ``quiesced``,
+    ``childSnapshotList``. A snapshot holds memory when its recorded state is poweredOn (vSphere records
+    poweredOff for a running VM's snapshot taken without memory). Returns oldest first.
+    """
+    sizes = sizes or {}
+    found: list[Snapshot] = []
+    stack: list[tuple[dict[str, t.Any], str | None]] = [(node, None) for node in roots]
+    while stack:
+        node, parent = stack.pop()
+        moid = str(node["snapshot"])
+        state = str(node.get("state") or "")
+        found.append(Snapshot(
+            id=moid, name=str(node.get("name") or ""), description=str(node.get("description") or ""),
+            created=_parse_time(node["createTime"]), parent=parent, current=moid == current,
+            memory=state == "poweredOn", quiesced=bool(node.get("quiesced")), kind="internal",
+            size_bytes=sizes.get(moid), vm_state=_STATES.get(state, state),
+        ))
+        stack.extend((child, moid) for child in node.get("childSnapshotList") or [])
+    return tree.link(found)
+
+
+def snapshot_sizes(layout_files: list[dict[str, t.Any]], layout_snapshots: list[dict[str, t.Any]]) -> dict[str, int]:
+    """Bytes of each snapshot's own files (state and memory), from layoutEx; MoID -> bytes."""
+    by_key = {int(f["key"]): int(f.get("size") or 0) for f in layout_files}
+    sizes = {}
+    for snap in layout_snapshots:
+        keys = [int(snap.get("dataKey", -1)), int(snap.get("memoryKey", -1))]
+        sizes[str(snap["key"])] = sum(by_key.get(k, 0) for k in keys if k >= 0)
+    return sizes
+
+
+def _moid(obj: t.Any) -> str:
+    return str(obj._moId)  # pylint: disable=protected-access  # pyVmomi's public spelling of the MoID
+
+
+def _tree_dicts(nodes: t.Any) -> list[dict[str, t.Any]]:
+    return [{
+        "snapshot": _moid(n.snapshot), "id": n.id, "name": n.name, "description": n.description,
+        "createTime": n.createTime, "state": str(n.state), "quiesced": bool(n.quiesced),
+        "childSnapshotList": _tree_dicts(n.childSnapshotList),
+    } for n in nodes or []]
+
+
+def _fault_text(exc: BaseException) -> str:
+    msg = getattr(exc, "msg", None) or getattr(exc, "localizedMessage", None)
+    if msg:
+        return str(msg)
+    faults = getattr(exc, "faultMessage", None) or []
+    texts = [m.message for m in faults if getattr(m, "message", None)]
+    return "; ".join(texts) or type(exc).__name__
+
+
+def _fault_name(exc: BaseException) -> str:
+    return type(exc).__name__.rsplit(".", 1)[-1]
+
+
+class VmwareProvider(HypervisorProvider):
+    """One vSphere API session (vCenter or ESXi)."""
+
+    name = "vmware"
+    unique_snapshot_names = False
+
+    def __init__(self, params: dict[str, t.Any], warn: Warn) -> None:
+        super().__init__(params, warn)
+        self.hostname: str = params.get("hostname") or ""
+        self.port: int = int(params.get("port") or 443)
+        self.si: t.Any = None
+        self.content: t.Any = None
+        self._vms: dict[str, dict[str, t.Any]] = {}  # MoID -> VM_PROPERTIES, from the last retrieval
+        self._index: dict[str, dict[str, t.Any]] | None = None  # MoID -> ID_PROPERTIES (or more)
+        self._listed = False  # whether _vms holds every VM
+
+    # -- connection -------------------------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return self.hostname if self.port == 443 else f"{self.hostname}:{self.port}"
+
+    def connect(self) -> None:
+        if SmartConnect is None:  # the runner checks first; this guards direct use
+            raise ConnectionFailed("The pyvmomi package is not installed: pip install pyvmomi.")
+        if not self.hostname:
+            raise ConnectionFailed("Failed to connect to vSphere: no hostname. Set the hostname option or the "
+                                   "VMWARE_HOST environment variable to the vCenter or ESXi host.")
+        validate = self.params.get("validate_certs", True)
+        # pyVmomi silently skips verification for localhost/127.0.0.1 when given no context: always give one.
+        context = ssl.create_default_context() if validate else None
+        try:
+            self.si = SmartConnect(host=self.hostname, port=self.port, user=self.params.get("username") or "",
+                                   pwd=self.params.get("password") or "", sslContext=context,
+                                   disableSslCertValidation=not validate,
+                                   httpConnectionTimeout=int(self.params.get("connect_timeout") or 30))
+        except vim.fault.InvalidLogin as exc:
+            raise ConnectionFailed(f"Failed to log in to vSphere host {self.host} as '{self.params.get('username')}': "
+                                   f"{_fault_text(exc)}. Check username and password (VMWARE_USER, "
+                                   f"VMWARE_PASSWORD).") from exc
+        except ssl.SSLError as exc:
+            raise ConnectionFailed(
+                f"Failed to connect to vSphere host {self.host}: the TLS certificate was not accepted ({exc}). "
+                f"Add the vCenter's CA to the trust store of the host that runs the module, or set "
+                f"validate_certs: false if you accept the risk (lab use)."
+            ) from exc
+        except (OSError, vmodl.MethodFault) as exc:
+            raise ConnectionFailed(f"Failed to connect to vSphere host {self.host}: {_fault_text(exc)}. Check "
+                                   f"hostname and port, and that the vSphere API answers there.") from exc
+        self.content = self.si.RetrieveContent()
+
+    def close(self) -> None:
+        if self.si is not None:
+            try:
+                # Logout through the content we hold: Disconnect() would fetch the service content once more.
+                if self.content is not None:
+                    self.content.sessionManager.Logout()
+                else:
+                    Disconnect(self.si)
+            except (OSError, vmodl.MethodFault):
+                pass
+            self.si = None
+
+    # -- retrieval --------------------------------------------------------------------------------
+
+    def _root(self) -> t.Any:
+        """The folder VMs are searched in: the datacenter/folder options, else the whole inventory."""
+        datacenter, folder = self.params.get("datacenter"), self.params.get("folder")
+        if not datacenter and not folder:
+            return self.content.rootFolder
+        index = self.content.searchIndex
+        if folder and folder.startswith("/"):
+            path = folder.strip("/")
+        elif datacenter:
+            path = f"{datacenter}/vm" + (f"/{folder.strip('/')}" if folder else "")
+        else:
+            raise InvalidArgument(f"folder '{folder}' is relative: give datacenter too, or a path from the root "
+                                  f"such as '/DC0/vm/{folder}'.")
+        found = index.FindByInventoryPath(path)
+        if found is None:
+            raise VmNotFound(f"Failed to find folder '{path}' on vSphere host {self.host}: it does not exist. Check "
+                             f"the datacenter and folder options.")
+        return found
+
+    def _retrieve(self, objects: list[t.Any] | None, properties: list[str]) -> dict[str, dict[str, t.Any]]:
+        """Read properties of the given VMs, or of every VM under the root (container view), in one request.
+
+        Follows continuation tokens; returns MoID -> {property path: value, "_obj": the VM}.
+        """
+        pc = vmodl.query.PropertyCollector
+        view = None
+        if objects is None:
+            view = self.content.viewManager.CreateContainerView(self._root(), [vim.VirtualMachine], True)
+            object_set = [pc.ObjectSpec(obj=view, skip=True, selectSet=[
+                pc.TraversalSpec(name="view", path="view", skip=False, type=vim.view.ContainerView)])]
+        else:
+            object_set = [pc.ObjectSpec(obj=o, skip=False) for o in objects]
+        spec = pc.FilterSpec(objectSet=object_set, propSet=[pc.PropertySpec(type=vim.VirtualMachine,
+                                                                            pathSet=properties)])
+        found: dict[str, dict[str, t.Any]] = {}
+        collector = self.content.propertyCollector
+        try:
+            result = collector.RetrievePropertiesEx([spec], pc.RetrieveOptions(maxObjects=PAGE_SIZE))
+            while result is not None:
+                for content in result.objects or []:
+                    props = {p.name: p.val for p in content.propSet or []}
+                    props["_obj"] = content.obj
+                    found[_moid(content.obj)] = props
+                result = collector.ContinueRetrievePropertiesEx(result.token) if result.token else None
+        except vmodl.fault.ManagedObjectNotFound as exc:
+            raise VmNotFound(f"A VM disappeared from vSphere host {self.host} while it was read: "
+                             f"{_fault_text(exc)}. Run again.") from exc
+        except vmodl.MethodFault as exc:
+            raise ProviderError(f"Failed to read VM properties on vmware host {self.host}: {_fault_text(exc)}") from exc
+        finally:
+            if view is not None:
+                view.Destroy()
+        return found
+
+    def _list_all(self) -> dict[str, dict[str, t.Any]]:
+        """Every VM with all of VM_PROPERTIES: one container view, one retrieval (plus continuations)."""
+        if not self._listed:
+            self._vms = self._retrieve(None, VM_PROPERTIES)
+            self._index = self._vms
+            self._listed = True
+        return self._vms
+
+    def _ids(self) -> dict[str, dict[str, t.Any]]:
+        """Every VM with at least ID_PROPERTIES, for lookups: reuses a full listing when there is one."""
+        if self._index is None:
+            self._index = self._retrieve(None, ID_PROPERTIES)
+        return self._index
+
+    def _stale(self, vm: VmRef) -> None:
+        """Forget what a write may have changed."""
+        self._listed = False
+        self._index = None
+        self._vms.pop(vm.id, None)
+
+    def _props(self, vm: VmRef, fresh: bool = False) -> dict[str, t.Any]:
+        if fresh or vm.id not in self._vms:
+            got = self._retrieve([vim.VirtualMachine(vm.id, self.si._stub)], VM_PROPERTIES)  # pylint: disable=protected-access
+            if vm.id not in got:
+                raise VmNotFound(f"VM '{vm.name}' ({vm.id}) is gone from vSphere host {self.host}.")
+            self._vms[vm.id] = got[vm.id]
+        return self._vms[vm.id]
+
+    def _ref(self, moid: str, props: dict[str, t.Any]) -> VmRef:
+        state = str(props.get("runtime.powerState") or "")
+        return VmRef(id=moid, name=str(props.get("name") or moid), state=_STATES.get(state, state or "unknown"),
+                     host=self.host)
+
+    def _obj(self, vm: VmRef) -> t.Any:
+        return vim.VirtualMachine(vm.id, self.si._stub)  # pylint: disable=protected-access
+
+    # -- VMs --------------------------------------------------------------------------------------
+
+    def find_vm(self, selector: VmSelector) -> VmRef:
+        every = self._ids()
+        if selector.id is not None:
+            wanted = selector.id.lower()
+            for moid, props in every.items():
+                if wanted in (moid.lower(), str(props.get("config.uuid") or "").lower(),
+                              str(props.get("config.instanceUuid") or "").lower()):
+                    return self._ref(moid, props)
+            raise VmNotFound(f"No VM with id '{selector.id}' on vSphere host {self.host} (searched {len(every)} "
+                             f"VMs by MoID, BIOS UUID and instance UUID). Check vm_id and the datacenter/folder options.")
+        matches = [(moid, props) for moid, props in every.items() if props.get("name") == selector.name]
+        if len(matches) > 1:
+            ids = ", ".join(sorted(m for m, _unused in matches))
+            raise InvalidArgument(f"vSphere host {self.host} has {len(matches)} VMs named '{selector.name}' ({ids}). "
+                                  f"Name the one you mean with vm_id, or narrow the search with datacenter/folder.")
+        if not matches:
+            names = [str(p.get("name")) for p in every.values()]
+            close = difflib.get_close_matches(selector.name or "", names, n=3)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise VmNotFound(f"No VM '{selector.name}' on vSphere host {self.host}.{hint} It has {len(names)} VM(s) "
+                             f"in the searched folder; check vm_name and the datacenter/folder options.")
+        return self._ref(*matches[0])
+
+    def list_vms(self) -> list[VmRef]:
+        return sorted((self._ref(m, p) for m, p in self._list_all().items()), key=lambda v: (v.name, v.id))
+
+    # -- snapshots --------------------------------------------------------------------------------
+
+    def _snapshots_from(self, props: dict[str, t.Any]) -> list[Snapshot]:
+        info = props.get("snapshot")
+        if info is None:  # vSphere leaves snapshot unset, not empty, on a VM without snapshots
+            return []
+        files = [{"key": f.key, "size": f.size} for f in props.get("layoutEx.file") or []]
+        layout = [{"key": _moid(s.key), "dataKey": s.dataKey, "memoryKey": s.memoryKey}
+                  for s in props.get("layoutEx.snapshot") or []]
+        current = _moid(info.currentSnapshot) if info.currentSnapshot is not None else None
+        return snapshots_from_tree(_tree_dicts(info.rootSnapshotList), current, snapshot_sizes(files, layout))
+
+    def list_snapshots(self, vm: VmRef) -> list[Snapshot]:
+        return self._snapshots_from(self._props(vm))
+
+    def _wait(self, task: t.Any, timeout: int, what: str) -> t.Any:
+        """Wait for a vSphere task; return its result, raise the task's fault, or OperationTimeout."""
+        deadline = time.monotonic() + timeout
+        delay = 0.02
+        while True:
+            info = task.info
+            if info.state == vim.TaskInfo.State.success:
+                return info.result
+            if info.state == vim.TaskInfo.State.error:
+                raise info.error
+            if time.monotonic() > deadline:
+                state = "it is still running on the host"
+                if info.cancelable:
+                    try:
+                        task.CancelTask()
+                        state = "cancellation was requested"
+                    except vmodl.MethodFault as exc:
+                        state = f"cancelling it failed too ({_fault_text(exc)})"
+                raise OperationTimeout(
+                    f"Timed out after {timeout} s waiting to {what} on vSphere host {self.host} (task {_moid(task)}, "
+                    f"{info.progress or 0} %); {state}. Raise the timeout option if the host is slow, and check the "
+                    f"VM's tasks in vCenter before retrying."
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def _fail(self, verb: str, vm: VmRef, exc: BaseException) -> ProviderError:
+        return ProviderError(f"Failed to {verb} of VM '{vm.name}' on vmware host {self.host}: {_fault_text(exc)}")
+
+    def _run(self, start: t.Callable[[], t.Any], timeout: int, what: str, verb: str, vm: VmRef) -> t.Any:
+        try:
+            return self._wait(start(), timeout, what)
+        except vmodl.MethodFault as exc:
+            raise self._fail(verb, vm, exc) from exc
+        finally:
+            self._stale(vm)
+
+    def create_snapshot(self, vm: VmRef, spec: SnapshotSpec, timeout: int) -> CreateResult:
+        running = vm.state == "running"
+        warnings: list[str] = []
+        memory = spec.memory and running
+        quiesce = spec.quiesce and running and not memory
+        if spec.memory and not running:
+            warnings.append(f"VM '{vm.name}' is {vm.state}: there is no memory to save, so the snapshot holds disks only.")
+        if spec.quiesce and spec.memory and running:
+            warnings.append("quiesce is not applied with memory: true; the saved RAM state makes the snapshot "
+                            "consistent already.")
+        before = {s.id for s in self.list_snapshots(vm)}
+        obj = self._obj(vm)
+        consistency = "offline" if not running else "memory" if memory else "quiesced" if quiesce else "crash_consistent"
+
+        def take(with_quiesce: bool) -> t.Any:
+            try:
+                return self._wait(obj.CreateSnapshot_Task(name=spec.name, description=spec.description,
+                                                          memory=memory, quiesce=with_quiesce),
+                                  timeout, f"create snapshot '{spec.name}' of VM '{vm.name}'")
+            except OperationTimeout:
+                self._cleanup_new(vm, spec.name, before)
+                raise
+            finally:
+                self._stale(vm)
+
+        try:
+            created = take(quiesce)
+        except vmodl.MethodFault as exc:
+            self._cleanup_new(vm, spec.name, before)
+            if not quiesce or (_fault_name(exc) not in _QUIESCE_FAULTS and "quiesc" not in _fault_text(exc).lower()):
+                raise self._fail(f"create snapshot '{spec.name}'", vm, exc) from exc
+            reason = _fault_text(exc)
+            if spec.quiesce_fallback == "fail":
+                raise QuiesceFailed(
+                    f"Failed to quiesce VM '{vm.name}' for snapshot '{spec.name}' on vmware host {self.host}: {reason} "
+                    f"No snapshot was taken. Install and start VMware Tools in the guest, or set quiesce_fallback: "
+                    f"crash_consistent to accept a crash-consistent snapshot."
+                ) from exc
+            warnings.append(f"Could not quiesce VM '{vm.name}' ({reason}); took a crash-consistent snapshot instead "
+                            f"because quiesce_fallback is crash_consistent.")
+            consistency = "crash_consistent"
+            try:
+                created = take(False)
+            except vmodl.MethodFault as exc2:
+                self._cleanup_new(vm, spec.name, before)
+                raise self._fail(f"create snapshot '{spec.name}'", vm, exc2) from exc2
+        snaps = self.list_snapshots(vm)
+        new_id = _moid(created) if created is not None else None
+        snap = next((s for s in snaps if s.id == new_id), None)
+        if snap is None:
+            snap = next((s for s in snaps if s.id not in before and s.name == spec.name), None)
+        if snap is None:
+            raise SnapshotNotFound(f"Snapshot '{spec.name}' of VM '{vm.name}' was reported created by vSphere host "
+                                   f"{self.host} but is not in its snapshot tree. Check the VM in vCenter.")
+        for warning in warnings:
+            self.warn(warning)
+        return CreateResult(snapshot=snap, consistency=consistency, warnings=warnings)
+
+    def _cleanup_new(self, vm: VmRef, name: str, before: set[str]) -> None:
+        """Remove a snapshot a failed or timed-out create left behind, so nothing untracked remains."""
+        try:
+            left = [s for s in self._snapshots_from(self._props(vm, fresh=True)) if s.id not in before and s.name == name]
+            for snap in left:
+                self._wait(vim.vm.Snapshot(snap.id, self.si._stub).RemoveSnapshot_Task(  # pylint: disable=protected-access
+                    removeChildren=False, consolidate=True), 600, f"remove the partial snapshot '{name}'")
+                self.warn(f"Removed the partial snapshot '{name}' ({snap.id}) of VM '{vm.name}' after the failure.")
+        except (vmodl.MethodFault, OperationTimeout, VmNotFound) as exc:
+            self.warn(f"Snapshot '{name}' of VM '{vm.name}' may be left behind after the failure and could not be "
+                      f"removed ({_fault_text(exc)}); remove it with vmsafe.protect.vm_snapshot state=absent.")
+        finally:
+            self._stale(vm)
+
+    def _snapshot_obj(self, snapshot: Snapshot) -> t.Any:
+        return vim.vm.Snapshot(snapshot.id, self.si._stub)  # pylint: disable=protected-access
+
+    def revert_snapshot(self, vm: VmRef, snapshot: Snapshot, timeout: int) -> None:
+        snap = self._snapshot_obj(snapshot)
+        self._run(snap.RevertToSnapshot_Task, timeout, f"revert VM '{vm.name}' to '{snapshot.name}'",
+                  f"revert to snapshot '{snapshot.name}' ({snapshot.id})", vm)
+
+    def delete_snapshot(self, vm: VmRef, snapshot: Snapshot, children: bool, timeout: int) -> None:
+        snap = self._snapshot_obj(snapshot)
+        self._run(lambda: snap.RemoveSnapshot_Task(removeChildren=children, consolidate=True), timeout,
+                  f"remove snapshot '{snapshot.name}' of VM '{vm.name}'",
+                  f"remove snapshot '{snapshot.name}' ({snapshot.id})", vm)
+
+    # -- consolidation ----------------------------------------------------------------------------
+
+    def consolidation_status(self, vm: VmRef, snapshots: list[Snapshot] | None = None) -> ConsolidationStatus:
+        props = self._props(vm)
+        snaps = snapshots if snapshots is not None else self._snapshots_from(props)
+        names = {f.key: (f.name, int(f.size or 0)) for f in props.get("layoutEx.file") or []}
+        disks = []
+        for disk in props.get("layoutEx.disk") or []:
+            chain = [names.get(k, (str(k), 0))[0] for link in reversed(disk.chain or []) for k in link.fileKey[:1]]
+            disks.append(Disk(target=str(disk.key), path=chain[0] if chain else "", format="vmdk", chain=chain,
+                              allocation=sum(names.get(k, ("", 0))[1] for link in disk.chain or []
+                                             for k in link.fileKey) or None))
+        status = ConsolidationStatus(
+            needed=False, disks=disks,
+            chain_depth=max((len(d.chain) for d in disks), default=1 + max((s.depth for s in snaps), default=0)),
+        )
+        if props.get("runtime.consolidationNeeded"):
+            status.leftovers.append(Leftover(
+                kind="consolidation_needed", disk="all",
+                detail="vSphere reports runtime.consolidationNeeded: delta disks of removed snapshots are still in "
+                       "the chain (ConsolidateVMDisks merges them)"))
+        status.reasons = [x.detail for x in status.leftovers]
+        status.needed = bool(status.leftovers)
+        return status
+
+    def repair_leftover(self, vm: VmRef, leftover: Leftover, timeout: int) -> None:
+        obj = self._obj(vm)
+        self._run(obj.ConsolidateVMDisks_Task, timeout, f"consolidate the disks of VM '{vm.name}'",
+                  "consolidate the disks", vm)
