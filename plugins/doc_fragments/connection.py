@@ -14,7 +14,7 @@ options:
       - Can also be set with the E(VMSAFE_HYPERVISOR) environment variable.
     type: str
     default: libvirt
-    choices: [libvirt]
+    choices: [libvirt, hyperv]
     version_added: 0.1.0
   uri:
     description:
@@ -29,6 +29,63 @@ options:
     type: int
     default: 30
     version_added: 0.1.0
+  # --- Hyper-V (WinRM) options; hostname/username/password/port/validate_certs are shared with VMware ---
+  hostname:
+    description:
+      - The host to connect to. For O(hypervisor=hyperv), the Hyper-V host whose WinRM HTTPS listener is used.
+      - When not set, E(VMSAFE_HOST) is used.
+    type: str
+    version_added: 0.2.0
+  username:
+    description:
+      - The account to log in with. For O(hypervisor=hyperv), V(DOMAIN\\user) or V(user@domain).
+      - When not set, E(VMSAFE_USER) is used.
+    type: str
+    version_added: 0.2.0
+  password:
+    description:
+      - The password of O(username).
+      - When not set, E(VMSAFE_PASSWORD) is used.
+    type: str
+    version_added: 0.2.0
+  port:
+    description:
+      - The TCP port to connect to. For O(hypervisor=hyperv), the WinRM HTTPS port, V(5986) when not set.
+    type: int
+    version_added: 0.2.0
+  validate_certs:
+    description:
+      - Whether to verify the TLS certificate of the host. Turn it off only for a lab.
+    type: bool
+    default: true
+    version_added: 0.2.0
+  transport:
+    description:
+      - For O(hypervisor=hyperv), how WinRM authenticates. Messages always go over HTTPS.
+      - V(certificate) uses O(client_cert) and O(client_key) instead of a password.
+    type: str
+    default: ntlm
+    choices: [ntlm, kerberos, credssp, certificate]
+    version_added: 0.2.0
+  ca_path:
+    description:
+      - For O(hypervisor=hyperv), a PEM file of the CA certificates that may sign the WinRM listener's
+        certificate. When not set, the system's trust store is used.
+    type: path
+    version_added: 0.2.0
+  client_cert:
+    description:
+      - For O(hypervisor=hyperv) and O(transport=certificate), the client certificate (PEM).
+    type: path
+    version_added: 0.2.0
+  client_key:
+    description:
+      - For O(hypervisor=hyperv) and O(transport=certificate), the private key of O(client_cert) (PEM).
+    type: path
+    version_added: 0.2.0
+  # --- end of Hyper-V options ---
 requirements:
   - libvirt-python (for O(hypervisor=libvirt)), on the host that runs the module
+  - pywinrm (for O(hypervisor=hyperv)), on the host that runs the module; requests-kerberos or requests-credssp
+    for those transports
 """

@@ -9,7 +9,7 @@ from ansible.module_utils.basic import env_fallback
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._argspec import ArgumentSpec
 
-HYPERVISORS = ["libvirt"]
+HYPERVISORS = ["libvirt", "hyperv"]
 
 
 def connection_spec() -> ArgumentSpec:
@@ -19,6 +19,17 @@ def connection_spec() -> ArgumentSpec:
                        "fallback": (env_fallback, ["VMSAFE_HYPERVISOR"])},
         "uri": {"type": "str", "fallback": (env_fallback, ["VMSAFE_LIBVIRT_URI", "LIBVIRT_DEFAULT_URI"])},
         "connect_timeout": {"type": "int", "default": 30},
+        # --- Hyper-V (WinRM) options; hostname/username/password/port/validate_certs are shared with VMware ---
+        "hostname": {"type": "str", "fallback": (env_fallback, ["VMSAFE_HOST"])},
+        "username": {"type": "str", "fallback": (env_fallback, ["VMSAFE_USER"])},
+        "password": {"type": "str", "no_log": True, "fallback": (env_fallback, ["VMSAFE_PASSWORD"])},
+        "port": {"type": "int"},
+        "validate_certs": {"type": "bool", "default": True},
+        "transport": {"type": "str", "default": "ntlm", "choices": ["ntlm", "kerberos", "credssp", "certificate"]},
+        "ca_path": {"type": "path"},
+        "client_cert": {"type": "path"},
+        "client_key": {"type": "path", "no_log": False},
+        # --- end of Hyper-V options ---
     })
 
 
