@@ -76,6 +76,7 @@ class HyperVHost:
         self.vms: dict[str, Vm] = {}
         self.lock = threading.Lock()
         self.merge_seconds = 0.0  # knob: how long the merge after Remove-VMSnapshot takes
+        self.slow: dict[str, float] = {}  # knob: script name -> seconds before its output is ready
         self.executed: list[str] = []  # names of the scripts run
         self.rejected: list[str] = []  # why commands were refused
         self.payloads: list[dict[str, t.Any]] = []

@@ -16,7 +16,9 @@ import http.server
 import ipaddress
 import os
 import ssl
+import re
 import threading
+import time
 import typing as t
 import uuid
 import xml.etree.ElementTree as ET
@@ -45,10 +47,14 @@ ACTIONS = {
 }
 
 
-def make_certificate(directory: str, host: str = "127.0.0.1") -> tuple[str, str]:
+MUTUAL = "http://schemas.dmtf.org/wbem/wsman/1/wsman/secprofile/https/mutual"
+
+
+def make_certificate(directory: str, host: str = "127.0.0.1", common_name: str = "vmsafe hyperv simulator",
+                     prefix: str = "sim") -> tuple[str, str]:
     """Write a self-signed certificate (its own CA) for ``host``; return (cert path, key path)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vmsafe hyperv simulator")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
@@ -57,7 +63,7 @@ def make_certificate(directory: str, host: str = "127.0.0.1") -> tuple[str, str]
                                                         x509.DNSName("localhost")]), critical=False)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(key, hashes.SHA256()))
-    cert_path, key_path = os.path.join(directory, "sim-cert.pem"), os.path.join(directory, "sim-key.pem")
+    cert_path, key_path = os.path.join(directory, f"{prefix}-cert.pem"), os.path.join(directory, f"{prefix}-key.pem")
     with open(cert_path, "wb") as handle:
         handle.write(cert.public_bytes(serialization.Encoding.PEM))
     with open(key_path, "wb") as handle:
@@ -72,12 +78,17 @@ def _envelope(action: str, relates_to: str, body: str) -> bytes:
             f"<a:RelatesTo>{relates_to}</a:RelatesTo></s:Header><s:Body>{body}</s:Body></s:Envelope>").encode()
 
 
-def _fault(relates_to: str, text: str) -> bytes:
+# The WSManFault code WinRM answers a Receive with when no output came within the OperationTimeout.
+RECEIVE_TIMEOUT_CODE = 2150858793
+
+
+def _fault(relates_to: str, text: str, code: int = 2150858843) -> bytes:
     safe = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return _envelope("http://schemas.dmtf.org/wbem/wsman/1/wsman/fault", relates_to,
-                     f"<s:Fault><s:Code><s:Value>s:Receiver</s:Value><s:Subcode><s:Value>w:InternalError</s:Value>"
+                     f"<s:Fault><s:Code><s:Value>s:Receiver</s:Value><s:Subcode><s:Value>w:TimedOut</s:Value>"
                      f"</s:Subcode></s:Code><s:Reason><s:Text xml:lang=\"en-US\">{safe}</s:Text></s:Reason>"
-                     f"<s:Detail><w:WSManFault Code=\"2150858843\"/></s:Detail></s:Fault>")
+                     f"<s:Detail><f:WSManFault xmlns:f=\"http://schemas.microsoft.com/wbem/wsman/1/wsmanfault\" "
+                     f"Code=\"{code}\"/></s:Detail></s:Fault>")
 
 
 class Simulator:
@@ -87,10 +98,16 @@ class Simulator:
         self.host = HyperVHost()
         self.username, self.password = username, password
         self.cert_path, self.key_path = make_certificate(directory)
+        # Certificate authentication: the client certificate the server trusts and maps to ``username``
+        # (what New-Item WSMan:\\localhost\\ClientCertificate does on Windows), and one it does not trust.
+        self.client_cert, self.client_key = make_certificate(directory, common_name=username, prefix="client")
+        self.stranger_cert, self.stranger_key = make_certificate(directory, common_name=username, prefix="stranger")
         self.user_file = os.path.join(directory, "ntlm-users")
         with open(self.user_file, "w", encoding="utf-8") as handle:
             handle.write(f":{username}:{password}\n")
-        self.shells: dict[str, dict[str, tuple[bytes, bytes, int]]] = {}
+        # shell id -> command id -> ((stdout, stderr, exit code), monotonic time the output is ready)
+        self.shells: dict[str, dict[str, tuple[tuple[bytes, bytes, int], float]]] = {}
+        self.terminated: list[str] = []  # command ids ended by Signal before their output was read
         self.auth_failures = 0
         self.server: http.server.ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
@@ -111,6 +128,8 @@ class Simulator:
         os.environ["NTLM_USER_FILE"] = self.user_file
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.cert_path, self.key_path)
+        context.verify_mode = ssl.CERT_OPTIONAL  # a client certificate only for transport=certificate
+        context.load_verify_locations(self.client_cert)
         sim = self
 
         class Handler(WsmanHandler):
@@ -158,6 +177,15 @@ class WsmanHandler(http.server.BaseHTTPRequestHandler):
         if getattr(self, "authenticated", False):
             return True
         header = self.headers.get("Authorization", "")
+        if header == MUTUAL:
+            peer = self.connection.getpeercert() if hasattr(self.connection, "getpeercert") else None
+            subject = dict(item[0] for item in (peer or {}).get("subject", ()))
+            if subject.get("commonName") != self.simulator.username:
+                self.simulator.auth_failures += 1
+                self._send(401, headers={"WWW-Authenticate": "Negotiate"})
+                return False
+            self.authenticated = True
+            return True
         scheme, _sep, token = header.partition(" ")
         if scheme.lower() not in ("ntlm", "negotiate") or not token:
             self.ntlm = None
@@ -215,12 +243,24 @@ class WsmanHandler(http.server.BaseHTTPRequestHandler):
                 self._send(500, _fault(message_id, str(exc)))
                 return
             command_id = str(uuid.uuid4()).upper()
-            sim.shells[shell_id][command_id] = output
+            ready = time.monotonic() + sim.host.slow.get(sim.host.executed[-1], 0.0)
+            sim.shells[shell_id][command_id] = (output, ready)
             reply = f"<rsp:CommandResponse><rsp:CommandId>{command_id}</rsp:CommandId></rsp:CommandResponse>"
             self._send(200, _envelope(action + "Response", message_id, reply))
         elif kind == "receive":
             command_id = root.find("s:Body/rsp:Receive/rsp:DesiredStream", NS).get("CommandId", "")
-            stdout, stderr, code = sim.shells[shell_id].get(command_id, (b"", b"", 0))
+            (stdout, stderr, code), ready = sim.shells[shell_id].get(command_id, ((b"", b"", 0), 0.0))
+            wait = ready - time.monotonic()
+            if wait > 0:
+                # Long-poll as WinRM does: at most the request's OperationTimeout, then a timeout fault.
+                found = re.match(r"PT(\d+(?:\.\d+)?)S", root.findtext("s:Header/w:OperationTimeout", "PT60S", NS))
+                limit = float(found.group(1)) if found else 60.0
+                time.sleep(min(wait, limit))
+                if ready > time.monotonic():
+                    self._send(500, _fault(message_id, "The WS-Management service cannot complete the operation "
+                                                       "within the time specified in OperationTimeout.",
+                                           RECEIVE_TIMEOUT_CODE))
+                    return
             streams = "".join(
                 f"<rsp:Stream Name=\"{name}\" CommandId=\"{command_id}\">{base64.b64encode(data).decode()}</rsp:Stream>"
                 for name, data in (("stdout", stdout), ("stderr", stderr)) if data)
@@ -230,7 +270,9 @@ class WsmanHandler(http.server.BaseHTTPRequestHandler):
             self._send(200, _envelope(action + "Response", message_id, reply))
         elif kind == "signal":
             command_id = root.find("s:Body/rsp:Signal", NS).get("CommandId", "")
-            sim.shells[shell_id].pop(command_id, None)
+            entry = sim.shells[shell_id].pop(command_id, None)
+            if entry is not None and entry[1] > time.monotonic():
+                sim.terminated.append(command_id)
             self._send(200, _envelope(action + "Response", message_id, "<rsp:SignalResponse/>"))
         else:  # delete
             sim.shells.pop(shell_id, None)

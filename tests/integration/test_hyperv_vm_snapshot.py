@@ -37,6 +37,7 @@ def sim(server: Simulator) -> t.Iterator[Simulator]:
     """The running simulator with a fresh host model; fails the test if it rejected any command."""
     server.host.__init__()  # pylint: disable=unnecessary-dunder-call  # reset the model, keep the server
     server.auth_failures = 0
+    server.terminated.clear()
     yield server
     assert server.host.rejected == [], "the simulator rejected commands the collection sent"
 
@@ -167,6 +168,19 @@ def test_wrong_password_is_refused_by_ntlm(ansible, sim):
     assert "wrong-Pa55" not in str(result)
 
 
+def test_certificate_transport(ansible, sim):
+    sim.host.add_vm("web01")
+    base = conn(sim, vm_name="web01", transport="certificate", username=None, password=None)
+    good = ansible("vm_snapshot_info", dict(base, client_cert=sim.client_cert, client_key=sim.client_key))
+    assert good["_status"] != "failed", good
+    assert [v["vm"]["name"] for v in good["vms"]] == ["web01"] and good["vms"][0]["chain_depth"] == 1
+    missing = ansible("vm_snapshot_info", base)
+    assert missing["_status"] == "failed" and "client_cert" in missing["msg"]
+    stranger = ansible("vm_snapshot_info", dict(base, client_cert=sim.stranger_cert, client_key=sim.stranger_key))
+    assert stranger["_status"] == "failed" and "Failed to connect to Hyper-V host" in stranger["msg"]
+    assert sim.host.executed.count("list_vms") == 1  # only the trusted certificate ran anything
+
+
 def test_untrusted_certificate_fails_unless_trusted_or_unchecked(ansible, sim):
     sim.host.add_vm("web01")
     untrusted = ansible("vm_snapshot_info", conn(sim, vm_name="web01", ca_path=None))
@@ -189,6 +203,21 @@ def test_removal_waits_for_the_merge_and_times_out(ansible, sim):
     late = ansible("vm_snapshot", conn(sim, vm_name="web01", snapshot_name="b", state="absent", timeout=1))
     assert late["_status"] == "failed" and "still merges the disks" in late["msg"] and "timeout 1 s" in late["msg"]
     assert names(sim, "web01") == []  # removed; only the merge was still running
+
+
+def test_slow_operations_are_polled_then_timed_out(ansible, sim):
+    """The simulator applies a command at once but withholds its output, answering each Receive with WinRM's
+    operation-timeout fault meanwhile (as a slow Checkpoint-VM would look)."""
+    sim.host.add_vm("web01")
+    sim.host.slow["create_checkpoint"] = 6  # longer than one 5 s Receive: needs a second poll
+    slow = ansible("vm_snapshot", conn(sim, vm_name="web01", snapshot_name="slow", timeout=30))
+    assert slow["changed"] is True and slow["elapsed"] >= 6, slow
+    assert sim.terminated == []
+    sim.host.slow["create_checkpoint"] = 60
+    late = ansible("vm_snapshot", conn(sim, vm_name="web01", snapshot_name="late", timeout=2))
+    assert late["_status"] == "failed"
+    assert "no result after" in late["msg"] and "timeout 2 s" in late["msg"] and "vm_snapshot_info" in late["msg"]
+    assert len(sim.terminated) == 1  # the provider signalled terminate instead of waiting forever
 
 
 def test_consolidate_removes_old_checkpoints_and_reports_chains_and_merges(ansible, sim):

@@ -59,6 +59,7 @@ _STATES = {"Running": "running", "Off": "shutoff", "Paused": "paused", "Saved": 
 # Checkpoint states that mean memory was saved with it (a Production checkpoint is always 'Off').
 _MEMORY_STATES = ("Running", "Paused", "Saved")
 _POLL_SECONDS = 0.5
+_RECEIVE_SECONDS = 5
 
 
 def command_line(script: str) -> tuple[str, list[str]]:
@@ -129,8 +130,9 @@ class HypervProvider(HypervisorProvider):
             "server_cert_validation": "validate" if self.params.get("validate_certs", True) else "ignore",
             "ca_trust_path": self.params.get("ca_path"),
             # pywinrm waits read_timeout_sec for each HTTP answer; it must outlast the WS-Man operation timeout.
-            "operation_timeout_sec": timeout,
-            "read_timeout_sec": timeout + 10,
+            # Each WS-Man Receive waits at most this long; run_text() loops until the operation's own timeout.
+            "operation_timeout_sec": _RECEIVE_SECONDS,
+            "read_timeout_sec": timeout + _RECEIVE_SECONDS,
         }
         if self.transport == "certificate":
             kwargs.update(cert_pem=self.params.get("client_cert"), cert_key_pem=self.params.get("client_key"))
@@ -144,6 +146,12 @@ class HypervProvider(HypervisorProvider):
                 f"the check off and is only for labs."
             ) from exc
         except winrm.exceptions.InvalidCredentialsError as exc:
+            if self.transport == "certificate":
+                raise ConnectionFailed(
+                    f"Failed to log in to Hyper-V host {self.host} with transport certificate: {exc}. Set client_cert "
+                    f"and client_key (PEM), and map the certificate to a local account on the host "
+                    f"(New-Item WSMan:\\localhost\\ClientCertificate)."
+                ) from exc
             raise ConnectionFailed(
                 f"Failed to log in to Hyper-V host {self.host} with transport {self.transport}: {exc}. Check "
                 f"username and password (DOMAIN\\\\user or user@domain), and that the account may use WinRM "
@@ -168,22 +176,57 @@ class HypervProvider(HypervisorProvider):
 
     # -- running scripts --------------------------------------------------------------------------
 
-    def run(self, name: str, payload: dict[str, t.Any], verb: str) -> t.Any:
+    def run(self, name: str, payload: dict[str, t.Any], verb: str, timeout: float | None = None) -> t.Any:
         """Run the shipped script ``name`` with ``payload`` as data; return its ``data``.
 
-        Raises VmNotFound/SnapshotNotFound for objects the script did not find, ProviderError otherwise;
-        ``verb`` ("create checkpoint 'x' of VM 'y'") goes into the message.
+        Raises VmNotFound/SnapshotNotFound for objects the script did not find, OperationTimeout when it runs
+        longer than ``timeout`` seconds (connect_timeout when None), ProviderError otherwise; ``verb``
+        ("create checkpoint 'x' of VM 'y'") goes into the message.
         """
-        return self.run_text(scripts.render(name, payload), verb)
+        return self.run_text(scripts.render(name, payload), verb, timeout)
 
-    def run_text(self, script: str, verb: str) -> t.Any:
+    def run_text(self, script: str, verb: str, timeout: float | None = None) -> t.Any:
         command, args = command_line(script)
+        limit = float(timeout if timeout is not None else (self.params.get("connect_timeout") or 30))
+        started = time.monotonic()
+        stdout: list[bytes] = []
+        stderr: list[bytes] = []
+        code = -1
         try:
             command_id = self.protocol.run_command(self.shell_id, command, args)
-            stdout, stderr, code = self.protocol.get_command_output(self.shell_id, command_id)
-            self.protocol.cleanup_command(self.shell_id, command_id)
+            try:
+                # Not pywinrm's get_command_output(): it retries WS-Man operation timeouts forever.
+                while True:
+                    try:
+                        out, err, code, done = self.protocol.get_command_output_raw(self.shell_id, command_id)
+                        stdout.append(out)
+                        stderr.append(err)
+                        if done:
+                            break
+                    except winrm.exceptions.WinRMOperationTimeoutError:
+                        pass  # the command runs on; WS-Man only ended this Receive
+                    took = time.monotonic() - started
+                    if took >= limit:
+                        raise OperationTimeout(
+                            f"Failed to {verb} on hyperv host {self.host}: no result after {took:.1f} s (timeout "
+                            f"{limit:g} s). PowerShell was told to stop, but Hyper-V may still finish the "
+                            f"operation: check with vmsafe.protect.vm_snapshot_info, and raise timeout if the host "
+                            f"is slow."
+                        )
+            finally:
+                self._cleanup(command_id)
         except (winrm.exceptions.WinRMError, requests.exceptions.RequestException) as exc:
             raise ProviderError(f"Failed to {verb} on hyperv host {self.host}: WinRM error: {exc}") from exc
+        return self._answer(b"".join(stdout), b"".join(stderr), code, verb)
+
+    def _cleanup(self, command_id: str) -> None:
+        """Signal terminate: ends the command if it still runs and frees it on the host; best effort."""
+        try:
+            self.protocol.cleanup_command(self.shell_id, command_id)
+        except (winrm.exceptions.WinRMError, requests.exceptions.RequestException, AssertionError):
+            pass  # AssertionError: pywinrm asserts the answer's RelatesTo
+
+    def _answer(self, stdout: bytes, stderr: bytes, code: int, verb: str) -> t.Any:
         try:
             answer = json.loads(stdout.decode("utf-8", "replace") or "null")
         except ValueError:
@@ -248,7 +291,7 @@ class HypervProvider(HypervisorProvider):
             warnings.append("Hyper-V checkpoints keep no description here; description was not stored.")
         try:
             data = self.run("create_checkpoint", {"vm_id": vm.id, "name": spec.name, "checkpoint_type": kind},
-                            f"create checkpoint '{spec.name}' of VM '{vm.name}'")
+                            f"create checkpoint '{spec.name}' of VM '{vm.name}'", timeout)
         except ProviderError as exc:
             if kind == "ProductionOnly":
                 raise QuiesceFailed(
@@ -275,16 +318,18 @@ class HypervProvider(HypervisorProvider):
 
     def revert_snapshot(self, vm: VmRef, snapshot: Snapshot, timeout: int) -> None:
         self.run("restore_checkpoint", {"vm_id": vm.id, "snapshot_id": snapshot.id},
-                 f"restore checkpoint '{snapshot.name}' of VM '{vm.name}'")
+                 f"restore checkpoint '{snapshot.name}' of VM '{vm.name}'", timeout)
 
     def delete_snapshot(self, vm: VmRef, snapshot: Snapshot, children: bool, timeout: int) -> None:
-        self.run("remove_checkpoint", {"vm_id": vm.id, "snapshot_id": snapshot.id, "children": children},
-                 f"remove checkpoint '{snapshot.name}' of VM '{vm.name}'")
-        self.wait_for_merge(vm, timeout, f"remove checkpoint '{snapshot.name}'")
-
-    def wait_for_merge(self, vm: VmRef, timeout: int, what: str) -> None:
-        """Poll until the host has merged the AVHDX files; raise OperationTimeout after ``timeout`` seconds."""
         started = time.monotonic()
+        self.run("remove_checkpoint", {"vm_id": vm.id, "snapshot_id": snapshot.id, "children": children},
+                 f"remove checkpoint '{snapshot.name}' of VM '{vm.name}'", timeout)
+        self.wait_for_merge(vm, timeout, f"remove checkpoint '{snapshot.name}'", started)
+
+    def wait_for_merge(self, vm: VmRef, timeout: int, what: str, started: float | None = None) -> None:
+        """Poll until the host has merged the AVHDX files; raise OperationTimeout ``timeout`` seconds after
+        ``started`` (a time.monotonic() value; now when None)."""
+        started = time.monotonic() if started is None else started
         while True:
             status = self._disk_status(vm)
             if not self._merging(status):
