@@ -23,7 +23,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._providers import h
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers import hyperv_scripts  # noqa: E402
 
 NASTY_VM = "web'01\"; Remove-VM * -Force; $(Stop-Computer) `n"
-NASTY_SNAP = "pre'; $payload = 1; `$x $(Get-Process) \"@{}"
+NASTY_SNAP = "pre'; $payload = 1; `$x $(Get-Process) \"@{} ünï 名前"
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ Every script is PREAMBLE + body. The only part of the command line that changes 
 base64 block in the preamble, and it holds JSON data only: arguments (VM names, checkpoint names) reach
 PowerShell as values of ``$payload``, never as code, so quotes, ``$``, ``;`` or backticks in a name cannot
 inject anything. Each script writes one JSON document to stdout: ``{"ok": true, "data": ...}`` or
-``{"ok": false, "error": "...", "reason": "..."}`` (with exit code 1).
+``{"ok": false, "error": "...", "reason": "..."}`` (with exit code 1). Non-ASCII characters are written as
+``\\uXXXX`` escapes, so the console code page WinRM gives PowerShell cannot garble names.
 
 This module is Python (not .ps1 files) so that AnsiballZ ships the scripts with the modules.
 """
@@ -20,11 +21,15 @@ import typing as t
 
 PAYLOAD_MARK = "__VMSAFE_PAYLOAD__"
 
-PREAMBLE = """$ErrorActionPreference = 'Stop'
+PREAMBLE = r"""$ErrorActionPreference = 'Stop'
 $ProgressPreference = 'SilentlyContinue'
 $payload = ConvertFrom-Json ([Text.Encoding]::UTF8.GetString([Convert]::FromBase64String('__VMSAFE_PAYLOAD__')))
+function Write-VmsafeJson($value) {
+    $json = ConvertTo-Json -InputObject $value -Depth 6 -Compress
+    [Console]::Out.Write([regex]::Replace($json, '[^\x00-\x7F]', { param($m) '\u{0:x4}' -f [int][char]$m.Value }))
+}
 function Write-VmsafeResult($data) {
-    [Console]::Out.Write((ConvertTo-Json -InputObject @{ ok = $true; data = $data } -Depth 6 -Compress))
+    Write-VmsafeJson @{ ok = $true; data = $data }
 }
 function ConvertTo-VmsafeCheckpoint($snap) {
     @{
@@ -52,8 +57,7 @@ try {
 
 EPILOGUE = """
 } catch {
-    $failure = @{ ok = $false; error = $_.Exception.Message; reason = $_.Exception.GetType().Name }
-    [Console]::Out.Write((ConvertTo-Json -InputObject $failure -Depth 3 -Compress))
+    Write-VmsafeJson @{ ok = $false; error = $_.Exception.Message; reason = $_.Exception.GetType().Name }
     exit 1
 }
 """
