@@ -220,6 +220,12 @@ class HyperVHost:
         vm.merging_until = time.monotonic() + self.merge_seconds
         return {"removed": snap.id}
 
+    def _run_rename_checkpoint(self, payload: dict[str, t.Any]) -> dict[str, t.Any]:
+        vm = self._vm(payload)
+        snap = self._snap(vm, payload)
+        snap.name = str(payload["new_name"])
+        return self._checkpoint_json(snap)
+
     def _run_disk_status(self, payload: dict[str, t.Any]) -> dict[str, t.Any]:
         vm = self._vm(payload)
         merging = vm.merging_until > time.monotonic()

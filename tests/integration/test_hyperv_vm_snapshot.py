@@ -18,7 +18,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 from hyperv_sim.server import Simulator  # noqa: E402  pylint: disable=wrong-import-position
 
-from ansible_collections.vmsafe.protect.plugins.module_utils._errors import ProviderError  # noqa: E402
+from ansible_collections.vmsafe.protect.plugins.module_utils._errors import (  # noqa: E402
+    ProviderError,
+    SnapshotNotFound,
+    VmNotFound,
+)
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers import hyperv  # noqa: E402
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers import hyperv_scripts  # noqa: E402
 
@@ -139,6 +143,28 @@ def test_simulator_refuses_a_script_the_collection_does_not_ship(sim):
         provider.close()
     assert len(sim.host.rejected) == 2
     sim.host.rejected.clear()  # expected here; the fixture checks the rest stays empty
+
+
+def test_rename_and_errors_through_the_provider(sim):
+    """Rename-VMSnapshot has no module option yet; the provider method is tested directly, in-process."""
+    vm_model = sim.host.add_vm("web01")
+    snap_model = sim.host.checkpoint(vm_model, "old")
+    provider = hyperv.HypervProvider(conn(sim), lambda msg: None)
+    provider.connect()
+    try:
+        vm = provider.find_vm(hyperv.VmSelector(name="WEB01"))  # Hyper-V names are case-insensitive
+        snap = provider.list_snapshots(vm)[0]
+        renamed = provider.rename_snapshot(vm, snap, NASTY_SNAP, 30)
+        assert renamed.name == NASTY_SNAP and renamed.id == snap.id and renamed.current is True
+        assert snap_model.name == NASTY_SNAP
+        del vm_model.checkpoints[snap_model.id]  # removed behind our back
+        with pytest.raises(SnapshotNotFound, match="checkpoint not found"):
+            provider.revert_snapshot(vm, snap, 30)
+        del sim.host.vms[vm_model.id]
+        with pytest.raises(VmNotFound, match="VM not found"):
+            provider.list_snapshots(vm)
+    finally:
+        provider.close()
 
 
 def test_duplicate_checkpoint_names_need_snapshot_id(ansible, sim):

@@ -320,6 +320,12 @@ class HypervProvider(HypervisorProvider):
         self.run("restore_checkpoint", {"vm_id": vm.id, "snapshot_id": snapshot.id},
                  f"restore checkpoint '{snapshot.name}' of VM '{vm.name}'", timeout)
 
+    def rename_snapshot(self, vm: VmRef, snapshot: Snapshot, new_name: str, timeout: int) -> Snapshot:
+        """Rename a checkpoint (Rename-VMSnapshot); return it as it is now. Hyper-V only: no module uses it yet."""
+        data = self.run("rename_checkpoint", {"vm_id": vm.id, "snapshot_id": snapshot.id, "new_name": new_name},
+                        f"rename checkpoint '{snapshot.name}' of VM '{vm.name}'", timeout)
+        return self._snapshot(data, data["id"] if snapshot.current else "")
+
     def delete_snapshot(self, vm: VmRef, snapshot: Snapshot, children: bool, timeout: int) -> None:
         started = time.monotonic()
         self.run("remove_checkpoint", {"vm_id": vm.id, "snapshot_id": snapshot.id, "children": children},

@@ -109,6 +109,12 @@ REMOVE_CHECKPOINT = """    $vm = Get-VmsafeVm
     Write-VmsafeResult @{ removed = [string]$snap.Id }
 """
 
+RENAME_CHECKPOINT = """    $vm = Get-VmsafeVm
+    $snap = Get-VmsafeCheckpoint $vm
+    Rename-VMSnapshot -VMSnapshot $snap -NewName $payload.new_name
+    Write-VmsafeResult (ConvertTo-VmsafeCheckpoint (Get-VmsafeCheckpoint $vm))
+"""
+
 DISK_STATUS = """    $vm = Get-VmsafeVm
     $disks = @(Get-VMHardDiskDrive -VM $vm | ForEach-Object {
         $chain = @()
@@ -130,6 +136,7 @@ BODIES: dict[str, str] = {
     "list_checkpoints": LIST_CHECKPOINTS,
     "list_vms": LIST_VMS,
     "remove_checkpoint": REMOVE_CHECKPOINT,
+    "rename_checkpoint": RENAME_CHECKPOINT,
     "restore_checkpoint": RESTORE_CHECKPOINT,
 }
 

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from ansible_collections.vmsafe.protect.plugins.module_utils._errors import UnsupportedOperation
+from ansible_collections.vmsafe.protect.plugins.module_utils._errors import ProviderError, UnsupportedOperation, VmNotFound
 from ansible_collections.vmsafe.protect.plugins.module_utils._models import SnapshotSpec
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers import hyperv
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers import hyperv_scripts as scripts
@@ -86,3 +86,23 @@ def test_disk_only_is_refused_with_the_fix():
 ])
 def test_dotnet_round_trip_times_parse(text, iso):
     assert hyperv._parse_time(text).isoformat() == iso  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("stdout, stderr, error, match", [
+    (b"", b"#< CLIXML\r\n<Objs><S S=\"Error\">Get-VM : not recognized</S></Objs>", ProviderError,
+     "no JSON result. stderr: #< CLIXML"),
+    (b'{"ok": false, "error": "VM not found: 1", "reason": "ItemNotFoundException"}', b"", VmNotFound,
+     "VM not found: 1. The VM was removed"),
+    (b'{"ok": false, "error": "Access denied", "reason": "VirtualizationException"}', b"", ProviderError,
+     r"^Failed to list VMs on hyperv host hv01:5986: Access denied$"),
+])
+def test_script_answers_map_to_errors(stdout, stderr, error, match):
+    provider = hyperv.HypervProvider({"hostname": "hv01"}, lambda msg: None)
+    with pytest.raises(error, match=match):
+        provider._answer(stdout, stderr, 1, "list VMs")  # pylint: disable=protected-access
+
+
+def test_script_answer_with_escaped_unicode():
+    provider = hyperv.HypervProvider({"hostname": "hv01"}, lambda msg: None)
+    answer = provider._answer(b'{"ok":true,"data":{"name":"\\u540d\\u524d"}}', b"", 0, "x")  # pylint: disable=protected-access
+    assert answer == {"name": "名前"}
