@@ -124,7 +124,8 @@ class Simulator:
         self.stop()
 
     def start(self) -> None:
-        # pyspnego's NTLM acceptor reads its users from this file.
+        # pyspnego's NTLM acceptor reads its users from this file; put back whatever was there on stop().
+        self.saved_user_file = os.environ.get("NTLM_USER_FILE")
         os.environ["NTLM_USER_FILE"] = self.user_file
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.cert_path, self.key_path)
@@ -148,6 +149,11 @@ class Simulator:
             self.server = None
         if self.thread is not None:
             self.thread.join(10)
+            self.thread = None
+        if getattr(self, "saved_user_file", None) is None:
+            os.environ.pop("NTLM_USER_FILE", None)
+        else:
+            os.environ["NTLM_USER_FILE"] = self.saved_user_file
 
 
 class WsmanHandler(http.server.BaseHTTPRequestHandler):
