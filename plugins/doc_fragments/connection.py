@@ -14,7 +14,7 @@ options:
       - Can also be set with the E(VMSAFE_HYPERVISOR) environment variable.
     type: str
     default: libvirt
-    choices: [libvirt, vmware]
+    choices: [libvirt, vmware, hyperv]
     version_added: 0.1.0
   uri:
     description:
@@ -31,35 +31,35 @@ options:
     version_added: 0.1.0
   hostname:
     description:
-      - The vCenter or ESXi host, for O(hypervisor=vmware).
-      - When not set, E(VMWARE_HOST) is used.
+      - The host to connect to, for O(hypervisor=vmware) the vCenter or ESXi host, for O(hypervisor=hyperv) the Hyper-V
+        host whose WinRM HTTPS listener is used.
+      - When not set, E(VMSAFE_HOST) or E(VMWARE_HOST) is used.
     type: str
     version_added: 0.1.0
   username:
     description:
-      - The vSphere user, for O(hypervisor=vmware).
-      - When not set, E(VMWARE_USER) is used.
+      - The account to log in with (vSphere user; for Hyper-V V(DOMAIN\\user) or V(user@domain)).
+      - When not set, E(VMSAFE_USER) or E(VMWARE_USER) is used.
     type: str
     aliases: [user, admin]
     version_added: 0.1.0
   password:
     description:
-      - The vSphere user's password, for O(hypervisor=vmware).
-      - When not set, E(VMWARE_PASSWORD) is used.
+      - The password of O(username). It is never logged or returned.
+      - When not set, E(VMSAFE_PASSWORD) or E(VMWARE_PASSWORD) is used.
     type: str
     aliases: [pass, pwd]
     version_added: 0.1.0
   port:
     description:
-      - The HTTPS port of the vSphere API, for O(hypervisor=vmware).
-      - When not set, E(VMWARE_PORT) is used, then V(443).
+      - The TCP port to connect to. When not set, E(VMWARE_PORT), then V(443) for O(hypervisor=vmware) and V(5986)
+        (WinRM HTTPS) for O(hypervisor=hyperv).
     type: int
-    default: 443
     version_added: 0.1.0
   validate_certs:
     description:
-      - Whether to verify the vSphere host's TLS certificate, for O(hypervisor=vmware).
-      - Set V(false) only for lab hosts with self-signed certificates; the connection is then open to impersonation.
+      - Whether to verify the host's TLS certificate. Set V(false) only for lab hosts with self-signed certificates;
+        the connection is then open to impersonation.
       - When not set, E(VMWARE_VALIDATE_CERTS) is used, then V(true).
     type: bool
     default: true
@@ -75,7 +75,33 @@ options:
       - Relative to the datacenter's VM folder (needs O(datacenter)), or a full inventory path such as V(/DC0/vm/prod).
     type: str
     version_added: 0.1.0
+  transport:
+    description:
+      - For O(hypervisor=hyperv), how WinRM authenticates. Messages always go over HTTPS.
+      - V(certificate) uses O(client_cert) and O(client_key) instead of a password.
+    type: str
+    default: ntlm
+    choices: [ntlm, kerberos, credssp, certificate]
+    version_added: 0.1.0
+  ca_path:
+    description:
+      - For O(hypervisor=hyperv), a PEM file of the CA certificates that may sign the WinRM listener's
+        certificate. When not set, the system's trust store is used.
+    type: path
+    version_added: 0.1.0
+  client_cert:
+    description:
+      - For O(hypervisor=hyperv) and O(transport=certificate), the client certificate (PEM).
+    type: path
+    version_added: 0.1.0
+  client_key:
+    description:
+      - For O(hypervisor=hyperv) and O(transport=certificate), the private key of O(client_cert) (PEM).
+    type: path
+    version_added: 0.1.0
 requirements:
   - libvirt-python (for O(hypervisor=libvirt)), on the host that runs the module
   - pyvmomi (for O(hypervisor=vmware)), on the host that runs the module
+  - pywinrm (for O(hypervisor=hyperv)), on the host that runs the module; requests-kerberos or requests-credssp
+    for those transports
 """

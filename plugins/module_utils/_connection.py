@@ -9,7 +9,7 @@ from ansible.module_utils.basic import env_fallback
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._argspec import ArgumentSpec
 
-HYPERVISORS = ["libvirt", "vmware"]
+HYPERVISORS = ["libvirt", "vmware", "hyperv"]
 
 
 def connection_spec() -> ArgumentSpec:
@@ -19,15 +19,23 @@ def connection_spec() -> ArgumentSpec:
                        "fallback": (env_fallback, ["VMSAFE_HYPERVISOR"])},
         "uri": {"type": "str", "fallback": (env_fallback, ["VMSAFE_LIBVIRT_URI", "LIBVIRT_DEFAULT_URI"])},
         "connect_timeout": {"type": "int", "default": 30},
-        # vmware only; names and environment variables as in vmware.vmware and community.vmware
-        "hostname": {"type": "str", "fallback": (env_fallback, ["VMWARE_HOST"])},
-        "username": {"type": "str", "aliases": ["user", "admin"], "fallback": (env_fallback, ["VMWARE_USER"])},
+        # vmware and hyperv; names and VMWARE_* variables as in vmware.vmware and community.vmware
+        "hostname": {"type": "str", "fallback": (env_fallback, ["VMSAFE_HOST", "VMWARE_HOST"])},
+        "username": {"type": "str", "aliases": ["user", "admin"],
+                     "fallback": (env_fallback, ["VMSAFE_USER", "VMWARE_USER"])},
         "password": {"type": "str", "aliases": ["pass", "pwd"], "no_log": True,
-                     "fallback": (env_fallback, ["VMWARE_PASSWORD"])},
-        "port": {"type": "int", "default": 443, "fallback": (env_fallback, ["VMWARE_PORT"])},
+                     "fallback": (env_fallback, ["VMSAFE_PASSWORD", "VMWARE_PASSWORD"])},
+        # No default: 443 for vSphere, 5986 (WinRM HTTPS) for Hyper-V, chosen by each provider.
+        "port": {"type": "int", "fallback": (env_fallback, ["VMWARE_PORT"])},
         "validate_certs": {"type": "bool", "default": True, "fallback": (env_fallback, ["VMWARE_VALIDATE_CERTS"])},
+        # vmware only
         "datacenter": {"type": "str"},
         "folder": {"type": "str"},
+        # hyperv only
+        "transport": {"type": "str", "default": "ntlm", "choices": ["ntlm", "kerberos", "credssp", "certificate"]},
+        "ca_path": {"type": "path"},
+        "client_cert": {"type": "path"},
+        "client_key": {"type": "path", "no_log": False},
     })
 
 

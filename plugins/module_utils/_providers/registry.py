@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import typing as t
 
+from ansible_collections.vmsafe.protect.plugins.module_utils._providers import hyperv as _hyperv
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers import libvirt as _libvirt
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers import vmware as _vmware
 
@@ -15,6 +16,7 @@ if t.TYPE_CHECKING:  # pragma: no cover
 
 # name -> (provider class, pip package it needs, import traceback or None)
 PROVIDERS: dict[str, tuple[type[HypervisorProvider], str, str | None]] = {
+    "hyperv": (_hyperv.HypervProvider, "pywinrm", _hyperv.WINRM_IMPORT_ERROR),
     "libvirt": (_libvirt.LibvirtProvider, "libvirt-python", _libvirt.LIBVIRT_IMPORT_ERROR),
     "vmware": (_vmware.VmwareProvider, "pyvmomi", _vmware.PYVMOMI_IMPORT_ERROR),
 }
