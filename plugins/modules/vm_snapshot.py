@@ -101,8 +101,12 @@ options:
     default: 600
 notes:
   - On libvirt, snapshot names are unique per VM, and the id is the name.
-  - On libvirt, a VM with backup checkpoints or external snapshots is not reverted, because libvirt would damage
-    them; the error says how to clear them first.
+  - On libvirt, a revert first deletes the backup checkpoints that vmsafe created (their dirty bitmaps would be wrong
+    afterwards), so the next M(vmsafe.protect.vm_backup) is a full backup. A VM with external snapshots, or with
+    checkpoints vmsafe did not create, is not reverted, because libvirt would damage them; the error says how to
+    clear them first.
+  - On Hyper-V (O(hypervisor=hyperv)), checkpoint names may repeat and the id is the checkpoint's GUID; O(quiesce)
+    maps to production checkpoints (see docs/hyperv.md).
   - On VMware (O(hypervisor=vmware)), several snapshots may share a name; the id is the snapshot's managed object id
     (for example V(snapshot-42)). O(disk_only=true) means a snapshot without memory, and O(quiesce) needs VMware Tools
     running in the guest.
