@@ -30,6 +30,7 @@ if [ -n "${MISSING:-}" ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $MISSING >/dev/null
 fi
 
+mkdir -p "$ROOT/.cache"
 WORK=$(mktemp -d "$ROOT/.cache/guest-build.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$OUT"
