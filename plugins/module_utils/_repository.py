@@ -55,7 +55,7 @@ def open_repository(params: dict[str, t.Any], create: dict[str, t.Any] | None = 
                 raise
             return Repository.init(backend, passphrase=params.get("passphrase"), **create)
     except backup_errors.BackupError as exc:
-        raise RepositoryError(f"Repository {params['repository']}: {exc}") from exc
+        raise wrap(exc, params["repository"]) from exc
 
 
 def wrap(exc: Exception, repository: str) -> RepositoryError:

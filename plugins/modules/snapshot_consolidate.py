@@ -264,13 +264,14 @@ class ConsolidateTask(ProviderTask):
             for entry in self.entries:
                 # Report what really happened, also when a VM stopped half-way.
                 vm = self.provider.find_vm(VmSelector(id=entry["vm"]["id"]))
-                remaining = {s.id for s in self.provider.list_snapshots(vm)}
+                snaps = self.provider.list_snapshots(vm)
+                remaining = {s.id for s in snaps}
                 left = [r["name"] for r in entry["removed"] if r["id"] in remaining]
                 if left and "error" not in entry:
                     entry["error"] = (f"snapshot(s) {', '.join(left)} still exist after their removal; run again, "
                                       f"and check the VM with vmsafe.protect.vm_snapshot_info")
                 entry["removed"] = [r for r in entry["removed"] if r["id"] not in remaining]
-                entry["consolidation_needed"] = self.provider.consolidation_status(vm).needed
+                entry["consolidation_needed"] = self.provider.consolidation_status(vm, snaps).needed
         failed = [e for e in self.entries if "error" in e]
         result = {
             "vms": self.entries, "plan": changes.plan,

@@ -260,17 +260,14 @@ class BackupTask(ProviderTask):
             self.record = self.repo.backup(self.vm.name, disks, vm_definition=self.session.vm_definition, tags=tags,
                                            parent=self.last.id if self.since else None)
             success = True
-        except backup_errors.BackupError as exc:
+        except Exception as exc:
+            # Whatever the abort made fail (a read, the engine), the cause was the timeout.
             if timed_out.is_set():
                 raise OperationTimeout(f"Timed out after {p['timeout']} s backing up VM '{self.vm.name}': the backup "
                                        f"job was aborted and nothing was committed; the VM keeps running. Raise the "
                                        f"timeout option.") from exc
-            raise wrap(exc, p["repository"]) from exc
-        except Exception:
-            if timed_out.is_set():
-                raise OperationTimeout(f"Timed out after {p['timeout']} s backing up VM '{self.vm.name}': the backup "
-                                       f"job was aborted and nothing was committed; the VM keeps running. Raise the "
-                                       f"timeout option.")
+            if isinstance(exc, backup_errors.BackupError):
+                raise wrap(exc, p["repository"]) from exc
             raise
         finally:
             watchdog.cancel()

@@ -157,11 +157,10 @@ summary:
   sample: {"vms": 12, "snapshots": 4, "consolidation_needed": 0, "bytes": 3054492}
 """
 
-import re
 import typing as t
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._connection import vm_argument_spec
-from ansible_collections.vmsafe.protect.plugins.module_utils._errors import InvalidArgument
+from ansible_collections.vmsafe.protect.plugins.module_utils._consolidate import compile_pattern
 from ansible_collections.vmsafe.protect.plugins.module_utils._runner import ProviderTask, run_module
 from ansible_collections.vmsafe.protect.plugins.module_utils._units import parse_duration, parse_size
 
@@ -177,11 +176,7 @@ class SnapshotInfoTask(ProviderTask):
         p = self.params
         self.older_than = parse_duration(p["older_than"], "older_than") if p["older_than"] is not None else None
         self.larger_than = parse_size(p["larger_than"], "larger_than") if p["larger_than"] is not None else None
-        try:
-            self.pattern = re.compile(p["name_pattern"]) if p["name_pattern"] is not None else None
-        except re.error as exc:
-            raise InvalidArgument(f"Invalid name_pattern '{p['name_pattern']}': {exc}. Use a Python regular "
-                                  f"expression, for example '^pre-patch'.") from exc
+        self.pattern = compile_pattern(p["name_pattern"], "name_pattern")
 
     def keep(self, snap: Snapshot) -> bool:
         p = self.params

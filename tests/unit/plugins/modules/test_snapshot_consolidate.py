@@ -41,3 +41,9 @@ def test_info_filters(run, fake_provider):
     assert sorted(s["name"] for s in result["snapshots"]) == ["keep", "pre-2"]
     result = run(vm_snapshot_info.main, older_than="soon")
     assert result["failed"] and "Invalid older_than 'soon'" in result["msg"]
+
+
+def test_info_bad_pattern_names_the_option(run, fake_provider):
+    fake_provider.seed("web01", snapshots=["a"])
+    result = run(vm_snapshot_info.main, name_pattern="(")
+    assert result["failed"] and "Invalid name_pattern '('" in result["msg"]
