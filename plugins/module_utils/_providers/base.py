@@ -94,3 +94,21 @@ class HypervisorProvider(abc.ABC):
         """Open a backup session: ``.disks`` (``target``, ``size``, ``extents()``), ``.checkpoint``,
         ``.consistency``, ``.vm_definition``, and ``.close(success)``."""
         raise UnsupportedOperation(f"Backups are not supported on {self.name} yet.")
+
+    # -- restores (optional, same rule) ------------------------------------------------------------
+
+    def vm_disks(self, vm: VmRef) -> dict[str, str]:
+        """Return disk name (as stored in backups) -> where its current image lives, for target: original."""
+        raise UnsupportedOperation(f"Restoring over a VM's disks is not supported on {self.name} yet.")
+
+    def prepare_restore_in_place(self, vm: VmRef) -> None:
+        """Refuse unless the VM can have its disks replaced (shut off, no snapshots); drop change tracking."""
+        raise UnsupportedOperation(f"Restoring over a VM's disks is not supported on {self.name} yet.")
+
+    def define_restored_vm(self, definition: str, name: str, disk_files: dict[str, tuple[str, str]],
+                           start: bool) -> VmRef:
+        """Create a new VM (new name, id, MACs) from a backed-up definition and the restored local disk files.
+
+        ``disk_files`` maps disk name -> (local path, format); providers whose storage is remote upload them.
+        """
+        raise UnsupportedOperation(f"Restoring to a new VM is not supported on {self.name} yet.")
