@@ -41,6 +41,24 @@ def lab(libvirtd: str) -> t.Iterator[Lab]:
 
 
 @pytest.fixture(scope="session")
+def guest(libvirtd: str) -> t.Iterator[dict[str, t.Any]]:
+    """One booted Debian guest (scripts/guest-image.sh, TCG) shared by every end-to-end test of the session.
+
+    Yields name, port (SSH forwarded on 127.0.0.1) and key (root's private key).
+    """
+    sys.path.insert(0, os.path.join(ROOT, "tests", "lab"))
+    import guest as guestlab  # pylint: disable=import-outside-toplevel,import-error
+    import labvm  # pylint: disable=import-outside-toplevel,import-error
+
+    name = f"vmsafe-guest-{os.getpid()}"
+    try:
+        port, key = guestlab.boot(name)
+        yield {"name": name, "port": port, "key": key}
+    finally:
+        labvm.destroy(name)
+
+
+@pytest.fixture(scope="session")
 def ssh_uri(tmp_path_factory: pytest.TempPathFactory, libvirtd: str) -> t.Iterator[str]:
     """A real OpenSSH server on 127.0.0.1 and a qemu+ssh:// URI that reaches this host's libvirtd through it."""
     import shutil  # pylint: disable=import-outside-toplevel

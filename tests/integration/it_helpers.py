@@ -100,3 +100,13 @@ def age_snapshot(lab_: Lab, vm: str, snapshot: str, seconds: int) -> None:
         lab_.virsh("snapshot-create", vm, handle.name, "--redefine", *(["--current"] if current else []))
     finally:
         os.unlink(handle.name)
+
+
+SSH_OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+            "-o", "ConnectTimeout=20"]
+
+
+def ssh(g: dict[str, t.Any], command: str) -> subprocess.CompletedProcess:
+    """Run a shell command as root on the booted guest of the ``guest`` fixture."""
+    return subprocess.run(["ssh", "-i", g["key"], "-p", str(g["port"]), *SSH_OPTS, "root@127.0.0.1", command],
+                          capture_output=True, text=True, check=False, timeout=120)

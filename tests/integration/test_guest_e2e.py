@@ -16,31 +16,11 @@ import typing as t
 
 import pytest
 
-from it_helpers import ROOT, ansible_env  # pylint: disable=import-error
+from it_helpers import ROOT, SSH_OPTS, ansible_env, ssh  # pylint: disable=import-error
 
-sys.path.insert(0, os.path.join(ROOT, "tests", "lab"))
-import guest as guestlab  # noqa: E402  pylint: disable=wrong-import-position,import-error
-import labvm  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
 pytestmark = pytest.mark.libvirt
 LONG = os.environ.get("VMSAFE_LONG_TESTS") == "1"
-SSH_OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-            "-o", "ConnectTimeout=20"]
-
-
-@pytest.fixture(scope="module")
-def guest(libvirtd: str) -> t.Iterator[dict[str, t.Any]]:
-    name = f"vmsafe-guest-{os.getpid()}"
-    try:
-        port, key = guestlab.boot(name)
-        yield {"name": name, "port": port, "key": key}
-    finally:
-        labvm.destroy(name)
-
-
-def ssh(g: dict[str, t.Any], command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["ssh", "-i", g["key"], "-p", str(g["port"]), *SSH_OPTS, "root@127.0.0.1", command],
-                          capture_output=True, text=True, check=False, timeout=120)
 
 
 @pytest.fixture(scope="module")
