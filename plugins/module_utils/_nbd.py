@@ -758,6 +758,17 @@ def read_extents(client: NbdClient, extents: t.Iterable[tuple[int, int]],
     single reused buffer backs them: ``data`` is only valid until the iterator is advanced,
     so write or copy it (``bytes(data)``) before asking for the next piece.
     """
+    for batch in read_extent_batches(client, extents, chunk, reuse=True):
+        yield from batch
+
+
+def read_extent_batches(client: NbdClient, extents: t.Iterable[tuple[int, int]], chunk: int = DEFAULT_CHUNK,
+                        reuse: bool = False) -> t.Iterator[list[tuple[int, int, memoryview]]]:
+    """Read extents in batches of about ``chunk`` bytes (one pipeline each), yielding each batch's pieces.
+
+    Each batch gets its own buffer, so batches stay valid after the next is read (for reading ahead in a
+    thread), unless ``reuse`` is set: then one buffer backs every batch.
+    """
     if chunk < 1:
         raise NbdError(f"chunk must be positive, got {chunk}.")
     buffer = bytearray(chunk)
@@ -768,8 +779,10 @@ def read_extents(client: NbdClient, extents: t.Iterable[tuple[int, int]],
         while length > 0:
             if used == chunk:
                 client.readinto_many(batch)
-                for item_offset, item_view in batch:
-                    yield item_offset, len(item_view), item_view
+                yield [(item_offset, len(item_view), item_view) for item_offset, item_view in batch]
+                if not reuse:
+                    buffer = bytearray(chunk)
+                    view = memoryview(buffer)
                 batch, used = [], 0
             n = min(length, chunk - used)
             batch.append((offset, view[used:used + n]))
@@ -778,5 +791,4 @@ def read_extents(client: NbdClient, extents: t.Iterable[tuple[int, int]],
             length -= n
     if batch:
         client.readinto_many(batch)
-        for item_offset, item_view in batch:
-            yield item_offset, len(item_view), item_view
+        yield [(item_offset, len(item_view), item_view) for item_offset, item_view in batch]

@@ -66,7 +66,8 @@ class ProviderTask:
 
 def create_provider(module: AnsibleModule) -> HypervisorProvider:
     """Return the provider the ``hypervisor`` option names, or fail when its SDK is missing."""
-    cls, package, import_error = PROVIDERS[module.params["hypervisor"]]
+    cls, package, load_sdk = PROVIDERS[module.params["hypervisor"]]
+    import_error = load_sdk()
     if import_error is not None:
         module.fail_json(msg=missing_required_lib(package), exception=import_error)
     return cls(module.params, module.warn)

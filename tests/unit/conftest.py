@@ -121,7 +121,7 @@ class FakeProvider(HypervisorProvider):
 @pytest.fixture
 def fake_provider(monkeypatch: pytest.MonkeyPatch) -> type[FakeProvider]:
     FakeProvider.reset()
-    monkeypatch.setitem(registry.PROVIDERS, "libvirt", (FakeProvider, "nothing", None))
+    monkeypatch.setitem(registry.PROVIDERS, "libvirt", (FakeProvider, "nothing", lambda: None))
     return FakeProvider
 
 

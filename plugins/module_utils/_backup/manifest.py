@@ -72,8 +72,19 @@ class MapSegment:
                 yield first + i, blob_id, sha, length
 
     def stored_count(self) -> int:
-        """Number of non-hole records."""
-        return sum(1 for _b, _s, length in RECORD.iter_unpack(self.buf) if length)
+        """Number of non-hole records (a record is a hole when its 4-byte length is zero).
+
+        OR-ing the four length bytes of every record as big integers counts them without a Python loop
+        over 16384 records, which an incremental does for every segment it touches.
+        """
+        count = len(self.buf) // RECORD.size
+        if not count:
+            return 0
+        start = RECORD.size - 4
+        merged = 0
+        for k in range(4):
+            merged |= int.from_bytes(self.buf[start + k::RECORD.size], "big")
+        return count - merged.to_bytes(count, "big").count(0)
 
     def encode(self) -> bytes:
         return MAP_HEAD.pack(MAP_MAGIC, self.first, self.chunk_size, self.count) + bytes(self.buf)

@@ -44,15 +44,21 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._providers import h
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers.base import HypervisorProvider, Warn
 from ansible_collections.vmsafe.protect.plugins.module_utils import _snapshot_tree as tree
 
-try:
-    import requests.exceptions
-    import winrm.exceptions
-    from winrm.protocol import Protocol
-except ImportError:
-    Protocol = None
-    WINRM_IMPORT_ERROR: str | None = traceback.format_exc()
-else:
-    WINRM_IMPORT_ERROR = None
+# pywinrm is imported by load_sdk() when this provider is picked: every module ships every provider, and
+# importing it up front would cost each libvirt or VMware task ~0.2 s.
+Protocol = None
+
+
+def load_sdk() -> str | None:
+    """Import pywinrm; return the import traceback when it is missing, else None."""
+    global Protocol, requests, winrm  # pylint: disable=global-statement,global-variable-undefined
+    try:
+        import requests.exceptions  # pylint: disable=redefined-outer-name,import-outside-toplevel
+        import winrm.exceptions  # pylint: disable=redefined-outer-name,import-outside-toplevel
+        from winrm.protocol import Protocol  # pylint: disable=redefined-outer-name,import-outside-toplevel
+    except ImportError:
+        return traceback.format_exc()
+    return None
 
 _STATES = {"Running": "running", "Off": "shutoff", "Paused": "paused", "Saved": "saved", "Starting": "running",
            "Stopping": "running", "Saving": "running", "Pausing": "running", "Resuming": "paused"}
@@ -100,6 +106,7 @@ class HypervProvider(HypervisorProvider):
 
     def __init__(self, params: dict[str, t.Any], warn: Warn) -> None:
         super().__init__(params, warn)
+        load_sdk()  # a no-op after the first call; create_provider() has reported a missing SDK already
         self.hostname: str = params.get("hostname") or ""
         self.port: int = params.get("port") or 5986
         self.transport: str = params.get("transport") or "ntlm"

@@ -24,6 +24,7 @@ import typing as t
 import xml.etree.ElementTree as ET
 
 from ansible_collections.vmsafe.protect.plugins.module_utils import _nbd
+from ansible_collections.vmsafe.protect.plugins.module_utils._prefetch import prefetched
 from ansible_collections.vmsafe.protect.plugins.module_utils._errors import (
     Busy,
     ProviderError,
@@ -43,6 +44,7 @@ CHECKPOINT_PREFIX = "vmsafe-"
 OWNER_FILE = "owner.json"
 SOCKET_DIR = "/run/vmsafe"
 READ_CHUNK = 4 * 1024 * 1024
+READ_AHEAD = 2  # batches of READ_CHUNK bytes read ahead while the engine works
 
 
 @dataclasses.dataclass
@@ -61,8 +63,9 @@ class DiskExport:
             ranges = _nbd.dirty_extents(self.client, self.size, f"qemu:dirty-bitmap:backup-{self.target}")
         else:
             ranges = _nbd.allocated_extents(self.client, self.size)
-        for offset, length, data in _nbd.read_extents(self.client, ranges, chunk=READ_CHUNK):
-            yield offset, length, bytes(data) if isinstance(data, memoryview) else data
+        # Each batch has its own buffer, read by a thread while the engine works on the previous ones.
+        for batch in prefetched(_nbd.read_extent_batches(self.client, ranges, chunk=READ_CHUNK), depth=READ_AHEAD):
+            yield from batch
 
 
 @dataclasses.dataclass

@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 # Copyright (c) 2026 vmsafe.protect contributors
 # PRIVATE to this collection; no compatibility guarantees.
-"""Provider name -> class. Imports are static so that AnsiballZ ships every provider a module can pick."""
+"""Provider name -> class. Imports are static so that AnsiballZ ships every provider a module can pick;
+each provider imports its SDK only when picked (``load_sdk``)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._providers import v
 if t.TYPE_CHECKING:  # pragma: no cover
     from ansible_collections.vmsafe.protect.plugins.module_utils._providers.base import HypervisorProvider
 
-# name -> (provider class, pip package it needs, import traceback or None)
-PROVIDERS: dict[str, tuple[type[HypervisorProvider], str, str | None]] = {
-    "hyperv": (_hyperv.HypervProvider, "pywinrm", _hyperv.WINRM_IMPORT_ERROR),
-    "libvirt": (_libvirt.LibvirtProvider, "libvirt-python", _libvirt.LIBVIRT_IMPORT_ERROR),
-    "vmware": (_vmware.VmwareProvider, "pyvmomi", _vmware.PYVMOMI_IMPORT_ERROR),
+# name -> (provider class, pip package it needs, SDK loader returning the import traceback or None)
+PROVIDERS: dict[str, tuple[type[HypervisorProvider], str, t.Callable[[], str | None]]] = {
+    "hyperv": (_hyperv.HypervProvider, "pywinrm", _hyperv.load_sdk),
+    "libvirt": (_libvirt.LibvirtProvider, "libvirt-python", _libvirt.load_sdk),
+    "vmware": (_vmware.VmwareProvider, "pyvmomi", _vmware.load_sdk),
 }

@@ -40,14 +40,20 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._models import (
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers.base import HypervisorProvider, Warn
 from ansible_collections.vmsafe.protect.plugins.module_utils import _snapshot_tree as tree
 
-try:
-    from pyVim.connect import Disconnect, SmartConnect
-    from pyVmomi import vim, vmodl
-except ImportError:
-    vim = vmodl = SmartConnect = Disconnect = None
-    PYVMOMI_IMPORT_ERROR: str | None = traceback.format_exc()
-else:
-    PYVMOMI_IMPORT_ERROR = None
+# pyVmomi is imported by load_sdk() when this provider is picked: every module ships every provider, and
+# importing it up front would cost each libvirt or Hyper-V task ~0.1 s.
+vim = vmodl = SmartConnect = Disconnect = None
+
+
+def load_sdk() -> str | None:
+    """Import pyVmomi; return the import traceback when it is missing, else None."""
+    global vim, vmodl, SmartConnect, Disconnect  # pylint: disable=global-statement
+    try:
+        from pyVim.connect import Disconnect, SmartConnect  # pylint: disable=redefined-outer-name,import-outside-toplevel
+        from pyVmomi import vim, vmodl  # pylint: disable=redefined-outer-name,import-outside-toplevel
+    except ImportError:
+        return traceback.format_exc()
+    return None
 
 _STATES = {"poweredOn": "running", "poweredOff": "shutoff", "suspended": "suspended"}
 # Everything the fleet listing reads, per VM, in the one retrieval.
@@ -142,6 +148,7 @@ class VmwareProvider(HypervisorProvider):
 
     def __init__(self, params: dict[str, t.Any], warn: Warn) -> None:
         super().__init__(params, warn)
+        load_sdk()  # a no-op after the first call; create_provider() has reported a missing SDK already
         self.hostname: str = params.get("hostname") or ""
         self.port: int = int(params.get("port") or 443)
         self.si: t.Any = None
