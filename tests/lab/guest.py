@@ -81,13 +81,17 @@ def wait_for_ssh(port: int, timeout: float = 180) -> float:
     raise TimeoutError(f"no SSH banner on 127.0.0.1:{port} after {timeout:.0f} s")
 
 
-def boot(name: str) -> tuple[int, str]:
-    """Define and start the guest on a fresh overlay of the cached image; return (ssh port, key path)."""
+def boot(name: str, disk: str | None = None) -> tuple[int, str]:
+    """Define and start the guest; return (ssh port, key path).
+
+    The root disk is a fresh overlay of the cached image, or ``disk`` (a qcow2 image, e.g. one restored from a backup).
+    """
     image = image_dir()
     os.makedirs(labvm.VM_DIR, exist_ok=True)
-    disk = os.path.join(labvm.VM_DIR, f"{name}.qcow2")
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", os.path.join(image, "root.qcow2"),
-                    disk], check=True)
+    if disk is None:
+        disk = os.path.join(labvm.VM_DIR, f"{name}.qcow2")
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                        os.path.join(image, "root.qcow2"), disk], check=True)
     port = free_port()
     conn = labvm.connect()
     try:
