@@ -95,9 +95,8 @@ def test_nightly_role_full_then_incremental_prunes_verifies_and_the_restored_ima
 
         dest = tmp_path / "restored"
         dest.mkdir()
-        restored = run_ansible("vm_restore", {"repository": repo, "passphrase": PASS,
-                                                            "backup_id": second["backup_id"], "target": "image",
-                                                            "format": "qcow2", "dest": str(dest)})
+        restored = run_ansible("vm_restore", {"repository": repo, "passphrase": PASS, "backup_id": second["backup_id"],
+                                              "target": "image", "format": "qcow2", "dest": str(dest)})
         assert restored["_status"] == "ok", restored.get("msg")
         image = restored["files"][0]["path"]
     finally:

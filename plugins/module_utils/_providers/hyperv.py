@@ -46,12 +46,12 @@ from ansible_collections.vmsafe.protect.plugins.module_utils import _snapshot_tr
 
 # pywinrm is imported by load_sdk() when this provider is picked: every module ships every provider, and
 # importing it up front would cost each libvirt or VMware task ~0.2 s.
-Protocol = None
+Protocol = requests = winrm = None
 
 
 def load_sdk() -> str | None:
     """Import pywinrm; return the import traceback when it is missing, else None."""
-    global Protocol, requests, winrm  # pylint: disable=global-statement,global-variable-undefined
+    global Protocol, requests, winrm  # pylint: disable=global-statement
     try:
         import requests.exceptions  # pylint: disable=redefined-outer-name,import-outside-toplevel
         import winrm.exceptions  # pylint: disable=redefined-outer-name,import-outside-toplevel
@@ -59,6 +59,7 @@ def load_sdk() -> str | None:
     except ImportError:
         return traceback.format_exc()
     return None
+
 
 _STATES = {"Running": "running", "Off": "shutoff", "Paused": "paused", "Saved": "saved", "Starting": "running",
            "Stopping": "running", "Saving": "running", "Pausing": "running", "Resuming": "paused"}

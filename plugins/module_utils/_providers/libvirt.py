@@ -56,15 +56,16 @@ except ImportError:
 else:
     LIBVIRT_IMPORT_ERROR = None
 
+    def _quiet(_ctx: t.Any, _err: t.Any) -> None:
+        """libvirt prints every error to stderr by default; we raise them instead."""
+
+    libvirt.registerErrorHandler(_quiet, None)
+
 
 def load_sdk() -> str | None:
     """libvirt-python is cheap to import and imported with this file; return its import traceback or None."""
     return LIBVIRT_IMPORT_ERROR
 
-    def _quiet(_ctx: t.Any, _err: t.Any) -> None:
-        """libvirt prints every error to stderr by default; we raise them instead."""
-
-    libvirt.registerErrorHandler(_quiet, None)
 
 T = t.TypeVar("T")
 

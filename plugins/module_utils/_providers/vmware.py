@@ -55,6 +55,7 @@ def load_sdk() -> str | None:
         return traceback.format_exc()
     return None
 
+
 _STATES = {"poweredOn": "running", "poweredOff": "shutoff", "suspended": "suspended"}
 # Everything the fleet listing reads, per VM, in the one retrieval.
 VM_PROPERTIES = [

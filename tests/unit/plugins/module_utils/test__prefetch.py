@@ -56,7 +56,7 @@ def test_consumer_stopping_early_stops_and_closes_the_reader():
             closed.set()
 
     out = prefetched(source(), depth=2)
-    assert [next(out) for _ in range(3)] == [0, 1, 2]
+    assert [next(out), next(out), next(out)] == [0, 1, 2]
     out.close()
     assert closed.wait(5), "the reader thread kept running after the consumer stopped"
     assert not any(th.name == "vmsafe-read-ahead" and th.is_alive() for th in threading.enumerate())
