@@ -19,6 +19,7 @@ VENV="$ROOT/.venv"
 DEB_PACKAGES=(
   qemu-utils qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   libvirt-dev pkg-config gcc python3-dev openssh-server shellcheck
+  chromium fonts-dejavu-core
 )
 
 log() { printf '[lab] %s\n' "$*" >&2; }
