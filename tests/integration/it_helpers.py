@@ -85,21 +85,9 @@ class Lab:
             labvm.destroy(name)
 
 
-def age_snapshot(lab_: Lab, vm: str, snapshot: str, seconds: int) -> None:
+def age_snapshot(lab_: Lab, vm: str, snapshot: str, seconds: int) -> None:  # pylint: disable=unused-argument
     """Make a snapshot look ``seconds`` older by redefining its record with an older creationTime."""
-    import re  # pylint: disable=import-outside-toplevel
-    import tempfile  # pylint: disable=import-outside-toplevel
-
-    xml = lab_.virsh("snapshot-dumpxml", vm, snapshot, "--security-info")
-    created = int(re.search(r"<creationTime>(\d+)</creationTime>", xml).group(1))
-    xml = xml.replace(f"<creationTime>{created}</creationTime>", f"<creationTime>{created - seconds}</creationTime>")
-    current = lab_.virsh("snapshot-current", vm, "--name").strip() == snapshot if lab_.snapshot_names(vm) else False
-    with tempfile.NamedTemporaryFile("w", suffix=".xml", delete=False) as handle:
-        handle.write(xml)
-    try:
-        lab_.virsh("snapshot-create", vm, handle.name, "--redefine", *(["--current"] if current else []))
-    finally:
-        os.unlink(handle.name)
+    labvm.age(vm, snapshot, seconds)
 
 
 SSH_OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",

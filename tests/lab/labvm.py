@@ -5,6 +5,7 @@
     python tests/lab/labvm.py create NAME [--size-mib 64] [--memory-mib 128] [--shutoff]
     python tests/lab/labvm.py write NAME PATTERN OFFSET LENGTH     # e.g. write vm1 0xab 0 1M
     python tests/lab/labvm.py check NAME PATTERN OFFSET LENGTH     # exit 0 when the guest sees that pattern
+    python tests/lab/labvm.py age NAME SNAPSHOT SECONDS                # make a snapshot look older
     python tests/lab/labvm.py destroy NAME | destroy-prefix PREFIX
 
 Writes and reads go through QEMU's own block layer when the VM runs (HMP qemu-io, so they see exactly
@@ -177,6 +178,23 @@ def destroy(name: str) -> None:
             os.unlink(os.path.join(VM_DIR, entry))
 
 
+def age(name: str, snapshot: str, seconds: int) -> None:
+    """Make a snapshot look ``seconds`` older: redefine its record with an older creationTime (libvirt keeps the rest)."""
+    conn = connect()
+    try:
+        dom = _domain(conn, name)
+        snap = dom.snapshotLookupByName(snapshot, 0)
+        xml = snap.getXMLDesc(libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE)
+        created = int(re.search(r"<creationTime>(\d+)</creationTime>", xml).group(1))
+        xml = xml.replace(f"<creationTime>{created}</creationTime>", f"<creationTime>{created - seconds}</creationTime>")
+        flags = libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE
+        if snap.isCurrent(0):
+            flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT
+        dom.snapshotCreateXML(xml, flags)
+    finally:
+        conn.close()
+
+
 def destroy_prefix(prefix: str) -> list[str]:
     conn = connect()
     try:
@@ -203,6 +221,10 @@ def main(argv: list[str]) -> int:
         w.add_argument("offset", type=_size)
         w.add_argument("length", type=_size)
     sub.add_parser("destroy").add_argument("name")
+    a = sub.add_parser("age")
+    a.add_argument("name")
+    a.add_argument("snapshot")
+    a.add_argument("seconds", type=int)
     sub.add_parser("destroy-prefix").add_argument("prefix")
     args = parser.parse_args(argv)
     if not shutil.which("qemu-img"):
@@ -210,6 +232,8 @@ def main(argv: list[str]) -> int:
         return 2
     if args.cmd == "create":
         print(create(args.name, args.size_mib, args.memory_mib, start=not args.shutoff))
+    elif args.cmd == "age":
+        age(args.name, args.snapshot, args.seconds)
     elif args.cmd == "write":
         write(args.name, args.pattern, args.offset, args.length)
     elif args.cmd == "check":
