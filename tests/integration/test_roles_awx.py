@@ -67,7 +67,8 @@ def test_ansible_runner_runs_safe_patch_like_awx(guest, tmp_path):
     (private / "env").mkdir()
     # What a job template's extra vars and survey answers become (no secret here: AWX writes this file to disk).
     (private / "env" / "extravars").write_text(yaml.safe_dump({
-        "safe_patch_tasks": str(project / "patch.yml"), "safe_patch_ports": [22], "safe_patch_serial": 1,
+        # as a survey sends them: a task file relative to the playbook, ports one per line in a string
+        "safe_patch_tasks": "patch.yml", "safe_patch_ports": "22\n", "safe_patch_serial": 1,
         "safe_patch_connect_timeout": 60}))
     (private / "env" / "envvars").write_text(yaml.safe_dump({
         "ANSIBLE_COLLECTIONS_PATH": os.path.join(ROOT, ".lab", "collections"), "ANSIBLE_HOST_KEY_CHECKING": "False"}))
@@ -82,6 +83,9 @@ def test_ansible_runner_runs_safe_patch_like_awx(guest, tmp_path):
     ok_tasks = {e["event_data"].get("task") for e in events if e["event"] == "runner_on_ok"}
     assert "Take the rollback point" in ok_tasks, sorted(t_ for t_ in ok_tasks if t_)
     assert "Commit - remove the rollback point" in ok_tasks
+    probed = [e["event_data"]["res"].get("item") for e in events
+              if e["event"] == "runner_item_on_ok" and e["event_data"].get("task") == "Validate - ports answer"]
+    assert probed == ["22"], probed  # the survey's string became the list of ports to probe
     assert not [e for e in events if e["event"] in ("runner_on_failed", "runner_on_unreachable")]
     stats = [e for e in events if e["event"] == "playbook_on_stats"]
     assert stats and not stats[-1]["event_data"]["failures"] and not stats[-1]["event_data"]["dark"]
