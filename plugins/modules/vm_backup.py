@@ -13,7 +13,8 @@ description:
   - Takes a full or an incremental backup of every disk of a running VM into a vmsafe backup repository
     (deduplicated, zstd-compressed, AES-256-GCM encrypted unless the repository was made with O(encryption=none)).
   - Incrementals read only the extents that changed since the previous backup, from the hypervisor's change
-    tracking (libvirt checkpoints and QEMU dirty bitmaps), never the whole disk.
+    tracking (libvirt checkpoints and QEMU dirty bitmaps; Hyper-V Resilient Change Tracking since the reference
+    point the last backup left), never the whole disk.
   - The VM definition is stored with the backup, so M(vmsafe.protect.vm_restore) can make a new VM from it.
   - Leaves nothing on the VM but the checkpoint the next incremental needs. A failed or interrupted backup leaves the
     VM running, the repository and every earlier backup intact, and the next run working.
@@ -86,6 +87,9 @@ options:
     default: 21600
 notes:
   - On libvirt the VM must run (QEMU serves its disks over NBD to the backup), and its disks must be qcow2.
+  - On Hyper-V a Recovery checkpoint freezes the disks, which are read through a read-only mount over WinRM, a few
+    MiB per command; the checkpoint then becomes the reference point of the next incremental. Tested against the
+    project's WS-Management simulator only (see docs/hyperv.md).
   - Run long backups with C(async) and C(poll); the result reports the bytes read and stored.
 seealso:
   - module: vmsafe.protect.vm_restore
@@ -258,7 +262,8 @@ class BackupTask(ProviderTask):
             tags.update(vm_id=self.vm.id, checkpoint=self.session.checkpoint, mode=self.mode,
                         consistency=self.session.consistency, hypervisor=self.provider.name)
             self.record = self.repo.backup(self.vm.name, disks, vm_definition=self.session.vm_definition, tags=tags,
-                                           parent=self.last.id if self.since else None)
+                                           parent=self.last.id if self.since else None,
+                                           finalize=getattr(self.session, "finalize", None))
             success = True
         except Exception as exc:
             # Whatever the abort made fail (a read, the engine), the cause was the timeout.

@@ -57,6 +57,14 @@ class Vm:
     vss_works: bool = True
     checkpoints: dict[str, Checkpoint] = dataclasses.field(default_factory=dict)
     merging_until: float = 0.0
+    generation: int = 2
+    # disks: target -> content; RCT: target -> {rct id: blocks written since that id was issued}
+    disks: dict[str, bytearray] = dataclasses.field(default_factory=dict)
+    rct: dict[str, dict[str, set[int]]] = dataclasses.field(default_factory=dict)
+    # Recovery checkpoints (not listed by Get-VMSnapshot): id -> frozen disks, the RCT state at that moment,
+    # and the RCT ids a reference point made from it will carry
+    recovery: dict[str, dict[str, t.Any]] = dataclasses.field(default_factory=dict)
+    reference_points: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # id -> target -> rct id
 
     def chain(self) -> list[str]:
         """The disk's chain, active image first: each checkpoint above the base added one AVHDX that the VM
@@ -67,6 +75,9 @@ class Vm:
             paths.append(f"C:\\Hyper-V\\{self.name}\\{self.name}_{cursor}.avhdx")
             cursor = self.checkpoints[cursor].parent if cursor in self.checkpoints else None
         return paths + [f"C:\\Hyper-V\\{self.name}\\{self.name}.vhdx"]
+
+
+RCT_BLOCK = 64 * 1024  # the granularity the simulated change tracking reports
 
 
 class HyperVHost:
@@ -80,11 +91,25 @@ class HyperVHost:
         self.executed: list[str] = []  # names of the scripts run
         self.rejected: list[str] = []  # why commands were refused
         self.payloads: list[dict[str, t.Any]] = []
+        self.max_processed = 4 << 20  # knob: GetVirtualDiskChanges covers at most this many bytes per call
+        self.fail_read_after: int | None = None  # knob: backup_read fails after this many calls
+        self.bytes_served = 0  # disk bytes returned by backup_read
 
-    def add_vm(self, name: str, state: str = "Running", vss_works: bool = True) -> Vm:
+    def add_vm(self, name: str, state: str = "Running", vss_works: bool = True, disk_size: int = 0) -> Vm:
         vm = Vm(id=str(uuid.uuid4()).upper(), name=name, state=state, vss_works=vss_works)
+        if disk_size:
+            vm.disks["SCSI0:0"] = bytearray(disk_size)
+            vm.rct["SCSI0:0"] = {}
         self.vms[vm.id] = vm
         return vm
+
+    def write(self, vm: Vm, offset: int, data: bytes, target: str = "SCSI0:0") -> None:
+        """The guest writes: content changes and every live RCT id records the blocks (test control, not a script)."""
+        with self.lock:
+            vm.disks[target][offset:offset + len(data)] = data
+            blocks = range(offset // RCT_BLOCK, (offset + len(data) - 1) // RCT_BLOCK + 1)
+            for changed in vm.rct[target].values():
+                changed.update(blocks)
 
     def vm_by_name(self, name: str) -> Vm:
         return next(v for v in self.vms.values() if v.name == name)
@@ -233,3 +258,103 @@ class HyperVHost:
         return {"state": vm.state, "status": "Merging disks (40%)" if merging else "Operating normally",
                 "operational": ["Ok", "MergingDisks"] if merging else ["Ok"],
                 "disks": [{"target": "SCSI0:0", "chain": chain}]}
+
+    # -- backups: Recovery checkpoints, RCT, reference points ----------------------------------------
+
+    @staticmethod
+    def _disk_path(vm: Vm, checkpoint: str, target: str) -> str:
+        return f"C:\\Hyper-V\\{vm.name}\\Recovery\\{checkpoint}\\{target.replace(':', '_')}.avhdx"
+
+    def _frozen(self, path: str) -> tuple[Vm, dict[str, t.Any], str]:
+        for vm in self.vms.values():
+            for cp_id, cp in vm.recovery.items():
+                for target in cp["disks"]:
+                    if self._disk_path(vm, cp_id, target) == path:
+                        return vm, cp, target
+        raise CmdletError(f"The system cannot find the file specified: {path}", "ItemNotFoundException")
+
+    def _run_list_reference_points(self, payload: dict[str, t.Any]) -> dict[str, t.Any]:
+        vm = self._vm(payload)
+        points = [{"id": rid, "rct": [rct[target] for target in sorted(rct)]} for rid, rct in vm.reference_points.items()]
+        return {"reference_points": points,
+                "disks": [{"target": target, "size": len(vm.disks[target])} for target in sorted(vm.disks)]}
+
+    def _run_backup_begin(self, payload: dict[str, t.Any]) -> dict[str, t.Any]:
+        vm = self._vm(payload)
+        self._busy(vm)
+        level = int(payload["consistency_level"])
+        if level == 1 and vm.state == "Running" and not vm.vss_works:
+            raise CmdletError(f"CreateSnapshot (Recovery) failed: '{vm.name}' could not initiate a checkpoint "
+                              f"operation: the guest's Volume Shadow Copy Service failed.", "RuntimeException")
+        cp_id = f"Microsoft:{uuid.uuid4()}".upper()
+        pending = {target: f"rctX:{uuid.uuid4()}:0" for target in vm.disks}
+        vm.recovery[cp_id] = {"disks": {target: bytes(data) for target, data in vm.disks.items()},
+                              "changes": {target: {rid: set(blocks) for rid, blocks in vm.rct[target].items()}
+                                          for target in vm.disks},
+                              "pending": pending, "level": level}
+        for target, rid in pending.items():
+            vm.rct[target][rid] = set()  # tracking starts at the checkpoint, so nothing written after it is lost
+        disks = [{"target": target, "path": self._disk_path(vm, cp_id, target), "size": len(vm.disks[target])}
+                 for target in sorted(vm.disks)]
+        definition = {"name": vm.name, "generation": vm.generation, "memory_bytes": 1 << 30, "processors": 2,
+                      "disks": disks}
+        return {"checkpoint": cp_id, "consistency_level": level, "disks": disks, "definition": definition}
+
+    def _run_backup_changes(self, payload: dict[str, t.Any]) -> dict[str, t.Any]:
+        _vm, cp, target = self._frozen(str(payload["path"]))
+        changes = cp["changes"][target].get(str(payload["limit_id"]))
+        if changes is None:
+            raise CmdletError(f"GetVirtualDiskChanges failed with code 32773 (invalid parameter): unknown resilient "
+                              f"change tracking id {payload['limit_id']}", "RuntimeException")
+        size = len(cp["disks"][target])
+        start = int(payload["byte_offset"])
+        end = min(size, start + min(int(payload["byte_length"]), self.max_processed))
+        offsets: list[int] = []
+        lengths: list[int] = []
+        for block in sorted(changes):
+            lo, hi = max(start, block * RCT_BLOCK), min(end, (block + 1) * RCT_BLOCK)
+            if lo >= hi:
+                continue
+            if offsets and offsets[-1] + lengths[-1] == lo:
+                lengths[-1] += hi - lo
+            else:
+                offsets.append(lo)
+                lengths.append(hi - lo)
+        return {"processed": end - start, "offsets": offsets, "lengths": lengths}
+
+    def _run_backup_read(self, payload: dict[str, t.Any]) -> dict[str, t.Any]:
+        _vm, cp, target = self._frozen(str(payload["path"]))
+        if self.fail_read_after is not None:
+            if self.fail_read_after <= 0:
+                raise CmdletError("Mount-VHD: the disk is in use by another process.", "RuntimeException")
+            self.fail_read_after -= 1
+        data = cp["disks"][target]
+        chunks = []
+        for offset, length in payload["ranges"]:
+            if offset < 0 or offset + length > len(data):
+                raise CmdletError(f"short read at {offset}", "RuntimeException")
+            chunks.append(base64.b64encode(data[offset:offset + length]).decode("ascii"))
+            self.bytes_served += length
+        return {"chunks": chunks}
+
+    def _run_backup_convert(self, payload: dict[str, t.Any]) -> dict[str, t.Any]:
+        vm = self._vm(payload)
+        cp = vm.recovery.pop(str(payload["checkpoint"]), None)
+        if cp is None:
+            raise CmdletError(f"checkpoint not found: {payload['checkpoint']}", "ItemNotFoundException")
+        ref_id = f"Microsoft:{uuid.uuid4()}".upper()
+        vm.reference_points[ref_id] = dict(cp["pending"])
+        return {"id": ref_id, "rct": [cp["pending"][target] for target in sorted(cp["pending"])]}
+
+    def _run_backup_drop(self, payload: dict[str, t.Any]) -> dict[str, t.Any]:
+        vm = self._vm(payload)
+        item_id = str(payload["id"])
+        if payload["kind"] == "checkpoint":
+            cp = vm.recovery.pop(item_id, None)
+            for target, rid in (cp or {}).get("pending", {}).items():
+                vm.rct[target].pop(rid, None)
+            return {"dropped": cp is not None}
+        point = vm.reference_points.pop(item_id, None)
+        for target, rid in (point or {}).items():
+            vm.rct[target].pop(rid, None)
+        return {"dropped": point is not None}

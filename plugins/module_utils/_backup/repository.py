@@ -535,11 +535,15 @@ class Repository:
         tags: t.Mapping[str, str] | None = None,
         parent: str | None = None,
         time: datetime.datetime | None = None,
+        finalize: t.Callable[[], t.Mapping[str, str]] | None = None,
     ) -> BackupRecord:
         """Back up the disks of a VM; returns the new backup's record.
 
         With ``parent``, each disk's extents are only the changed ones; the rest is taken
-        from the parent's disk. Raises InvalidArgumentError, BackupNotFoundError,
+        from the parent's disk. ``finalize`` runs once every disk is read and stored, just before
+        the backup is recorded; the tags it returns are added (a hypervisor that only names its
+        change-tracking point after the read, such as Hyper-V's reference points). If it raises,
+        nothing is recorded. Raises InvalidArgumentError, BackupNotFoundError,
         LockedError, BackendError, CorruptChunkError (damaged parent data).
         """
         if not vm_name:
@@ -581,6 +585,7 @@ class Repository:
                 self._write_index(dict(sink.finished))
                 for pack, entries in sink.finished:
                     index.add_pack(pack, entries)
+            extra_tags = dict(finalize()) if finalize is not None else {}
             stats["new_bytes"] = sink.bytes_stored
             stats["new_blobs"] = sink.blobs_stored
             stats["packs"] = len(sink.finished)
@@ -591,7 +596,7 @@ class Repository:
                 vm_name=vm_name,
                 time=when,
                 disks=records,
-                tags=dict(tags or {}),
+                tags={**dict(tags or {}), **extra_tags},
                 parent=parent,
                 vm_definition=vm_definition,
                 stats=stats,

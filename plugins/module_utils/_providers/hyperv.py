@@ -43,6 +43,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._models import (
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers import hyperv_scripts as scripts
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers.base import HypervisorProvider, Warn
 from ansible_collections.vmsafe.protect.plugins.module_utils import _snapshot_tree as tree
+from ansible_collections.vmsafe.protect.plugins.module_utils._providers import hyperv_backup
 
 # pywinrm is imported by load_sdk() when this provider is picked: every module ships every provider, and
 # importing it up front would cost each libvirt or VMware task ~0.2 s.
@@ -390,3 +391,59 @@ class HypervProvider(HypervisorProvider):
             return
         raise UnsupportedOperation(f"Failed to repair {leftover.kind} of VM '{vm.name}' on hyperv host {self.host}: "
                                    f"Hyper-V merges checkpoint disks itself; nothing else is repaired.")
+
+    # -- backups (Recovery checkpoint + RCT; see hyperv_backup) ------------------------------------
+
+    def backup_base(self, vm: VmRef, last: dict[str, t.Any] | None) -> tuple[str | None, str]:
+        if last is None:
+            return None, "no earlier backup of this VM in the repository"
+        point = last.get("checkpoint")
+        data = self.run("list_reference_points", {"vm_id": vm.id}, f"list the reference points of VM '{vm.name}'")
+        points = {p["id"]: p.get("rct") or [] for p in data.get("reference_points") or []}
+        if not point or point not in points:
+            return None, (f"the reference point of the last backup ({point or 'none'}) is gone from the VM (a failed "
+                          f"run, a VM moved or restored, or removed by hand)")
+        disks = {d["target"]: int(d["size"]) for d in data.get("disks") or []}
+        if set(disks) != set(last.get("disks", {})):
+            return None, f"the VM's disks changed ({', '.join(sorted(disks))} now)"
+        for target, size in disks.items():
+            if size != last["disks"][target]:
+                return None, f"disk {target} was resized from {last['disks'][target]} to {size} bytes"
+        if len(points[point]) != len(disks) or not all(points[point]):
+            return None, f"reference point {point} has no change tracking id for every disk (RCT off or unsupported)"
+        return point, f"reference point {point} of the last backup is intact"
+
+    def backup_begin(self, vm: VmRef, since: str | None, quiesce: bool, quiesce_fallback: str) -> t.Any:
+        rct: dict[str, str] = {}
+        if since:
+            data = self.run("list_reference_points", {"vm_id": vm.id}, f"list the reference points of VM '{vm.name}'")
+            point = next((p for p in data.get("reference_points") or [] if p["id"] == since), None)
+            if point is None:
+                raise ProviderError(f"Reference point {since} of VM '{vm.name}' vanished before the backup began; run "
+                                    f"again (mode auto takes a full backup).")
+            targets = sorted(d["target"] for d in data.get("disks") or [])
+            rct = dict(zip(targets, point.get("rct") or []))
+        level = 1 if quiesce and vm.state == "running" else 2
+        verb = f"take the backup checkpoint of VM '{vm.name}'"
+        try:
+            begun = self.run("backup_begin", {"vm_id": vm.id, "consistency_level": level}, verb)
+        except ProviderError as exc:
+            if level != 1 or quiesce_fallback != "crash_consistent":
+                if level == 1:
+                    raise QuiesceFailed(f"{exc}. An application-consistent checkpoint needs VSS (Windows) or the "
+                                        f"integration services' fsfreeze (Linux) in the guest; set "
+                                        f"quiesce_fallback=crash_consistent to accept a crash-consistent backup.") from exc
+                raise
+            self.warn(f"VM '{vm.name}': application-consistent checkpoint failed ({exc}); taking a crash-consistent one.")
+            begun = self.run("backup_begin", {"vm_id": vm.id, "consistency_level": 2}, verb)
+        if vm.state != "running":
+            consistency = "offline"
+        else:
+            consistency = "quiesced" if int(begun.get("consistency_level") or 2) == 1 else "crash_consistent"
+        disks = [hyperv_backup.HypervDisk(target=d["target"], size=int(d["size"]), path=d["path"],
+                                          limit_id=rct.get(d["target"]), run=self.run, vm=vm)
+                 for d in begun.get("disks") or []]
+        return hyperv_backup.HypervBackupSession(
+            vm=vm, checkpoint=str(begun["checkpoint"]), previous=since, consistency=consistency,
+            vm_definition=json.dumps(begun.get("definition") or {}, sort_keys=True), disks=disks, run=self.run,
+            warn=self.warn)

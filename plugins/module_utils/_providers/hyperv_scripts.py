@@ -130,7 +130,164 @@ DISK_STATUS = """    $vm = Get-VmsafeVm
     Write-VmsafeResult @{ state = [string]$vm.State; status = [string]$vm.Status; operational = $operational; disks = $disks }
 """
 
+# -- backups: a Recovery checkpoint freezes the disks, Resilient Change Tracking (RCT) says what changed since the
+# reference point the last backup left, and the frozen disks are read through a read-only mount. Verified against
+# the simulator only (docs/hyperv.md says what a real host needs).
+
+# The CIM objects of the VM and of its reference points; the VM is matched by its id in PowerShell, not in a WQL
+# filter, so no payload value is ever part of a query string.
+BACKUP_HELPERS = """    $ns = 'root\\virtualization\\v2'
+    $vm = Get-VmsafeVm
+    $vmCim = Get-CimInstance -Namespace $ns -ClassName Msvm_ComputerSystem |
+        Where-Object { $_.Name -eq [string]$vm.Id }
+    $snapSvc = Get-CimInstance -Namespace $ns -ClassName Msvm_VirtualSystemSnapshotService
+    $refSvc = Get-CimInstance -Namespace $ns -ClassName Msvm_VirtualSystemReferencePointService
+    function Wait-VmsafeJob($result, $what) {
+        if ($result.ReturnValue -eq 4096) {
+            $job = Get-CimInstance -InputObject $result.Job
+            while ($job.JobState -lt 7) { Start-Sleep -Milliseconds 200; $job = Get-CimInstance -InputObject $job }
+            if ($job.JobState -ne 7) { throw ($what + ' failed: ' + $job.ErrorDescription) }
+        } elseif ($result.ReturnValue -ne 0) {
+            throw ($what + ' failed with code ' + $result.ReturnValue)
+        }
+    }
+    function Get-VmsafeReferencePoints {
+        @(Get-CimAssociatedInstance -InputObject $vmCim -ResultClassName Msvm_VirtualSystemReferencePoint |
+            ForEach-Object {
+                @{ id = [string]$_.InstanceID; rct = @($_.ResilientChangeTrackingIdentifiers | ForEach-Object { [string]$_ }) }
+            })
+    }
+"""
+
+LIST_REFERENCE_POINTS = BACKUP_HELPERS + """    $disks = @(Get-VMHardDiskDrive -VM $vm | ForEach-Object {
+        @{
+            target = [string]$_.ControllerType + [string]$_.ControllerNumber + ':' + [string]$_.ControllerLocation
+            size = [int64](Get-VHD -Path $_.Path).Size
+        }
+    })
+    Write-VmsafeResult @{ reference_points = (Get-VmsafeReferencePoints); disks = $disks }
+"""
+
+# ConsistencyLevel 1 = application consistent (VSS / fsfreeze through the integration services), 2 = crash consistent.
+BACKUP_BEGIN = BACKUP_HELPERS + """    $settings = Get-CimClass -Namespace $ns -ClassName Msvm_VirtualSystemSnapshotSettingData |
+        New-CimInstance -ClientOnly -Property @{
+            ConsistencyLevel = [byte]$payload.consistency_level
+            IgnoreNonSnapshottableDisks = $true
+        }
+    $serializer = [Microsoft.Management.Infrastructure.Serialization.CimSerializer]::Create()
+    $options = [Microsoft.Management.Infrastructure.Serialization.InstanceSerializationOptions]::None
+    $text = [Text.Encoding]::Unicode.GetString($serializer.Serialize($settings, $options))
+    $result = Invoke-CimMethod -InputObject $snapSvc -MethodName CreateSnapshot -Arguments @{
+        AffectedSystem = [ref]$vmCim
+        SnapshotSettings = $text
+        SnapshotType = [uint16]32768
+    }
+    Wait-VmsafeJob $result 'CreateSnapshot (Recovery)'
+    $snap = Get-CimAssociatedInstance -InputObject $vmCim -ResultClassName Msvm_VirtualSystemSettingData |
+        Where-Object { $_.VirtualSystemType -eq 'Microsoft:Hyper-V:Snapshot:Recovery' } |
+        Sort-Object CreationTime | Select-Object -Last 1
+    $allocations = Get-CimAssociatedInstance -InputObject $snap -ResultClassName Msvm_StorageAllocationSettingData
+    $disks = @($allocations | Where-Object { $_.ResourceType -eq 31 } | ForEach-Object {
+        $path = [string]$_.HostResource[0]
+        $parent = Get-CimAssociatedInstance -InputObject $_ -ResultClassName Msvm_ResourceAllocationSettingData
+        @{ target = [string]$parent.Parent + ':' + [string]$parent.AddressOnParent; path = $path; size = [int64](Get-VHD -Path $path).Size }
+    })
+    $definition = @{
+        name = [string]$vm.Name
+        generation = [int]$vm.Generation
+        memory_bytes = [int64]$vm.MemoryStartup
+        processors = [int]$vm.ProcessorCount
+        disks = $disks
+    }
+    Write-VmsafeResult @{
+        checkpoint = [string]$snap.InstanceID
+        consistency_level = [int]$snap.ConsistencyLevel
+        disks = $disks
+        definition = $definition
+    }
+"""
+
+# One call covers at most byte_length bytes; the provider calls again from processed until the disk is covered.
+BACKUP_CHANGES = BACKUP_HELPERS + """    $ims = Get-CimInstance -Namespace $ns -ClassName Msvm_ImageManagementService
+    $result = Invoke-CimMethod -InputObject $ims -MethodName GetVirtualDiskChanges -Arguments @{
+        Path = [string]$payload.path
+        LimitId = [string]$payload.limit_id
+        ByteOffset = [uint64]$payload.byte_offset
+        ByteLength = [uint64]$payload.byte_length
+    }
+    Wait-VmsafeJob $result 'GetVirtualDiskChanges'
+    Write-VmsafeResult @{
+        processed = [int64]$result.ProcessedByteLength
+        offsets = @($result.ChangedByteOffsets | ForEach-Object { [int64]$_ })
+        lengths = @($result.ChangedByteLengths | ForEach-Object { [int64]$_ })
+    }
+"""
+
+# Reads byte ranges of a frozen (checkpoint) disk through a read-only mount, as base64; dismounts whatever happens.
+BACKUP_READ = """    $disk = Mount-VHD -Path ([string]$payload.path) -ReadOnly -NoDriveLetter -Passthru | Get-Disk
+    try {
+        $stream = [IO.File]::Open('\\\\.\\PhysicalDrive' + $disk.Number, 'Open', 'Read', 'ReadWrite')
+        try {
+            $chunks = @(foreach ($range in $payload.ranges) {
+                $buffer = New-Object byte[] ([int]$range[1])
+                [void]$stream.Seek([int64]$range[0], 'Begin')
+                $done = 0
+                while ($done -lt $buffer.Length) {
+                    $n = $stream.Read($buffer, $done, $buffer.Length - $done)
+                    if ($n -le 0) { throw 'short read at ' + ([int64]$range[0] + $done) }
+                    $done += $n
+                }
+                [Convert]::ToBase64String($buffer)
+            })
+        } finally {
+            $stream.Dispose()
+        }
+    } finally {
+        Dismount-VHD -Path ([string]$payload.path)
+    }
+    Write-VmsafeResult @{ chunks = $chunks }
+"""
+
+# After the data is read, before the backup is committed: the Recovery checkpoint becomes the reference point
+# the next incremental starts from (its RCT ids say "changes since now").
+BACKUP_CONVERT = BACKUP_HELPERS + """    $before = @(Get-VmsafeReferencePoints | ForEach-Object { $_.id })
+    $snap = Get-CimAssociatedInstance -InputObject $vmCim -ResultClassName Msvm_VirtualSystemSettingData |
+        Where-Object { [string]$_.InstanceID -eq [string]$payload.checkpoint }
+    if (-not $snap) { throw [Management.Automation.ItemNotFoundException]::new('checkpoint not found: ' + $payload.checkpoint) }
+    $result = Invoke-CimMethod -InputObject $snapSvc -MethodName ConvertToReferencePoint -Arguments @{ AffectedSnapshot = [ref]$snap }
+    Wait-VmsafeJob $result 'ConvertToReferencePoint'
+    $new = @(Get-VmsafeReferencePoints | Where-Object { $before -notcontains $_.id })
+    if ($new.Count -ne 1) { throw ('ConvertToReferencePoint left ' + $new.Count + ' new reference points') }
+    Write-VmsafeResult $new[0]
+"""
+
+# Drops what a backup leaves when it is not needed any more: its Recovery checkpoint (a failed run), its new
+# reference point (a run that failed after converting), or the previous run's reference point (after a success).
+BACKUP_DROP = BACKUP_HELPERS + """    if ($payload.kind -eq 'checkpoint') {
+        $item = Get-CimAssociatedInstance -InputObject $vmCim -ResultClassName Msvm_VirtualSystemSettingData |
+            Where-Object { [string]$_.InstanceID -eq [string]$payload.id }
+        if ($item) {
+            $result = Invoke-CimMethod -InputObject $snapSvc -MethodName DestroySnapshot -Arguments @{ AffectedSnapshot = [ref]$item }
+            Wait-VmsafeJob $result 'DestroySnapshot'
+        }
+    } else {
+        $item = Get-CimAssociatedInstance -InputObject $vmCim -ResultClassName Msvm_VirtualSystemReferencePoint |
+            Where-Object { [string]$_.InstanceID -eq [string]$payload.id }
+        if ($item) {
+            $arguments = @{ AffectedReferencePoint = [ref]$item }
+            Wait-VmsafeJob (Invoke-CimMethod -InputObject $refSvc -MethodName DestroyReferencePoint -Arguments $arguments) 'DestroyReferencePoint'
+        }
+    }
+    Write-VmsafeResult @{ dropped = [bool]$item }
+"""
+
 BODIES: dict[str, str] = {
+    "backup_begin": BACKUP_BEGIN,
+    "backup_changes": BACKUP_CHANGES,
+    "backup_convert": BACKUP_CONVERT,
+    "backup_drop": BACKUP_DROP,
+    "backup_read": BACKUP_READ,
+    "list_reference_points": LIST_REFERENCE_POINTS,
     "create_checkpoint": CREATE_CHECKPOINT,
     "disk_status": DISK_STATUS,
     "list_checkpoints": LIST_CHECKPOINTS,
