@@ -13,7 +13,7 @@ import hashlib
 import os
 import random
 
-from test_hyperv_vm_snapshot import conn, server, sim  # noqa: F401  pylint: disable=unused-import,import-error
+from test_hyperv_vm_snapshot import NASTY_VM, conn, server, sim  # noqa: F401  pylint: disable=unused-import,import-error
 
 MiB = 1024 * 1024
 PASS = "hyperv-backup-test-passphrase"  # test data, not a secret
@@ -91,9 +91,9 @@ def test_failed_read_leaves_no_checkpoint_and_the_chain_survives(ansible, sim, t
 
 
 def test_missing_reference_point_falls_back_to_full_and_vss_failure_follows_the_fallback(ansible, sim, tmp_path):
-    vm = sim.host.add_vm("app01", disk_size=4 * MiB, vss_works=False)
+    vm = sim.host.add_vm(NASTY_VM, disk_size=4 * MiB, vss_works=False)  # quotes, $, ;, backticks: data only
     repo = str(tmp_path / "repo")
-    args = conn(sim, vm_name="app01", repository=repo, passphrase=PASS, quiesce=True)
+    args = conn(sim, vm_name=NASTY_VM, repository=repo, passphrase=PASS, quiesce=True)
     refused = ansible("vm_backup", dict(args, init=True, quiesce_fallback="fail"))
     assert refused["_status"] == "failed" and "quiesce_fallback=crash_consistent" in refused["msg"]
     assert list(vm.recovery) == []
@@ -103,3 +103,4 @@ def test_missing_reference_point_falls_back_to_full_and_vss_failure_follows_the_
     vm.reference_points.clear()  # removed on the host (a restore, a move, by hand)
     second = ansible("vm_backup", dict(args, quiesce_fallback="crash_consistent"))
     assert second["mode"] == "full" and "is gone" in second["reason"]
+    assert len(sim.host.vms) == 1 and second["vm"]["name"] == NASTY_VM
