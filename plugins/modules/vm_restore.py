@@ -56,7 +56,8 @@ options:
     type: path
   format:
     description:
-      - Image format for O(target=image). V(new_vm) and V(original) use qcow2.
+      - Image format for O(target=image). V(new_vm) and V(original) use the hypervisor's own (qcow2 on libvirt,
+        flat images uploaded to the datastore on VMware).
     type: str
     default: qcow2
     choices: [raw, qcow2, vmdk, vhdx]
@@ -85,7 +86,10 @@ options:
     type: int
     default: 21600
 notes:
-  - Restoring over the original VM drops its backup checkpoints, so its next backup is a full one.
+  - Restoring over the original VM drops its backup checkpoints, so its next backup is a full one (libvirt only).
+  - On VMware, O(target=new_vm) uploads each restored disk through the datastore HTTP interface next to the new VM's
+    files and creates the VM from the stored definition (new UUID and MACs). Hyper-V restores to images only
+    (O(format=vhdx) gives a VHDX to attach).
 seealso:
   - module: vmsafe.protect.vm_backup
   - module: vmsafe.protect.backup_info
@@ -193,7 +197,8 @@ class RestoreTask(ProviderTask):
         self.vm = None
         self.files: list[dict[str, t.Any]] = []
         target = p["target"]
-        fmt = p["format"] if target == "image" else "qcow2"
+        # a new or original VM gets the format its hypervisor takes (qcow2 for libvirt, flat images for VMware)
+        fmt = p["format"] if target == "image" else getattr(self.provider, "restore_format", "qcow2")
         if target == "original":
             if not p["force"]:
                 raise InvalidArgument("target: original replaces the VM's disks with the backup's: set force: true to "

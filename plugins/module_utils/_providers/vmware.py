@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import json
+import os
 import ssl
 import time
 import traceback
@@ -39,6 +41,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._models import (
 )
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers.base import HypervisorProvider, Warn
 from ansible_collections.vmsafe.protect.plugins.module_utils import _snapshot_tree as tree
+from ansible_collections.vmsafe.protect.plugins.module_utils._providers import vmware_backup
 
 # pyVmomi is imported by load_sdk() when this provider is picked: every module ships every provider, and
 # importing it up front would cost each libvirt or Hyper-V task ~0.1 s.
@@ -492,3 +495,180 @@ class VmwareProvider(HypervisorProvider):
         obj = self._obj(vm)
         self._run(obj.ConsolidateVMDisks_Task, timeout, f"consolidate the disks of VM '{vm.name}'",
                   "consolidate the disks", vm)
+
+    # -- backups (snapshot + CBT + datastore HTTP; see vmware_backup) -----------------------------
+
+    restore_format = "raw"  # vm_restore writes flat images, which define_restored_vm uploads
+
+    @staticmethod
+    def _backup_disks(config: t.Any) -> list[t.Any]:
+        return [d for d in config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)]
+
+    @staticmethod
+    def _capacity(disk: t.Any) -> int:
+        return int(disk.capacityInBytes or (disk.capacityInKB or 0) * 1024)
+
+    def _datacenter(self, obj: t.Any) -> str:
+        cursor = obj
+        while cursor is not None and not isinstance(cursor, vim.Datacenter):
+            cursor = cursor.parent
+        if cursor is None:
+            raise ProviderError(f"Could not find the datacenter of VM '{obj.name}' on vmware host {self.host}.")
+        return cursor.name
+
+    def _http(self) -> vmware_backup.DatastoreHttp:
+        validate = self.params.get("validate_certs", True)
+        context = ssl.create_default_context() if validate else ssl._create_unverified_context()  # pylint: disable=protected-access
+        return vmware_backup.DatastoreHttp(hostname=self.hostname, port=self.port,
+                                           cookie=self.si._stub.cookie,  # pylint: disable=protected-access
+                                           context=context, timeout=float(self.params.get("connect_timeout") or 30))
+
+    def backup_base(self, vm: VmRef, last: dict[str, t.Any] | None) -> tuple[str | None, str]:
+        if last is None:
+            return None, "no earlier backup of this VM in the repository"
+        obj = self._obj(vm)
+        if not obj.config.changeTrackingEnabled:
+            return None, "Changed Block Tracking is off on the VM (vm_backup turns it on; the next run is incremental)"
+        try:
+            ids = json.loads(last.get("checkpoint") or "")
+        except ValueError:
+            ids = None
+        disks = self._backup_disks(obj.config)
+        if not isinstance(ids, dict) or set(ids) != {str(d.key) for d in disks}:
+            return None, f"the VM's disks changed ({', '.join(d.deviceInfo.label for d in disks)} now)"
+        for disk in disks:
+            before = last["disks"].get(disk.deviceInfo.label)
+            if before is not None and before != self._capacity(disk):
+                return None, f"{disk.deviceInfo.label} was resized from {before} to {self._capacity(disk)} bytes"
+        return last["checkpoint"], "the change ids of the last backup are recorded for every disk"
+
+    def backup_begin(self, vm: VmRef, since: str | None, quiesce: bool, quiesce_fallback: str) -> t.Any:
+        obj = self._obj(vm)
+        if not obj.config.changeTrackingEnabled:
+            self._run(lambda: obj.ReconfigVM_Task(spec=vim.vm.ConfigSpec(changeTrackingEnabled=True)), 600,
+                      f"turn on Changed Block Tracking of VM '{vm.name}'", "turn on Changed Block Tracking", vm)
+            self.warn(f"Changed Block Tracking was off on VM '{vm.name}' and is now on: this backup reads every "
+                      f"allocated area, the next ones only what changed.")
+            since = None
+        name = f"vmsafe-backup-{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%S%fZ}"
+        created = self.create_snapshot(vm, SnapshotSpec(name=name, description="Taken by vmsafe.protect.vm_backup; "
+                                                        "removed when the backup ends", memory=False, quiesce=quiesce,
+                                                        quiesce_fallback=quiesce_fallback), 600)
+
+        def remove() -> None:
+            try:
+                self.delete_snapshot(vm, created.snapshot, False, 600)
+            except (ProviderError, OperationTimeout) as exc:
+                self.warn(f"Could not remove the backup snapshot '{name}' of VM '{vm.name}': {exc}. Remove it with "
+                          f"vmsafe.protect.vm_snapshot state=absent.")
+
+        http = self._http()
+        try:
+            snap = self._snapshot_obj(created.snapshot)
+            config = snap.config
+            datacenter = self._datacenter(obj)
+            ids = json.loads(since) if since else {}
+
+            def query(key: int, offset: int, change_id: str) -> t.Any:
+                return obj.QueryChangedDiskAreas(snapshot=snap, deviceKey=key, startOffset=offset, changeId=change_id)
+
+            disks = []
+            stores = []
+            for disk in self._backup_disks(config):
+                backing = disk.backing
+                if not backing.changeId:
+                    raise ProviderError(f"{disk.deviceInfo.label} of VM '{vm.name}' has no change id in the backup "
+                                        f"snapshot: Changed Block Tracking is not active on it (independent disk?).")
+                datastore, _sep, path = backing.fileName.partition("] ")
+                stores.append(datastore.lstrip("["))
+                flat = path[:-len(".vmdk")] + "-flat.vmdk" if path.endswith(".vmdk") else path
+                start = ids.get(str(disk.key), "*")
+                if start != "*":
+                    try:
+                        query(disk.key, 0, start)
+                    except vmodl.MethodFault as exc:
+                        self.warn(f"Change id {start} of {disk.deviceInfo.label} is no longer valid "
+                                  f"({_fault_text(exc)}); that disk is read in full this time.")
+                        start = "*"
+                disks.append(vmware_backup.VmwareDisk(
+                    target=disk.deviceInfo.label, key=disk.key, size=self._capacity(disk),
+                    url=vmware_backup.DatastoreHttp.url(datacenter, datastore.lstrip("["), flat),
+                    change_id=backing.changeId, since=start, query=query, http=http))
+            definition = {
+                "name": obj.name, "guest_id": obj.config.guestId, "num_cpus": obj.config.hardware.numCPU,
+                "memory_mb": obj.config.hardware.memoryMB, "datacenter": datacenter,
+                "datastore": stores[0] if stores else None,
+                "disks": [{"label": d.target, "capacity": d.size} for d in disks],
+            }
+        except (vmodl.MethodFault, ProviderError, ValueError) as exc:
+            http.close()
+            remove()
+            if isinstance(exc, ProviderError):
+                raise
+            raise self._fail("read the backup snapshot", vm, exc) from exc
+        return vmware_backup.VmwareBackupSession(
+            vm=vm, checkpoint=vmware_backup.change_ids(disks), consistency=created.consistency,
+            vm_definition=json.dumps(definition, sort_keys=True), disks=disks, remove_snapshot=remove, http=http)
+
+    def define_restored_vm(self, definition: str, name: str, disk_files: dict[str, tuple[str, str]],
+                           start: bool) -> VmRef:
+        """Upload the restored flat images next to a new VM's files and create the VM (new name, UUID, MACs)."""
+        spec = json.loads(definition or "{}")
+        try:
+            self.find_vm(VmSelector(name=name))
+        except VmNotFound:
+            pass
+        else:
+            raise InvalidArgument(f"A VM named '{name}' already exists on vmware host {self.host}; choose another "
+                                  f"new_vm_name.")
+        datastore = spec.get("datastore") or ""
+        content = self.si.RetrieveContent()
+        datacenter = next((dc for dc in content.rootFolder.childEntity
+                           if isinstance(dc, vim.Datacenter) and dc.name == spec.get("datacenter")), None)
+        if datacenter is None or not datastore:
+            raise InvalidArgument(f"The backup's definition names datacenter {spec.get('datacenter')!r} and datastore "
+                                  f"{datastore!r}, which vmware host {self.host} does not have.")
+        http = self._http()
+        controller = vim.vm.device.ParaVirtualSCSIController(key=-100, busNumber=0, sharedBus="noSharing")
+        devices = [vim.vm.device.VirtualDeviceSpec(operation="add", device=controller)]
+        try:
+            for unit, disk in enumerate(spec.get("disks") or []):
+                local, _fmt = disk_files[disk["label"]]
+                base = f"{name}/{name}_{unit}"
+                with open(local, "rb") as handle:
+                    http.request("PUT", vmware_backup.DatastoreHttp.url(datacenter.name, datastore, base + "-flat.vmdk"),
+                                 body=handle, headers={"Content-Length": str(os.path.getsize(local)),
+                                                       "Content-Type": "application/octet-stream"})
+                descriptor = vmware_backup.DESCRIPTOR.format(sectors=int(disk["capacity"]) // 512,
+                                                             flat=f"{name}_{unit}-flat.vmdk")
+                http.request("PUT", vmware_backup.DatastoreHttp.url(datacenter.name, datastore, base + ".vmdk"),
+                             body=descriptor.encode(), headers={"Content-Type": "text/plain"})
+                backing = vim.vm.device.VirtualDisk.FlatVer2BackingInfo(fileName=f"[{datastore}] {base}.vmdk",
+                                                                        diskMode="persistent")
+                devices.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=vim.vm.device.VirtualDisk(
+                    key=-(200 + unit), controllerKey=-100, unitNumber=unit, capacityInBytes=int(disk["capacity"]),
+                    backing=backing)))
+        finally:
+            http.close()
+        config = vim.vm.ConfigSpec(name=name, guestId=spec.get("guest_id") or "otherGuest64",
+                                   numCPUs=spec.get("num_cpus") or 1, memoryMB=spec.get("memory_mb") or 1024,
+                                   files=vim.vm.FileInfo(vmPathName=f"[{datastore}] {name}/"), deviceChange=devices)
+        pool = next(iter(self._resource_pools(datacenter)), None)
+        if pool is None:
+            raise ProviderError(f"Datacenter {datacenter.name} on vmware host {self.host} has no resource pool.")
+        ref = VmRef(id="", name=name, state="", host=self.host)
+        created = self._run(lambda: datacenter.vmFolder.CreateVM_Task(config=config, pool=pool), 600,
+                            f"create VM '{name}'", "create the restored VM", ref)
+        vm = self.find_vm(VmSelector(id=_moid(created)))
+        if start:
+            self._run(created.PowerOnVM_Task, 600, f"power on VM '{name}'", "power on the restored VM", vm)
+            vm = self.find_vm(VmSelector(id=vm.id))
+        return vm
+
+    @staticmethod
+    def _resource_pools(datacenter: t.Any) -> list[t.Any]:
+        pools = []
+        for entity in datacenter.hostFolder.childEntity:
+            if hasattr(entity, "resourcePool") and entity.resourcePool is not None:
+                pools.append(entity.resourcePool)
+        return pools

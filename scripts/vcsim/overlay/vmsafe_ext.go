@@ -14,6 +14,7 @@
 //     without VMware Tools (set guest.toolsRunningStatus through extraConfig "SET.guest.toolsRunningStatus");
 //   - Fetch (what pyvmomi's property accessors call) of an unset property answers "unset" instead of
 //     panicking on an empty MissingSet (the client saw RemoteDisconnected);
+//   - CBT: change ids on snapshots and QueryChangedDiskAreas (vmsafe_cbt.go);
 //   - RetrievePropertiesEx honours options.maxObjects and returns a token; ContinueRetrievePropertiesEx and
 //     CancelRetrievePropertiesEx page through the rest, so clients' continuation loops are exercised.
 
@@ -166,6 +167,7 @@ func vmsafeAfterTask(t *Task, res types.AnyType, fault types.BaseMethodFault) (t
 		return res, fault
 	}
 	node := findSnapshotInTree(vm.Snapshot.RootSnapshotList, snap)
+	recordChangeIds(vm, snap) // vmsafe_cbt.go
 	if node != nil && known && !memory && node.State == types.VirtualMachinePowerStatePoweredOn {
 		node.State = types.VirtualMachinePowerStatePoweredOff // disks only: a revert leaves the VM off
 	}
