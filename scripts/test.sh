@@ -109,6 +109,9 @@ fi
 
 if want pytest; then
   step "pytest: unit + integration (real libvirtd + QEMU)"
+  # The peers' VMware collections (Python 3.12+, ansible 14.5) for test_vmware_peers.py; cached after the first run.
+  "$ROOT/scripts/peers-venv.sh" >/dev/null
+  export VMSAFE_REQUIRE_PEERS=1
   set +e
   "$PY" -m pytest -q -p no:cacheprovider "${PYTEST_ARGS[@]}"
   rc=$?
