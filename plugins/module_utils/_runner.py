@@ -66,8 +66,8 @@ class ProviderTask:
 
 def create_provider(module: AnsibleModule) -> HypervisorProvider:
     """Return the provider the ``hypervisor`` option names, or fail when its SDK is missing."""
-    cls, package, load_sdk = PROVIDERS[module.params["hypervisor"]]
-    import_error = load_sdk()
+    load, package = PROVIDERS[module.params["hypervisor"]]
+    cls, import_error = load()
     if import_error is not None:
         module.fail_json(msg=missing_required_lib(package), exception=import_error)
     return cls(module.params, module.warn)

@@ -121,7 +121,7 @@ class FakeProvider(HypervisorProvider):
 @pytest.fixture
 def fake_provider(monkeypatch: pytest.MonkeyPatch) -> type[FakeProvider]:
     FakeProvider.reset()
-    monkeypatch.setitem(registry.PROVIDERS, "libvirt", (FakeProvider, "nothing", lambda: None))
+    monkeypatch.setitem(registry.PROVIDERS, "libvirt", (lambda: (FakeProvider, None), "nothing"))
     return FakeProvider
 
 

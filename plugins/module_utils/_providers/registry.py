@@ -1,23 +1,44 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 # Copyright (c) 2026 vmsafe.protect contributors
 # PRIVATE to this collection; no compatibility guarantees.
-"""Provider name -> class. Imports are static so that AnsiballZ ships every provider a module can pick;
-each provider imports its SDK only when picked (``load_sdk``)."""
+"""Provider name -> class, imported only when picked.
+
+AnsiballZ finds module_utils by reading every import statement of a module, function bodies included, so each
+provider still ships with every module; importing (and, from AnsiballZ's zip, compiling) only the one a task uses
+saves the others' cost on every task. Each provider also imports its SDK only then (``load_sdk``).
+"""
 
 from __future__ import annotations
 
 import typing as t
 
-from ansible_collections.vmsafe.protect.plugins.module_utils._providers import hyperv as _hyperv
-from ansible_collections.vmsafe.protect.plugins.module_utils._providers import libvirt as _libvirt
-from ansible_collections.vmsafe.protect.plugins.module_utils._providers import vmware as _vmware
-
 if t.TYPE_CHECKING:  # pragma: no cover
     from ansible_collections.vmsafe.protect.plugins.module_utils._providers.base import HypervisorProvider
 
-# name -> (provider class, pip package it needs, SDK loader returning the import traceback or None)
-PROVIDERS: dict[str, tuple[type[HypervisorProvider], str, t.Callable[[], str | None]]] = {
-    "hyperv": (_hyperv.HypervProvider, "pywinrm", _hyperv.load_sdk),
-    "libvirt": (_libvirt.LibvirtProvider, "libvirt-python", _libvirt.load_sdk),
-    "vmware": (_vmware.VmwareProvider, "pyvmomi", _vmware.load_sdk),
+Loaded = t.Tuple[t.Type["HypervisorProvider"], t.Optional[str]]  # provider class, SDK import traceback or None
+
+
+def _hyperv() -> Loaded:
+    from ansible_collections.vmsafe.protect.plugins.module_utils._providers import hyperv  # pylint: disable=import-outside-toplevel
+
+    return hyperv.HypervProvider, hyperv.load_sdk()
+
+
+def _libvirt() -> Loaded:
+    from ansible_collections.vmsafe.protect.plugins.module_utils._providers import libvirt  # pylint: disable=import-outside-toplevel
+
+    return libvirt.LibvirtProvider, libvirt.load_sdk()
+
+
+def _vmware() -> Loaded:
+    from ansible_collections.vmsafe.protect.plugins.module_utils._providers import vmware  # pylint: disable=import-outside-toplevel
+
+    return vmware.VmwareProvider, vmware.load_sdk()
+
+
+# name -> (loader returning the provider class and its SDK import traceback, pip package it needs)
+PROVIDERS: dict[str, tuple[t.Callable[[], Loaded], str]] = {
+    "hyperv": (_hyperv, "pywinrm"),
+    "libvirt": (_libvirt, "libvirt-python"),
+    "vmware": (_vmware, "pyvmomi"),
 }
