@@ -114,6 +114,7 @@ class HypervProvider(HypervisorProvider):
         self.transport: str = params.get("transport") or "ntlm"
         self.protocol: t.Any = None
         self.shell_id: str | None = None
+        self._points: dict[str, dict[str, t.Any]] = {}  # VM id -> its reference points and disks, read once a run
 
     @property
     def host(self) -> str:
@@ -394,11 +395,18 @@ class HypervProvider(HypervisorProvider):
 
     # -- backups (Recovery checkpoint + RCT; see hyperv_backup) ------------------------------------
 
+    def _reference_points(self, vm: VmRef) -> dict[str, t.Any]:
+        """The VM's reference points (with their RCT ids) and disks; backup_base and backup_begin share one read."""
+        if vm.id not in self._points:
+            self._points[vm.id] = self.run("list_reference_points", {"vm_id": vm.id},
+                                           f"list the reference points of VM '{vm.name}'")
+        return self._points[vm.id]
+
     def backup_base(self, vm: VmRef, last: dict[str, t.Any] | None) -> tuple[str | None, str]:
         if last is None:
             return None, "no earlier backup of this VM in the repository"
         point = last.get("checkpoint")
-        data = self.run("list_reference_points", {"vm_id": vm.id}, f"list the reference points of VM '{vm.name}'")
+        data = self._reference_points(vm)
         points = {p["id"]: p.get("rct") or [] for p in data.get("reference_points") or []}
         if not point or point not in points:
             return None, (f"the reference point of the last backup ({point or 'none'}) is gone from the VM (a failed "
@@ -416,7 +424,7 @@ class HypervProvider(HypervisorProvider):
     def backup_begin(self, vm: VmRef, since: str | None, quiesce: bool, quiesce_fallback: str) -> t.Any:
         rct: dict[str, str] = {}
         if since:
-            data = self.run("list_reference_points", {"vm_id": vm.id}, f"list the reference points of VM '{vm.name}'")
+            data = self._reference_points(vm)
             point = next((p for p in data.get("reference_points") or [] if p["id"] == since), None)
             if point is None:
                 raise ProviderError(f"Reference point {since} of VM '{vm.name}' vanished before the backup began; run "
