@@ -24,6 +24,7 @@ from it_helpers import ROOT, age_snapshot, ansible_env, run_ansible  # pylint: d
 
 pytestmark = pytest.mark.libvirt
 PASS = "audit-test-passphrase"  # test data, not a secret
+HV_SECRET = "hypervisor-password-never-shown"  # test data: must appear in no task result
 HEADER_RGB = (0x1F, 0x3A, 0x5F)  # th background in playbooks/templates/snapshot_audit.html.j2
 FLAG_RGB = (0xFD, 0xE2, 0xE1)  # flagged rows
 
@@ -107,9 +108,11 @@ def test_audit_report_flags_old_snapshots_consolidation_and_missing_backups_and_
     report = tmp_path / "report"
     rc, results = playbook("snapshot_audit.yml", tmp_path, {
         "snapshot_audit_repository": repo, "snapshot_audit_passphrase": PASS, "snapshot_audit_max_age_days": 3,
-        "snapshot_audit_report_dir": str(report), "snapshot_audit_title": "Lab audit"})
+        "snapshot_audit_report_dir": str(report), "snapshot_audit_title": "Lab audit",
+        "snapshot_audit_hypervisors": [{"name": "localhost", "hypervisor": "libvirt", "uri": "qemu:///system",
+                                        "password": HV_SECRET}]})
     assert rc == 0, [(r["_task"], r["_status"], r.get("msg")) for r in results]
-    assert PASS not in json.dumps(results)
+    assert PASS not in json.dumps(results) and HV_SECRET not in json.dumps(results)
 
     markdown = (report / "snapshot_audit.md").read_text()
     rows = {line.split(" | ")[1]: line for line in markdown.splitlines() if line.startswith("| ") and " | " in line}
