@@ -188,6 +188,7 @@ vm:
   sample: {"id": "0b3aba08-caf1-45d6-a9fd-0f81ba99ba45", "name": "web01", "state": "running", "host": "qemu:///system"}
 """
 
+import concurrent.futures
 import threading
 import time
 import typing as t
@@ -245,25 +246,39 @@ class BackupTask(ProviderTask):
     def _run(self) -> None:
         p = self.params
         started = time.monotonic()
-        self.session = self.provider.backup_begin(self.vm, self.since, p["quiesce"], p["quiesce_fallback"])
         timed_out = threading.Event()
+        watchdog: threading.Timer | None = None
 
         def on_timeout() -> None:
             timed_out.set()
-            self.session.abort()
+            if self.session is not None:
+                self.session.abort()
 
-        watchdog = threading.Timer(p["timeout"], on_timeout)
-        watchdog.daemon = True
-        watchdog.start()
+        # The hypervisor starts its export (checkpoint, NBD server, ...) in a thread while the repository is
+        # locked and its index loaded; the engine asks for the disks once it is ready for them.
+        starter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vmsafe-begin")
+        begun = starter.submit(self.provider.backup_begin, self.vm, self.since, p["quiesce"], p["quiesce_fallback"])
+
+        def disks() -> list[DiskSource]:
+            nonlocal watchdog
+            self.session = begun.result()
+            watchdog = threading.Timer(max(0.0, p["timeout"] - (time.monotonic() - started)), on_timeout)
+            watchdog.daemon = True
+            watchdog.start()
+            return [DiskSource(name=d.target, size=d.size, extents=d.extents()) for d in self.session.disks]
+
+        def finalize() -> dict[str, str]:
+            finish = getattr(self.session, "finalize", None)
+            tags = {"checkpoint": self.session.checkpoint, "consistency": self.session.consistency}
+            tags.update(finish() if finish is not None else {})  # Hyper-V names its reference point only now
+            return tags
+
         success = False
         try:
-            disks = [DiskSource(name=d.target, size=d.size, extents=d.extents()) for d in self.session.disks]
             tags = {str(k): str(v) for k, v in p["tags"].items()}
-            tags.update(vm_id=self.vm.id, checkpoint=self.session.checkpoint, mode=self.mode,
-                        consistency=self.session.consistency, hypervisor=self.provider.name)
-            self.record = self.repo.backup(self.vm.name, disks, vm_definition=self.session.vm_definition, tags=tags,
-                                           parent=self.last.id if self.since else None,
-                                           finalize=getattr(self.session, "finalize", None))
+            tags.update(vm_id=self.vm.id, mode=self.mode, hypervisor=self.provider.name)
+            self.record = self.repo.backup(self.vm.name, disks, vm_definition=lambda: self.session.vm_definition,
+                                           tags=tags, parent=self.last.id if self.since else None, finalize=finalize)
             success = True
         except Exception as exc:
             # Whatever the abort made fail (a read, the engine), the cause was the timeout.
@@ -275,8 +290,13 @@ class BackupTask(ProviderTask):
                 raise wrap(exc, p["repository"]) from exc
             raise
         finally:
-            watchdog.cancel()
-            self.session.close(success)
+            if watchdog is not None:
+                watchdog.cancel()
+            starter.shutdown(wait=True)  # a failure before the disks were asked for: let the start finish, then end it
+            if self.session is None and begun.exception() is None:
+                self.session = begun.result()
+            if self.session is not None:
+                self.session.close(success)
             self.duration = round(time.monotonic() - started, 3)
 
     def cleanup(self) -> None:

@@ -291,6 +291,15 @@ class _PackSink:
             self._syncer.join()
 
 
+def _check_disks(disks: t.Sequence[DiskSource]) -> None:
+    names = [d.name for d in disks]
+    if not disks or len(set(names)) != len(names) or any(not n for n in names):
+        raise InvalidArgumentError("Give at least one disk, each with a unique, non-empty name.")
+    for disk in disks:
+        if disk.size < 0:
+            raise InvalidArgumentError(f"Disk '{disk.name}' has a negative size.")
+
+
 class Repository:
     """An open repository. Create with Repository.init() or Repository.open()."""
 
@@ -530,8 +539,8 @@ class Repository:
     def backup(
         self,
         vm_name: str,
-        disks: t.Sequence[DiskSource],
-        vm_definition: str = "",
+        disks: t.Sequence[DiskSource] | t.Callable[[], t.Sequence[DiskSource]],
+        vm_definition: str | t.Callable[[], str] = "",
         tags: t.Mapping[str, str] | None = None,
         parent: str | None = None,
         time: datetime.datetime | None = None,
@@ -543,17 +552,15 @@ class Repository:
         from the parent's disk. ``finalize`` runs once every disk is read and stored, just before
         the backup is recorded; the tags it returns are added (a hypervisor that only names its
         change-tracking point after the read, such as Hyper-V's reference points). If it raises,
-        nothing is recorded. Raises InvalidArgumentError, BackupNotFoundError,
-        LockedError, BackendError, CorruptChunkError (damaged parent data).
+        nothing is recorded. ``disks`` and ``vm_definition`` may be callables: they are called once the
+        repository is locked and its index loaded, so that a hypervisor's slow start of the export (run in
+        another thread, the callable waiting for it) overlaps with that work. Raises InvalidArgumentError,
+        BackupNotFoundError, LockedError, BackendError, CorruptChunkError (damaged parent data).
         """
         if not vm_name:
             raise InvalidArgumentError("vm_name must not be empty.")
-        names = [d.name for d in disks]
-        if not disks or len(set(names)) != len(names) or any(not n for n in names):
-            raise InvalidArgumentError("Give at least one disk, each with a unique, non-empty name.")
-        for disk in disks:
-            if disk.size < 0:
-                raise InvalidArgumentError(f"Disk '{disk.name}' has a negative size.")
+        if not callable(disks):
+            _check_disks(disks)
         when = time or _utcnow()
         if when.tzinfo is None:
             raise InvalidArgumentError("The backup time must be timezone-aware (UTC).")
@@ -561,6 +568,9 @@ class Repository:
         with self._lock(False, "backup") as lock:
             index = self._load_index()
             parent_record = self.get(parent) if parent else None
+            if callable(disks):
+                disks = disks()
+                _check_disks(disks)
             if parent_record is not None:
                 for disk in disks:
                     pname = disk.parent_disk or disk.name
@@ -598,7 +608,7 @@ class Repository:
                 disks=records,
                 tags={**dict(tags or {}), **extra_tags},
                 parent=parent,
-                vm_definition=vm_definition,
+                vm_definition=vm_definition() if callable(vm_definition) else vm_definition,
                 stats=stats,
             )
             blob = self.codec.seal_meta(b"snapshot:" + backup_id.encode(), record.encode())
@@ -706,14 +716,26 @@ class Repository:
             counters["stored"] += stored
             counters["delta"] += stored - state["old_stored"]
             seg_digests.append(segment_digest(seg_map, seg, size, csize, seg_chunks).hex())
-            if stored == 0:
-                segments.append(None)
-            else:
-                plain = seg_map.encode()
-                sha, cid = codec.hash_and_id(plain)
-                if sink.claim(cid):
-                    sink.put(BLOB_MAP, cid, codec.seal(BLOB_MAP, cid, plain))
-                segments.append(cid.hex())
+            segments.append(None)
+            if stored:
+                # Hashing, compressing and encrypting a ~1 MiB map is GIL-free work: the pool does it while
+                # this thread goes on cutting chunks; drain_maps() stores it and fills in the segment's id.
+                sealing.append((len(segments) - 1, pool.submit(seal_map, seg_map.encode())))
+                drain_maps(False)
+
+        def seal_map(plain: bytes) -> tuple[bytes, bytearray | None]:
+            _sha, cid = codec.hash_and_id(plain)
+            return cid, codec.seal(BLOB_MAP, cid, plain) if sink.claim(cid) else None
+
+        sealing: "collections.deque[tuple[int, concurrent.futures.Future]]" = collections.deque()
+
+        def drain_maps(everything: bool) -> None:
+            while sealing and (everything or len(sealing) > 2 or sealing[0][1].done()):
+                slot, future = sealing.popleft()
+                cid, blob = future.result()
+                if blob is not None:
+                    sink.put(BLOB_MAP, cid, blob)
+                segments[slot] = cid.hex()
 
         def advance_to(chunk: int) -> None:
             seg = chunk // seg_chunks
@@ -816,6 +838,7 @@ class Repository:
         if nchunks:
             advance_to(nchunks - 1)
             close_segment()
+        drain_maps(True)
         stats["chunks"] += pieces
         stats["zero_chunks"] += counters["zero"]
         if parent is None or resized:
