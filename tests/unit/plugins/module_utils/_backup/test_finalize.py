@@ -37,3 +37,35 @@ def test_a_failing_finalize_records_nothing_and_the_repository_verifies(repo):
         repo.backup("vm1", [source(b"b" * 200000)], parent=first.id, finalize=finalize)
     assert [r.id for r in repo.list("vm1")] == [first.id]
     assert repo.verify(read_data=True).ok
+
+
+def test_callable_disks_are_asked_for_under_the_lock_after_the_index_and_a_failure_records_nothing(repo, monkeypatch):
+    """vm_backup starts the hypervisor's export in a thread: the engine asks for the disks once the index is loaded."""
+    first = repo.backup("vm1", [source(b"a" * 200000)])
+    order = []
+    load = repo._load_index  # pylint: disable=protected-access
+
+    def traced_load():
+        order.append("index")
+        return load()
+
+    monkeypatch.setattr(repo, "_load_index", traced_load)
+
+    def disks():
+        order.append("disks")
+        return [source(b"b" * 200000)]
+
+    record = repo.backup("vm1", disks, parent=first.id, vm_definition=lambda: "<domain/>")
+    assert order == ["index", "disks"]
+    assert record.vm_definition == "<domain/>"
+    assert repo.get(record.id).vm_definition == "<domain/>"
+
+    def failing():
+        raise RuntimeError("backupBegin failed: domain is not running")
+
+    with pytest.raises(RuntimeError, match="backupBegin failed"):
+        repo.backup("vm1", failing, parent=record.id)
+    with pytest.raises(Exception, match="unique, non-empty name"):
+        repo.backup("vm1", lambda: [source(b"c"), source(b"d")])
+    assert [r.id for r in repo.list("vm1")] == [first.id, record.id]
+    assert repo.verify(read_data=True).ok
