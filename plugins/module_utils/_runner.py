@@ -39,6 +39,18 @@ class ProviderTask:
         self.now = datetime.datetime.now(datetime.timezone.utc)
         self.partial: dict[str, t.Any] = {}  # returned with fail_json when a step fails
 
+    # What prestart() returned, handed to the task before plan().
+    early: t.Any = None
+
+    @classmethod
+    def prestart(cls, params: dict[str, t.Any]) -> t.Any:
+        """Start work that needs only the options (a key derivation, say) before the provider is loaded.
+
+        Runs before the provider's code is imported and connected, so a thread started here overlaps with
+        that; the result reaches the task as ``self.early``.
+        """
+        return None
+
     @classmethod
     def needs_provider(cls, params: dict[str, t.Any]) -> bool:
         """Whether the task talks to the hypervisor at all (a restore to image files does not)."""
@@ -76,6 +88,7 @@ def create_provider(module: AnsibleModule) -> HypervisorProvider:
 def run_module(spec: ArgumentSpec, task_class: type[ProviderTask], **module_kwargs: t.Any) -> None:
     module = spec.create_ansible_module(supports_check_mode=True, **module_kwargs)
     started = time.monotonic()
+    early = task_class.prestart(module.params)
     provider = create_provider(module)
     task: ProviderTask | None = None
     changes = ChangeSet()
@@ -83,6 +96,7 @@ def run_module(spec: ArgumentSpec, task_class: type[ProviderTask], **module_kwar
         if task_class.needs_provider(module.params):
             provider.connect()
         task = task_class(module, provider)
+        task.early = early
         task.plan(changes)
         if not module.check_mode:
             changes.apply()

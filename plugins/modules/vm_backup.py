@@ -210,20 +210,32 @@ class BackupTask(ProviderTask):
     repo: t.Any = None
     session: t.Any = None
 
+    @classmethod
+    def prestart(cls, params: dict[str, t.Any]) -> concurrent.futures.Future:
+        """Open the repository in a thread: unlocking its key (Argon2id, GIL-free) overlaps with loading the provider."""
+        opener = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vmsafe-open")
+        try:
+            return opener.submit(open_repository, params)
+        finally:
+            opener.shutdown(wait=False)
+
+    def _open(self) -> t.Any:
+        """The repository, opened early; created here (after the VM was found) when it is missing and init is set."""
+        p = self.params
+        try:
+            return self.early.result() if self.early is not None else open_repository(p)
+        except VmsafeError:
+            if not p["init"]:
+                raise
+        if self.check_mode:
+            return None  # would be created
+        return open_repository(p, create={"encryption": p["encryption"], "compression_level": p["compression_level"]})
+
     def plan(self, changes: ChangeSet) -> None:
         p = self.params
         self.vm = self.provider.find_vm(self.selector())
         self.partial["vm"] = self.vm.to_dict()
-        create = {"encryption": p["encryption"], "compression_level": p["compression_level"]}
-        if self.check_mode:
-            try:
-                self.repo = open_repository(p)
-            except VmsafeError:
-                if not p["init"]:
-                    raise
-                self.repo = None  # would be created
-        else:
-            self.repo = open_repository(p, create=create if p["init"] else None)
+        self.repo = self._open()
         self.last = None
         if self.repo is not None:
             mine = [r for r in self.repo.list(self.vm.name) if r.tags.get("vm_id") == self.vm.id]
@@ -302,6 +314,8 @@ class BackupTask(ProviderTask):
     def cleanup(self) -> None:
         if self.session is not None and not self.session.done:
             self.session.close(False)
+        if self.repo is None and self.early is not None and self.early.done() and self.early.exception() is None:
+            self.repo = self.early.result()  # opened early, then the task failed before it took it over
         if self.repo is not None:
             self.repo.close()
 
