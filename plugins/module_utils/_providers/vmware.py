@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import http.client
 import json
 import os
 import ssl
@@ -41,7 +42,10 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._models import (
 )
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers.base import HypervisorProvider, Warn
 from ansible_collections.vmsafe.protect.plugins.module_utils import _snapshot_tree as tree
-from ansible_collections.vmsafe.protect.plugins.module_utils._providers import vmware_backup
+from ansible_collections.vmsafe.protect.plugins.module_utils._providers import vmware_fleet
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from ansible_collections.vmsafe.protect.plugins.module_utils._providers import vmware_backup
 
 # pyVmomi is imported by load_sdk() when this provider is picked: every module ships every provider, and
 # importing it up front would cost each libvirt or Hyper-V task ~0.1 s.
@@ -76,12 +80,17 @@ _QUIESCE_FAULTS = ("ToolsUnavailable", "ApplicationQuiesceFault", "GuestOperatio
 # -- pure conversions (unit-tested from recorded responses) -----------------------------------------
 
 
+def _backups() -> t.Any:
+    """The backup half of this provider, imported by the backup paths only: snapshot tasks need none of it."""
+    from ansible_collections.vmsafe.protect.plugins.module_utils._providers import vmware_backup  # pylint: disable=import-outside-toplevel,redefined-outer-name
+
+    return vmware_backup
+
+
 def _parse_time(value: t.Any) -> datetime.datetime:
     if isinstance(value, datetime.datetime):
         return value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
-    text = str(value).replace("Z", "+00:00")
-    parsed = datetime.datetime.fromisoformat(text)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
+    return vmware_fleet.parse_time(str(value))
 
 
 def snapshots_from_tree(roots: list[dict[str, t.Any]], current: str | None,
@@ -236,17 +245,21 @@ class VmwareProvider(HypervisorProvider):
         """
         pc = vmodl.query.PropertyCollector
         view = None
-        if objects is None:
-            view = self.content.viewManager.CreateContainerView(self._root(), [vim.VirtualMachine], True)
-            object_set = [pc.ObjectSpec(obj=view, skip=True, selectSet=[
-                pc.TraversalSpec(name="view", path="view", skip=False, type=vim.view.ContainerView)])]
-        else:
-            object_set = [pc.ObjectSpec(obj=o, skip=False) for o in objects]
-        spec = pc.FilterSpec(objectSet=object_set, propSet=[pc.PropertySpec(type=vim.VirtualMachine,
-                                                                            pathSet=properties)])
         found: dict[str, dict[str, t.Any]] = {}
         collector = self.content.propertyCollector
         try:
+            if objects is None:
+                view = self.content.viewManager.CreateContainerView(self._root(), [vim.VirtualMachine], True)
+                try:
+                    return vmware_fleet.retrieve(self._post, _moid(collector), _moid(view), properties, PAGE_SIZE)
+                except (vmware_fleet.RawRetrievalError, OSError, http.client.HTTPException, ValueError, AttributeError):
+                    pass  # pyVmomi reads it below, and reports a fault the way it always does
+                object_set = [pc.ObjectSpec(obj=view, skip=True, selectSet=[
+                    pc.TraversalSpec(name="view", path="view", skip=False, type=vim.view.ContainerView)])]
+            else:
+                object_set = [pc.ObjectSpec(obj=o, skip=False) for o in objects]
+            spec = pc.FilterSpec(objectSet=object_set, propSet=[pc.PropertySpec(type=vim.VirtualMachine,
+                                                                                pathSet=properties)])
             result = collector.RetrievePropertiesEx([spec], pc.RetrieveOptions(maxObjects=PAGE_SIZE))
             while result is not None:
                 for content in result.objects or []:
@@ -263,6 +276,24 @@ class VmwareProvider(HypervisorProvider):
             if view is not None:
                 view.Destroy()
         return found
+
+    def _post(self, body: bytes) -> bytes:
+        """Send a SOAP body on pyVmomi's connection and session; return the answer (vmware_fleet parses it)."""
+        stub = self.si._stub  # pylint: disable=protected-access
+        headers = {"Cookie": stub.cookie, "SOAPAction": stub.versionId, "Content-Type": "text/xml; charset=UTF-8"}
+        headers.update(getattr(stub, "_customHeaders", None) or {})
+        conn = stub.GetConnection()
+        try:
+            conn.request("POST", stub.path, body, headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            raise
+        stub.ReturnConnection(conn)
+        if resp.status != 200:
+            raise vmware_fleet.RawRetrievalError(f"HTTP {resp.status} {resp.reason}")
+        return data
 
     def _list_all(self) -> dict[str, dict[str, t.Any]]:
         """Every VM with all of VM_PROPERTIES: one container view, one retrieval (plus continuations)."""
@@ -519,9 +550,9 @@ class VmwareProvider(HypervisorProvider):
     def _http(self) -> vmware_backup.DatastoreHttp:
         validate = self.params.get("validate_certs", True)
         context = ssl.create_default_context() if validate else ssl._create_unverified_context()  # pylint: disable=protected-access
-        return vmware_backup.DatastoreHttp(hostname=self.hostname, port=self.port,
-                                           cookie=self.si._stub.cookie,  # pylint: disable=protected-access
-                                           context=context, timeout=float(self.params.get("connect_timeout") or 30))
+        return _backups().DatastoreHttp(hostname=self.hostname, port=self.port,
+                                        cookie=self.si._stub.cookie,  # pylint: disable=protected-access
+                                        context=context, timeout=float(self.params.get("connect_timeout") or 30))
 
     def backup_base(self, vm: VmRef, last: dict[str, t.Any] | None) -> tuple[str | None, str]:
         if last is None:
@@ -590,9 +621,9 @@ class VmwareProvider(HypervisorProvider):
                         self.warn(f"Change id {start} of {disk.deviceInfo.label} is no longer valid "
                                   f"({_fault_text(exc)}); that disk is read in full this time.")
                         start = "*"
-                disks.append(vmware_backup.VmwareDisk(
+                disks.append(_backups().VmwareDisk(
                     target=disk.deviceInfo.label, key=disk.key, size=self._capacity(disk),
-                    url=vmware_backup.DatastoreHttp.url(datacenter, datastore.lstrip("["), flat),
+                    url=_backups().DatastoreHttp.url(datacenter, datastore.lstrip("["), flat),
                     change_id=backing.changeId, since=start, query=query, http=http))
             definition = {
                 "name": obj.name, "guest_id": obj.config.guestId, "num_cpus": obj.config.hardware.numCPU,
@@ -606,8 +637,8 @@ class VmwareProvider(HypervisorProvider):
             if isinstance(exc, ProviderError):
                 raise
             raise self._fail("read the backup snapshot", vm, exc) from exc
-        return vmware_backup.VmwareBackupSession(
-            vm=vm, checkpoint=vmware_backup.change_ids(disks), consistency=created.consistency,
+        return _backups().VmwareBackupSession(
+            vm=vm, checkpoint=_backups().change_ids(disks), consistency=created.consistency,
             vm_definition=json.dumps(definition, sort_keys=True), disks=disks, remove_snapshot=remove, http=http)
 
     def define_restored_vm(self, definition: str, name: str, disk_files: dict[str, tuple[str, str]],
@@ -636,12 +667,12 @@ class VmwareProvider(HypervisorProvider):
                 local, _fmt = disk_files[disk["label"]]
                 base = f"{name}/{name}_{unit}"
                 with open(local, "rb") as handle:
-                    http.request("PUT", vmware_backup.DatastoreHttp.url(datacenter.name, datastore, base + "-flat.vmdk"),
+                    http.request("PUT", _backups().DatastoreHttp.url(datacenter.name, datastore, base + "-flat.vmdk"),
                                  body=handle, headers={"Content-Length": str(os.path.getsize(local)),
                                                        "Content-Type": "application/octet-stream"})
-                descriptor = vmware_backup.DESCRIPTOR.format(sectors=int(disk["capacity"]) // 512,
-                                                             flat=f"{name}_{unit}-flat.vmdk")
-                http.request("PUT", vmware_backup.DatastoreHttp.url(datacenter.name, datastore, base + ".vmdk"),
+                descriptor = _backups().DESCRIPTOR.format(sectors=int(disk["capacity"]) // 512,
+                                                          flat=f"{name}_{unit}-flat.vmdk")
+                http.request("PUT", _backups().DatastoreHttp.url(datacenter.name, datastore, base + ".vmdk"),
                              body=descriptor.encode(), headers={"Content-Type": "text/plain"})
                 backing = vim.vm.device.VirtualDisk.FlatVer2BackingInfo(fileName=f"[{datastore}] {base}.vmdk",
                                                                         diskMode="persistent")
