@@ -122,6 +122,17 @@ def test_broken_chain_falls_back_to_full_with_the_reason(lab, ansible, repo):
     assert second["mode"] == "full" and "is gone from the VM" in second["reason"]
 
 
+def test_repository_is_opened_early_but_created_only_for_a_vm_that_exists(lab, ansible, repo):
+    """vm_backup unlocks the key in a thread before the VM is looked up; init still creates nothing for a typo."""
+    typo = ansible("vm_backup", dict(repo, vm_name="no-such-vm-here", init=True))
+    assert typo["_status"] == "failed" and "no-such-vm-here" in typo["msg"]
+    assert not os.path.exists(repo["repository"])
+    vm = lab.vm()
+    ansible("vm_backup", dict(repo, vm_name=vm, init=True))
+    wrong = ansible("vm_backup", dict(repo, vm_name=vm, passphrase="not-the-passphrase", init=True))
+    assert wrong["_status"] == "failed" and "passphrase" in wrong["msg"].lower(), wrong["msg"]
+
+
 def test_revert_drops_our_checkpoints_and_next_backup_is_full(lab, ansible, repo):
     vm = lab.vm()
     ansible("vm_snapshot", {"vm_name": vm, "snapshot_name": "pre", "memory": True})
