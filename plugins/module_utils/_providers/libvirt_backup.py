@@ -21,6 +21,7 @@ import json
 import os
 import queue
 import tempfile
+import threading
 import typing as t
 import xml.etree.ElementTree as ET
 
@@ -58,6 +59,8 @@ class DiskExport:
     path: str
     incremental: bool
     client: t.Any = None
+    on_read: t.Callable[[], None] | None = None  # called once every extent was read
+    read: bool = False
 
     def extents(self) -> t.Iterator[tuple[int, int, bytes]]:
         """Yield (offset, length, data) of what must be stored: dirty extents, or all data for a full."""
@@ -72,6 +75,9 @@ class DiskExport:
                                                          first=FIRST_READ), depth=READ_AHEAD):
             yield from batch
             spare.put(batch[0][2].obj)
+        self.read = True
+        if self.on_read is not None:
+            self.on_read()
 
 
 @dataclasses.dataclass
@@ -90,16 +96,15 @@ class BackupSession:
     scratch_files: list[str] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
     done: bool = False
+    ender: threading.Thread | None = None
 
-    def abort(self) -> None:
-        """Stop the job from another thread (timeout): QEMU drops the export, so pending reads fail at once."""
-        try:
-            self.dom.abortJob()
-        except libvirt.libvirtError:
-            pass
+    def disk_read(self) -> None:
+        """Once every disk is read, end the export in a thread: it overlaps with the engine's commit (fsync)."""
+        if self.ender is None and all(disk.read for disk in self.disks):
+            self.ender = threading.Thread(target=self._end_job, name="vmsafe-end-job", daemon=True)
+            self.ender.start()
 
-    def close(self, success: bool) -> None:
-        """End the job; on failure also drop the new checkpoint so the old base stays valid."""
+    def _end_job(self) -> None:
         for disk in self.disks:
             if disk.client is not None:
                 try:
@@ -111,6 +116,20 @@ class BackupSession:
                 self.dom.abortJob()
         except libvirt.libvirtError:
             pass
+
+    def abort(self) -> None:
+        """Stop the job from another thread (timeout): QEMU drops the export, so pending reads fail at once."""
+        try:
+            self.dom.abortJob()
+        except libvirt.libvirtError:
+            pass
+
+    def close(self, success: bool) -> None:
+        """End the job; on failure also drop the new checkpoint so the old base stays valid."""
+        if self.ender is not None:
+            self.ender.join()
+        else:
+            self._end_job()
         if not success:
             try:
                 self.dom.checkpointLookupByName(self.checkpoint, 0).delete(0)
@@ -293,7 +312,7 @@ def begin(dom: t.Any, vm: VmRef, since: str | None, quiesce: bool, quiesce_fallb
             contexts = [f"qemu:dirty-bitmap:backup-{target}"] if since else ["base:allocation"]
             client = _nbd.NbdClient.connect_unix(socket_path, target, contexts=contexts)
             session.disks.append(DiskExport(target=target, size=client.size, path=path, incremental=bool(since),
-                                            client=client))
+                                            client=client, on_read=session.disk_read))
     except (OSError, _nbd.NbdError) as exc:
         session.close(success=False)
         raise ProviderError(f"Failed to read the backup export of VM '{vm.name}': {exc}") from exc
