@@ -594,6 +594,7 @@ class VmwareProvider(HypervisorProvider):
                           f"vmsafe.protect.vm_snapshot state=absent.")
 
         http = self._http()
+        backups = _backups()
         try:
             snap = self._snapshot_obj(created.snapshot)
             config = snap.config
@@ -621,9 +622,9 @@ class VmwareProvider(HypervisorProvider):
                         self.warn(f"Change id {start} of {disk.deviceInfo.label} is no longer valid "
                                   f"({_fault_text(exc)}); that disk is read in full this time.")
                         start = "*"
-                disks.append(_backups().VmwareDisk(
+                disks.append(backups.VmwareDisk(
                     target=disk.deviceInfo.label, key=disk.key, size=self._capacity(disk),
-                    url=_backups().DatastoreHttp.url(datacenter, datastore.lstrip("["), flat),
+                    url=backups.DatastoreHttp.url(datacenter, datastore.lstrip("["), flat),
                     change_id=backing.changeId, since=start, query=query, http=http))
             definition = {
                 "name": obj.name, "guest_id": obj.config.guestId, "num_cpus": obj.config.hardware.numCPU,
@@ -637,8 +638,8 @@ class VmwareProvider(HypervisorProvider):
             if isinstance(exc, ProviderError):
                 raise
             raise self._fail("read the backup snapshot", vm, exc) from exc
-        return _backups().VmwareBackupSession(
-            vm=vm, checkpoint=_backups().change_ids(disks), consistency=created.consistency,
+        return backups.VmwareBackupSession(
+            vm=vm, checkpoint=backups.change_ids(disks), consistency=created.consistency,
             vm_definition=json.dumps(definition, sort_keys=True), disks=disks, remove_snapshot=remove, http=http)
 
     def define_restored_vm(self, definition: str, name: str, disk_files: dict[str, tuple[str, str]],
@@ -660,6 +661,7 @@ class VmwareProvider(HypervisorProvider):
             raise InvalidArgument(f"The backup's definition names datacenter {spec.get('datacenter')!r} and datastore "
                                   f"{datastore!r}, which vmware host {self.host} does not have.")
         http = self._http()
+        backups = _backups()
         controller = vim.vm.device.ParaVirtualSCSIController(key=-100, busNumber=0, sharedBus="noSharing")
         devices = [vim.vm.device.VirtualDeviceSpec(operation="add", device=controller)]
         try:
@@ -667,12 +669,12 @@ class VmwareProvider(HypervisorProvider):
                 local, _fmt = disk_files[disk["label"]]
                 base = f"{name}/{name}_{unit}"
                 with open(local, "rb") as handle:
-                    http.request("PUT", _backups().DatastoreHttp.url(datacenter.name, datastore, base + "-flat.vmdk"),
+                    http.request("PUT", backups.DatastoreHttp.url(datacenter.name, datastore, base + "-flat.vmdk"),
                                  body=handle, headers={"Content-Length": str(os.path.getsize(local)),
                                                        "Content-Type": "application/octet-stream"})
-                descriptor = _backups().DESCRIPTOR.format(sectors=int(disk["capacity"]) // 512,
-                                                          flat=f"{name}_{unit}-flat.vmdk")
-                http.request("PUT", _backups().DatastoreHttp.url(datacenter.name, datastore, base + ".vmdk"),
+                descriptor = backups.DESCRIPTOR.format(sectors=int(disk["capacity"]) // 512,
+                                                       flat=f"{name}_{unit}-flat.vmdk")
+                http.request("PUT", backups.DatastoreHttp.url(datacenter.name, datastore, base + ".vmdk"),
                              body=descriptor.encode(), headers={"Content-Type": "text/plain"})
                 backing = vim.vm.device.VirtualDisk.FlatVer2BackingInfo(fileName=f"[{datastore}] {base}.vmdk",
                                                                         diskMode="persistent")

@@ -142,8 +142,8 @@ def parse_result(body: bytes) -> tuple[dict[str, dict[str, t.Any]], str | None]:
         root = ET.fromstring(body)
     except ET.ParseError as exc:
         raise RawRetrievalError(f"unreadable answer: {exc}") from exc
-    body = root.find("{http://schemas.xmlsoap.org/soap/envelope/}Body")
-    answer = body[0] if body is not None and len(body) else None
+    soap_body = root.find("{http://schemas.xmlsoap.org/soap/envelope/}Body")
+    answer = soap_body[0] if soap_body is not None and len(soap_body) else None
     if answer is None or answer.tag.endswith("}Fault"):
         raise RawRetrievalError("the server answered with a fault" if answer is not None else "an empty SOAP body")
     returnval = answer.find(f"{VIM}returnval")
