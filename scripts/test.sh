@@ -113,7 +113,7 @@ if want pytest; then
   "$ROOT/scripts/peers-venv.sh" >/dev/null
   export VMSAFE_REQUIRE_PEERS=1
   set +e
-  "$PY" -m pytest -q -p no:cacheprovider "${PYTEST_ARGS[@]}"
+  "$PY" -m pytest -q -p no:cacheprovider --durations=25 "${PYTEST_ARGS[@]}"
   rc=$?
   set -e
   # pytest's 5 means no test ran: that is a failure of this script, never a pass.

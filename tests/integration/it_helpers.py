@@ -48,6 +48,9 @@ def run_ansible(module: str, args: dict[str, t.Any], check: bool = False, diff: 
         raise AssertionError(f"ansible printed no JSON (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}") from exc
     result = out[0]
     result["_rc"] = proc.returncode
+    if result.get("_status") != "ok":
+        # pytest shows this output with a failing test: the module's own words, even where the test only checks a status
+        print(f"{module} {result.get('_status')}: {result.get('msg')}\n{result.get('exception', '')}{result.get('module_stderr', '')}")
     return result
 
 

@@ -119,6 +119,7 @@ def test_broken_chain_falls_back_to_full_with_the_reason(lab, ansible, repo):
     strict = ansible("vm_backup", dict(repo, vm_name=vm, mode="incremental"))
     assert strict["_status"] == "failed" and "Cannot take an incremental backup" in strict["msg"]
     second = ansible("vm_backup", dict(repo, vm_name=vm))
+    assert second["_status"] == "ok", second.get("msg")
     assert second["mode"] == "full" and "is gone from the VM" in second["reason"]
 
 
@@ -309,14 +310,17 @@ def test_backup_quiesce_without_agent_fails_or_falls_back(lab, ansible, repo):
     assert failed["_status"] == "failed" and "Failed to quiesce" in failed["msg"] and "qemu-guest-agent" in failed["msg"]
     assert lab.virsh("checkpoint-list", vm, "--name").split() == []  # nothing left behind
     done = ansible("vm_backup", dict(repo, vm_name=vm, init=True, quiesce=True, quiesce_fallback="crash_consistent"))
-    assert done["_status"] == "ok" and done["consistency"] == "crash_consistent"
+    assert done["_status"] == "ok", done.get("msg")
+    assert done["consistency"] == "crash_consistent"
     assert any("Could not quiesce" in w for w in done.get("warnings", []))
 
 
 def test_shut_off_vm_guards(lab, ansible, repo):
     vm = lab.vm()
-    ansible("vm_snapshot", {"vm_name": vm, "snapshot_name": "pre", "memory": True})
-    ansible("vm_backup", dict(repo, vm_name=vm, init=True))
+    assert ansible("vm_snapshot", {"vm_name": vm, "snapshot_name": "pre", "memory": True})["changed"]
+    first = ansible("vm_backup", dict(repo, vm_name=vm, init=True))
+    assert first["_status"] == "ok" and first["changed"], first.get("msg")
+    assert lab.virsh("checkpoint-list", vm, "--name").split(), "the backup left its checkpoint"
     lab.virsh("destroy", vm)
     backup = ansible("vm_backup", dict(repo, vm_name=vm))
     assert backup["_status"] == "failed" and "it is shut off" in backup["msg"] and "Start it" in backup["msg"]

@@ -95,6 +95,7 @@ class BackupSession:
     scratch_dir: str
     scratch_files: list[str] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
+    warn: t.Callable[[str], None] | None = None  # the module's warnings, for what close() could not clean up
     done: bool = False
     ender: threading.Thread | None = None
 
@@ -125,7 +126,15 @@ class BackupSession:
             pass
 
     def close(self, success: bool) -> None:
-        """End the job; on failure also drop the new checkpoint so the old base stays valid."""
+        """End the job; on failure also drop the new checkpoint so the old base stays valid.
+
+        Runs once: a second call (the module's cleanup after a failure elsewhere) must not drop the checkpoint of a
+        backup that was committed. Removing our files never fails the backup: libvirt ends the job after abortJob
+        returns and removes the NBD socket itself, while we list the folder.
+        """
+        if self.done:
+            return
+        self.done = True
         if self.ender is not None:
             self.ender.join()
         else:
@@ -141,19 +150,39 @@ class BackupSession:
                     try:
                         self.dom.checkpointLookupByName(name, 0).delete(0)
                     except libvirt.libvirtError as exc:
-                        self.warnings.append(f"Could not delete old checkpoint {name}: {exc}")
+                        self._warn(f"Could not delete old checkpoint {name}: {exc}")
         for path in self.scratch_files:
-            if os.path.exists(path):
-                os.unlink(path)
-        _remove_tree(self.scratch_dir)
-        self.done = True
+            _remove_file(path)
+        try:
+            _remove_tree(self.scratch_dir)
+        except OSError as exc:
+            self._warn(f"Could not remove the backup job's folder {self.scratch_dir}: {exc}")
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        if self.warn is not None:
+            self.warn(message)
+
+
+def _remove_file(path: str) -> None:
+    """Unlink a file that libvirt may be removing at the same moment (a scratch file, the NBD socket)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _remove_tree(path: str) -> None:
-    if os.path.isdir(path):
-        for entry in os.listdir(path):
-            os.unlink(os.path.join(path, entry))
+    try:
+        entries = os.listdir(path)
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        _remove_file(os.path.join(path, entry))
+    try:
         os.rmdir(path)
+    except FileNotFoundError:
+        pass
 
 
 def recover_abandoned(dom: t.Any, vm: VmRef, warn: t.Callable[[str], None]) -> bool:
@@ -185,9 +214,11 @@ def recover_abandoned(dom: t.Any, vm: VmRef, warn: t.Callable[[str], None]) -> b
     except libvirt.libvirtError:
         return False
     for path in owner.get("scratch", []):
-        if os.path.exists(path):
-            os.unlink(path)
-    _remove_tree(os.path.dirname(sock))
+        _remove_file(path)
+    try:
+        _remove_tree(os.path.dirname(sock))
+    except OSError as exc:
+        warn(f"Could not remove the abandoned backup job's folder {os.path.dirname(sock)}: {exc}")
     if owner.get("checkpoint"):
         try:
             # Its backup never reached the repository; the previous checkpoint stays the base.
@@ -306,7 +337,7 @@ def begin(dom: t.Any, vm: VmRef, since: str | None, quiesce: bool, quiesce_fallb
     definition = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
     session = BackupSession(dom=dom, vm=vm, checkpoint=checkpoint, since=since, consistency=consistency,
                             vm_definition=definition, disks=[], socket_path=socket_path, scratch_dir=scratch_dir,
-                            scratch_files=scratch_files, warnings=warnings)
+                            scratch_files=scratch_files, warnings=warnings, warn=warn)
     try:
         for target, path, _fmt in disks:
             contexts = [f"qemu:dirty-bitmap:backup-{target}"] if since else ["base:allocation"]
