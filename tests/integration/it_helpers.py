@@ -16,6 +16,9 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "lab"))
 
 import labvm  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
+# scripts/test.sh --long: the long suites run too; by default a bounded slice of them keeps the run short.
+LONG = os.environ.get("VMSAFE_LONG_TESTS") == "1"
+
 
 def ansible_env() -> dict[str, str]:
     env = dict(os.environ)

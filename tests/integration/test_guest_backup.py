@@ -16,13 +16,17 @@ import typing as t
 
 import pytest
 
-from it_helpers import ROOT, SSH_OPTS, ansible_env, run_ansible, ssh  # pylint: disable=import-error
+from it_helpers import LONG, ROOT, SSH_OPTS, ansible_env, run_ansible, ssh  # pylint: disable=import-error
 
 sys.path.insert(0, os.path.join(ROOT, "tests", "lab"))
 import guest as guestlab  # noqa: E402  pylint: disable=wrong-import-position,import-error
 import labvm  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
-pytestmark = pytest.mark.libvirt
+# Boots the guest twice (about 70 s here, twice that on a slow machine): the default run's booted-guest slice is
+# test_guest_e2e's revert case, and test_libvirt_backup restores a backup to a new VM that starts.
+pytestmark = [pytest.mark.libvirt,
+              pytest.mark.skipif(not LONG, reason="booted-guest backup and restore: set VMSAFE_LONG_TESTS=1 (test.sh --long)")]
+
 PASS = "nightly-test-passphrase"  # test data, not a secret
 
 PLAYBOOK = """\

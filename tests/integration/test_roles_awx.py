@@ -22,7 +22,7 @@ import sys
 import pytest
 import yaml
 
-from it_helpers import ROOT, SSH_OPTS, ansible_env, ssh  # pylint: disable=import-error
+from it_helpers import LONG, ROOT, SSH_OPTS, ansible_env, ssh  # pylint: disable=import-error
 
 pytestmark = pytest.mark.libvirt
 BIN = os.path.dirname(sys.executable)
@@ -37,7 +37,10 @@ def tool_env() -> dict[str, str]:
     return env
 
 
-@pytest.mark.parametrize("scenario", ["pre_patch_snapshot", "nightly_backup", "snapshot_hygiene"])
+# One scenario by default (about 20-25 s each here); all three with scripts/test.sh --long.
+@pytest.mark.parametrize("scenario", ["pre_patch_snapshot"] + [
+    pytest.param(name, marks=pytest.mark.skipif(not LONG, reason="more molecule scenarios: set VMSAFE_LONG_TESTS=1"))
+    for name in ("nightly_backup", "snapshot_hygiene")])
 def test_molecule_scenario(scenario, libvirtd):
     proc = subprocess.run([os.path.join(BIN, "molecule"), "test", "-s", scenario], cwd=ROOT, env=tool_env(),
                           capture_output=True, text=True, check=False, timeout=600)
