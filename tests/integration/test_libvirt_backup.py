@@ -236,8 +236,10 @@ def process_tree(root: int) -> list[int]:
 
 
 # Killed mid-read by default; killed as the job starts too with scripts/test.sh --long.
-@pytest.mark.parametrize("delay", [pytest.param(0.0, marks=pytest.mark.skipif(not LONG, reason="kill as the job starts: "
-                                                                                   "set VMSAFE_LONG_TESTS=1")), 0.4])
+KILL_AT_START = pytest.param(0.0, marks=pytest.mark.skipif(not LONG, reason="kill as the job starts: set VMSAFE_LONG_TESTS=1"))
+
+
+@pytest.mark.parametrize("delay", [KILL_AT_START, 0.4])
 def test_killed_backup_leaves_vm_running_repo_verifying_and_next_run_working(lab, ansible, repo, tmp_path, delay):
     import json  # pylint: disable=import-outside-toplevel
     import signal  # pylint: disable=import-outside-toplevel
