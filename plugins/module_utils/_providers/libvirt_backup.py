@@ -93,9 +93,8 @@ class BackupSession:
     disks: list[DiskExport]
     socket_path: str
     scratch_dir: str
+    warn: t.Callable[[str], None]  # the module's warnings, for what close() could not clean up
     scratch_files: list[str] = dataclasses.field(default_factory=list)
-    warnings: list[str] = dataclasses.field(default_factory=list)
-    warn: t.Callable[[str], None] | None = None  # the module's warnings, for what close() could not clean up
     done: bool = False
     ender: threading.Thread | None = None
 
@@ -113,10 +112,11 @@ class BackupSession:
                 except (OSError, _nbd.NbdError):
                     pass
         try:
-            if self.dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE:
-                self.dom.abortJob()
+            running = self.dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE
         except libvirt.libvirtError:
-            pass
+            return
+        if running:
+            self.abort()
 
     def abort(self) -> None:
         """Stop the job from another thread (timeout): QEMU drops the export, so pending reads fail at once."""
@@ -150,18 +150,13 @@ class BackupSession:
                     try:
                         self.dom.checkpointLookupByName(name, 0).delete(0)
                     except libvirt.libvirtError as exc:
-                        self._warn(f"Could not delete old checkpoint {name}: {exc}")
+                        self.warn(f"Could not delete old checkpoint {name}: {exc}")
         for path in self.scratch_files:
             _remove_file(path)
         try:
             _remove_tree(self.scratch_dir)
         except OSError as exc:
-            self._warn(f"Could not remove the backup job's folder {self.scratch_dir}: {exc}")
-
-    def _warn(self, message: str) -> None:
-        self.warnings.append(message)
-        if self.warn is not None:
-            self.warn(message)
+            self.warn(f"Could not remove the backup job's folder {self.scratch_dir}: {exc}")
 
 
 def _remove_file(path: str) -> None:
@@ -337,7 +332,7 @@ def begin(dom: t.Any, vm: VmRef, since: str | None, quiesce: bool, quiesce_fallb
     definition = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
     session = BackupSession(dom=dom, vm=vm, checkpoint=checkpoint, since=since, consistency=consistency,
                             vm_definition=definition, disks=[], socket_path=socket_path, scratch_dir=scratch_dir,
-                            scratch_files=scratch_files, warnings=warnings, warn=warn)
+                            scratch_files=scratch_files, warn=warn)
     try:
         for target, path, _fmt in disks:
             contexts = [f"qemu:dirty-bitmap:backup-{target}"] if since else ["base:allocation"]
