@@ -97,6 +97,22 @@ class Backend(abc.ABC):
             raise
 
     @abc.abstractmethod
+    def create_exclusive(self, name: str, data: bytes) -> None:
+        """Write a whole object durably under ``name`` only if no object of that name exists.
+
+        Raises FileExistsError when it exists (the existing object is never replaced), BackendError on I/O errors.
+        This is what makes ``init`` and key changes safe against a second writer: a replacing rename is not.
+        """
+
+    @abc.abstractmethod
+    def mtime(self, name: str) -> float:
+        """Return the object's modification time as the *storage* sees it (epoch seconds).
+
+        Lock staleness compares two such times from the same storage, so no client's clock is trusted.
+        Raises FileNotFoundError if absent.
+        """
+
+    @abc.abstractmethod
     def list(self, directory: str) -> list[tuple[str, int]]:
         """Return (name, size) of every object below ``directory`` (recursive), temporaries included."""
 
@@ -175,14 +191,22 @@ class _LocalWriter(ObjectWriter):
                 f"Cannot write '{self._tmp}': {exc.strerror}. Check free space on the repository."
             ) from exc
 
-    def commit(self) -> None:
+    def commit(self, exclusive: bool = False) -> None:
         if self._fd is None:
             raise BackendError("commit after commit/abort")
         try:
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
-            os.rename(self._tmp, self._final)
+            if exclusive:
+                # link() fails with EEXIST where rename() would replace: the no-overwrite publish
+                os.link(self._tmp, self._final)
+                os.unlink(self._tmp)
+            else:
+                os.rename(self._tmp, self._final)
+        except FileExistsError:
+            self.abort()
+            raise
         except OSError as exc:
             self.abort()
             raise BackendError(f"Cannot store '{self._final}': {exc.strerror}.") from exc
@@ -249,6 +273,18 @@ class LocalBackend(Backend):
     def open_writer(self, name: str) -> ObjectWriter:
         return _LocalWriter(self, name)
 
+    def create_exclusive(self, name: str, data: bytes) -> None:
+        writer = _LocalWriter(self, name)
+        try:
+            writer.write(data)
+            writer.commit(exclusive=True)
+        except BaseException:
+            writer.abort()
+            raise
+
+    def mtime(self, name: str) -> float:
+        return os.stat(self._path(name)).st_mtime
+
     def list(self, directory: str) -> list[tuple[str, int]]:
         base = self._path(directory)
         found: list[tuple[str, int]] = []
@@ -267,12 +303,15 @@ class LocalBackend(Backend):
         fd = self._fds.pop(name, None)
         if fd is not None:
             os.close(fd)
+        path = self._path(name)
         try:
-            os.unlink(self._path(name))
+            os.unlink(path)
         except FileNotFoundError:
-            pass
+            return
         except OSError as exc:
-            raise BackendError(f"Cannot delete '{self._path(name)}': {exc.strerror}.") from exc
+            raise BackendError(f"Cannot delete '{path}': {exc.strerror}.") from exc
+        # a delete that a crash can undo would resurrect a lock or a pruned manifest
+        _fsync_dir(os.path.dirname(path))
 
     def exists(self, name: str) -> bool:
         return os.path.exists(self._path(name))
@@ -310,6 +349,7 @@ HOST_KEY_POLICIES = ("strict", "accept_new")
 class _SFTPWriter(ObjectWriter):
     def __init__(self, backend: "SFTPBackend", name: str) -> None:
         self._backend = backend
+        self._name = name
         self._final = backend._path(name)
         self._tmp = f"{self._final}{TMP_MARK}{secrets.token_hex(6)}"
         with backend.lock:
@@ -331,7 +371,7 @@ class _SFTPWriter(ObjectWriter):
             except (IOError, OSError, socket.error) as exc:
                 raise BackendError(f"Cannot write '{self._tmp}' on {self._backend.location}: {exc}.") from exc
 
-    def commit(self) -> None:
+    def commit(self, exclusive: bool = False) -> None:
         with self._backend.lock:
             sftp = self._backend._sftp()
             try:
@@ -344,7 +384,19 @@ class _SFTPWriter(ObjectWriter):
                     pass
                 self._file.close()
                 self._file = None
-                sftp.posix_rename(self._tmp, self._final)
+                if exclusive:
+                    # SSH_FXP_RENAME (not the posix-rename extension) fails when the target exists
+                    try:
+                        sftp.rename(self._tmp, self._final)
+                    except IOError:
+                        if self._backend.exists(self._name):
+                            self.abort()
+                            raise FileExistsError(self._final) from None
+                        raise
+                else:
+                    sftp.posix_rename(self._tmp, self._final)
+            except FileExistsError:
+                raise
             except (IOError, OSError, socket.error) as exc:
                 self.abort()
                 raise BackendError(f"Cannot store '{self._final}' on {self._backend.location}: {exc}.") from exc
@@ -512,6 +564,22 @@ class SFTPBackend(Backend):
 
     def open_writer(self, name: str) -> ObjectWriter:
         return _SFTPWriter(self, name)
+
+    def create_exclusive(self, name: str, data: bytes) -> None:
+        writer = _SFTPWriter(self, name)
+        try:
+            writer.write(data)
+            writer.commit(exclusive=True)
+        except BaseException:
+            writer.abort()
+            raise
+
+    def mtime(self, name: str) -> float:
+        with self.lock:
+            try:
+                return float(self._sftp().stat(self._path(name)).st_mtime or 0)
+            except IOError as exc:
+                raise FileNotFoundError(name) from exc
 
     def list(self, directory: str) -> list[tuple[str, int]]:
         with self.lock:

@@ -256,3 +256,8 @@ class BackupRecord:
             )
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
             raise CorruptMetadataError(f"The {what} is damaged ({exc}); that backup cannot be restored.") from None
+
+
+def utcnow() -> datetime.datetime:
+    """The time backups are stamped with: now, in UTC."""
+    return datetime.datetime.now(datetime.timezone.utc)

@@ -55,20 +55,20 @@ def two_backups(tmp_path: t.Any) -> tuple[Repository, list[t.Any], list[bytes]]:
 
 
 def data_blob_of(repo: Repository, record: t.Any, chunk: int) -> tuple[str, int, str]:
-    index = repo._load_index()
+    index = repo.load_index()
     disk = record.disks[0]
-    seg = repo._read_map(disk.segments[chunk // disk.segment_chunks], index, "test")
+    seg = repo.read_map(disk.segments[chunk // disk.segment_chunks], index, "test")
     cid, _sha, _length = seg.get(chunk)
     loc = index.get(cid)
     return repo.backend.local_path(pack_object_name(loc.pack)), loc.offset + loc.length // 2, cid.hex()
 
 
 def first_stored_chunk(record: t.Any, repo: Repository) -> int:
-    index = repo._load_index()
+    index = repo.load_index()
     disk = record.disks[0]
     for seg_id in disk.segments:
         if seg_id:
-            return next(repo._read_map(seg_id, index, "test").iter_stored())[0]
+            return next(repo.read_map(seg_id, index, "test").iter_stored())[0]
     raise AssertionError("no stored chunk")
 
 
