@@ -38,6 +38,16 @@ options:
         once.
     type: bool
     default: true
+  lock_timeout:
+    description:
+      - How long to wait, in seconds, for a conflicting repository lock (another host's backup while this task
+        prunes, a prune while this task backs up) before failing. Several backups share the repository; prune,
+        garbage collection and repair need it alone, so with a wait they queue instead of failing.
+      - V(0) fails at once when the repository is busy.
+      - Can also be set with E(VMSAFE_LOCK_TIMEOUT).
+    type: int
+    default: 300
+    version_added: 1.1.0
 requirements:
   - zstandard, cryptography, and paramiko for V(sftp://), on the host that runs the module
 """

@@ -67,9 +67,31 @@ class VerifyReport:
         return not self.errors and not self.damaged
 
 
+def _tolerant_index(repo: "Repository") -> tuple[Index, list[str]]:
+    """The entries of every index file that still opens; damaged index files are skipped (and named)."""
+    index = Index()
+    damaged = []
+    for name, _size in repo.backend.list("index"):
+        if ".tmp-" in name:
+            continue
+        try:
+            plain = repo.codec.open_meta(b"index:" + name.encode(), repo.backend.read(name), name)
+            for pack, entries in decode_index(plain, name).items():
+                index.add_pack(pack, entries)
+        except (CorruptMetadataError, FileNotFoundError):
+            damaged.append(name)
+    return index, damaged
+
+
 def rebuild_index(repo: "Repository") -> int:
-    """Recreate the index from the pack headers (exclusive lock). Returns the number of packs."""
-    with repo.lock(True, "rebuild_index"):
+    """Recreate the index from the pack headers (exclusive lock). Returns the number of packs indexed.
+
+    A pack whose header cannot be read keeps the entries the old index had for it: dropping them made GC delete
+    a pack that held live data (reproduced with one flipped byte in a pack trailer).
+    """
+    with repo.lock(True, "rebuild_index") as lock:
+        old_index, _damaged = _tolerant_index(repo)
+        old_packs = old_index.packs()
         packs: dict[str, list[PackEntry]] = {}
         for obj, size in repo.backend.list("packs"):
             if ".tmp-" in obj:
@@ -78,16 +100,54 @@ def rebuild_index(repo: "Repository") -> int:
             try:
                 packs[name] = read_pack_header(repo.backend, repo.codec, name, size)
             except CorruptMetadataError:
-                continue  # a pack with a damaged header cannot be indexed; verify reports it
+                if name in old_packs:
+                    packs[name] = old_packs[name]  # verify names the pack; its blobs may still be intact
         old = [n for n, _s in repo.backend.list("index") if ".tmp-" not in n]
+        lock.check()
         repo.write_index(packs)
+        lock.check()
         for name in old:
             repo.backend.delete(name)
         repo._index = None
         return len(packs)
 
 
-# ------------------------------------------------------------------ verify
+def repair(repo: "Repository") -> RepairResult:
+    """Drop the index entries of blobs that fail verification, so that the next backups store them again.
+
+    What borg ``check --repair`` and restic ``repair index`` do: a damaged chunk stays damaged in the pack,
+    but once the index no longer offers it, dedup stops pointing new backups at it, and the next backup that
+    reads the same data stores a good copy under the same id, which heals every older backup using it too.
+    Runs under the exclusive lock; first rebuilds the index from the packs (index files that do not open).
+    """
+    rebuilt = rebuild_index(repo)
+    report = verify(repo, read_data=True)
+    bad = {bytes.fromhex(d.chunk_id) for d in report.damaged}
+    with repo.lock(True, "repair") as lock:
+        index = repo.load_index()
+        packs = index.packs()
+        cleaned = {pack: [e for e in entries if e.blob_id not in bad] for pack, entries in packs.items()}
+        dropped = sum(len(entries) for entries in packs.values()) - sum(len(e) for e in cleaned.values())
+        if dropped:
+            old = list(repo.index_files)
+            lock.check()
+            repo.write_index({pack: entries for pack, entries in cleaned.items() if entries})
+            lock.check()
+            for name in old:
+                repo.backend.delete(name)
+        repo._index = None
+    return RepairResult(packs_indexed=rebuilt, entries_dropped=dropped, report=report)
+
+
+@dataclasses.dataclass
+class RepairResult:
+    """Result of repair(): what the index lost, and the verify report that found it."""
+
+    packs_indexed: int
+    entries_dropped: int
+    report: VerifyReport
+
+
 def verify(repo: "Repository", backup_id: str | None = None, read_data: bool = False) -> VerifyReport:
     """Check structure (and with ``read_data`` decrypt and hash every chunk). Never raises for damage:
     problems are listed in the report, naming backup, disk and chunk."""
@@ -97,14 +157,7 @@ def verify(repo: "Repository", backup_id: str | None = None, read_data: bool = F
             index = repo.load_index()
         except CorruptMetadataError as exc:
             report.errors.append(str(exc))
-            index = Index()
-            for name, _size in repo.backend.list("index"):
-                try:
-                    plain = repo.codec.open_meta(b"index:" + name.encode(), repo.backend.read(name), name)
-                    for pack, entries in decode_index(plain, name).items():
-                        index.add_pack(pack, entries)
-                except CorruptMetadataError:
-                    continue
+            index, _damaged = _tolerant_index(repo)
         pack_sizes = {
             obj.rsplit("/", 1)[-1]: size for obj, size in repo.backend.list("packs") if ".tmp-" not in obj
         }

@@ -377,6 +377,10 @@ class Repository:
         """See check.rebuild_index()."""
         return check_unit.rebuild_index(self)
 
+    def repair(self) -> check_unit.RepairResult:
+        """See check.repair()."""
+        return check_unit.repair(self)
+
     def prune(self, policy: RetentionPolicy | t.Mapping[str, t.Any], dry_run: bool = False,
               now: datetime.datetime | None = None, vm_name: str | None = None) -> PruneResult:
         """See prune.prune()."""
