@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import typing as t
 
@@ -23,14 +24,14 @@ from ansible_collections.vmsafe.protect.tests.integration.it_helpers import run_
 PASSPHRASE = "lock test passphrase"
 
 HOLDER = """
-import sys, time
+import sys
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.backends import LocalBackend
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import DiskSource, Repository
 
 def slow():
     yield (0, 4096, b"x" * 4096)
     print("holding", flush=True)
-    time.sleep(float(sys.argv[3]))
+    sys.stdin.readline()  # until the test says so
     yield (4096, 4096, b"y" * 4096)
 
 repo = Repository.open(LocalBackend(sys.argv[1]), sys.argv[2])
@@ -48,31 +49,46 @@ def make_repository(path: str) -> Repository:
     return repo
 
 
-def hold_repository(tmp_path: t.Any, location: str, seconds: float) -> subprocess.Popen:
+def hold_repository(tmp_path: t.Any, location: str) -> subprocess.Popen:
+    """Another job's backup, holding a shared lock until a line is written to its stdin."""
     script = tmp_path / "holder.py"
     script.write_text(HOLDER)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    proc = subprocess.Popen([sys.executable, str(script), location, PASSPHRASE, str(seconds)], env=env,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, str(script), location, PASSPHRASE], env=env, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "holding"
     return proc
+
+
+def module_running(name: str) -> bool:
+    out = subprocess.run(["pgrep", "-f", f"AnsiballZ_{name}"], capture_output=True, text=True, check=False)
+    return bool(out.stdout.strip())
 
 
 def test_prune_waits_for_another_jobs_backup(tmp_path: t.Any) -> None:
     location = str(tmp_path / "repo")
     make_repository(location)
     args = {"repository": location, "passphrase": PASSPHRASE, "keep_last": 1, "vm_name": "vm"}
-    holder = hold_repository(tmp_path, location, 6)
+    holder = hold_repository(tmp_path, location)
+    assert holder.stdin is not None
+    result: dict[str, t.Any] = {}
     try:
         refused = run_ansible("backup_prune", dict(args, lock_timeout=0))
         assert refused["_status"] == "failed" and "shared lock for backup" in refused["msg"], refused
-        started = time.monotonic()
-        pruned = run_ansible("backup_prune", args)  # default lock_timeout: queues behind the backup
-        waited = time.monotonic() - started
+        worker = threading.Thread(target=lambda: result.update(run_ansible("backup_prune", args)))
+        worker.start()  # default lock_timeout: it queues behind the backup
+        deadline = time.monotonic() + 120
+        while not module_running("backup_prune") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.5)  # the module is running: it has met the lock by now and waits
+        assert worker.is_alive(), "the prune finished while the backup still held the repository"
     finally:
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
         assert holder.wait(60) == 0
-    assert pruned["_status"] != "failed", pruned
-    assert len(pruned["pruned"]) == 2 and waited > 2
+    worker.join(120)
+    assert result["_status"] != "failed", result
+    assert len(result["pruned"]) == 2
     repo = Repository.open(LocalBackend(location), PASSPHRASE)
     assert sorted(r.vm_name for r in repo.list()) == ["other-job-vm", "vm"]
     assert repo.verify(read_data=True).ok
@@ -94,3 +110,37 @@ def test_break_lock_removes_a_dead_hosts_lock_and_check_mode_keeps_it(tmp_path: 
     broken = run_ansible("backup_prune", dict(args, break_lock=True))
     assert broken["changed"] and broken["locks_broken"][0]["host"] == "kvm-gone" and len(broken["pruned"]) == 2
     assert list_locks(repo.backend) == []
+
+
+def test_verify_names_repair_and_repair_heals_through_the_next_backup(tmp_path: t.Any) -> None:
+    """Reproduced: backup_verify told the user to take a new full backup, which deduplicated against the damaged
+    chunk and could not be restored either."""
+    from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup.test_integrity import (
+        data_blob_of,
+        first_stored_chunk,
+        flip,
+    )
+
+    location = str(tmp_path / "repo")
+    repo = make_repository(location)
+    image = os.urandom(40000)
+    first = repo.backup("db", [DiskSource("vda", len(image), [(0, len(image), image)])])
+    path, offset, _cid = data_blob_of(repo, first, first_stored_chunk(first, repo))
+    flip(path, offset)
+    args = {"repository": location, "passphrase": PASSPHRASE}
+    failed = run_ansible("backup_verify", dict(args, read_data=True))
+    assert failed["_status"] == "failed" and "repair: true" in failed["msg"] and first.id in failed["msg"]
+    planned = run_ansible("backup_verify", dict(args, repair=True), check=True)
+    assert planned["changed"] and planned["repaired"] == {"entries_dropped": 1, "damaged_backups": [first.id]}
+    assert run_ansible("backup_verify", dict(args, read_data=True))["_status"] == "failed"  # check mode changed nothing
+    repaired = run_ansible("backup_verify", dict(args, repair=True))
+    assert repaired["_status"] == "ok" and repaired["changed"] and repaired["repaired"]["entries_dropped"] == 1
+    assert any(first.id in w for w in repaired.get("warnings", []))
+    second = Repository.open(LocalBackend(location), PASSPHRASE).backup(
+        "db", [DiskSource("vda", len(image), [(0, len(image), image)])])
+    assert second.stats["new_blobs"] >= 1
+    again = run_ansible("backup_verify", dict(args, repair=True))
+    assert again["_status"] == "ok" and not again["changed"] and again["ok"]
+    out = tmp_path / "db.raw"
+    Repository.open(LocalBackend(location), PASSPHRASE).restore(first.id, "vda", str(out))
+    assert out.read_bytes() == image
