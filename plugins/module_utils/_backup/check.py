@@ -22,10 +22,6 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.index impor
     decode_index,
 )
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.locks import Lock
-from ansible_collections.vmsafe.protect.plugins.module_utils._backup.manifest import (
-    combine_digests,
-    segment_digest,
-)
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.packs import (
     BLOB_DATA,
     PackEntry,
@@ -194,37 +190,13 @@ def verify(repo: "Repository", backup_id: str | None = None, read_data: bool = F
                 continue
             report.backups_checked += 1
             for disk in record.disks:
-                what = f"disk '{disk.name}' of backup {record.id}"
                 try:
-                    if len(disk.segment_digests) != len(disk.segments):
-                        raise CorruptMetadataError(f"The manifest of {what} has a wrong number of segment digests.")
-                    for seg_no, seg_id in enumerate(disk.segments):
-                        seg_map = None if seg_id is None else repo.read_map(seg_id, index, what)
-                        check = segment_digest(seg_map, seg_no, disk.size, disk.chunk_size, disk.segment_chunks)
-                        if check.hex() != disk.segment_digests[seg_no]:
-                            report.errors.append(
-                                f"The chunk map segment {seg_no} of {what} does not match its digest in the manifest."
-                            )
-                        if seg_map is None:
-                            continue
-                        for chunk, cid, sha, length in seg_map.iter_stored():
-                            if cid not in used:
-                                used[cid] = (record.id, disk.name, chunk, length)
-                            if cid not in index:
-                                report.damaged.append(
-                                    DamagedChunk(
-                                        cid.hex(),
-                                        "missing from the index",
-                                        record.id,
-                                        disk.name,
-                                        chunk,
-                                        chunk * disk.chunk_size,
-                                    )
-                                )
-                            elif repo.codec.chunk_id(sha) != cid:
-                                report.errors.append(f"The chunk map of {what} is inconsistent at chunk #{chunk}.")
-                    if combine_digests([bytes.fromhex(d) for d in disk.segment_digests]) != disk.content_digest:
-                        report.errors.append(f"The content digest of {what} does not match its chunk maps.")
+                    for chunk, cid, length in repo.disk_chunks(record, disk, index):
+                        if cid not in used:
+                            used[cid] = (record.id, disk.name, chunk, length)
+                        if cid not in index:
+                            report.damaged.append(DamagedChunk(cid.hex(), "missing from the index", record.id,
+                                                               disk.name, chunk, chunk * disk.chunk_size))
                 except BackupError as exc:
                     report.errors.append(str(exc))
         if read_data:

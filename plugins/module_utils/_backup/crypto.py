@@ -77,6 +77,8 @@ KDF_BOUNDS = {
     "scrypt": {"n": (1 << 10, 1 << 22), "r": (1, 32), "p": (1, 16)},
 }
 KEY_FILE_VERSION = 2
+META_EXPANSION_FLOOR = 64 * 1024 * 1024
+META_EXPANSION_RATIO = 64
 MAX_KEY_FILE_SIZE = 64 * 1024
 
 
@@ -401,7 +403,19 @@ class BlobCodec:
                     payload = self._aes.decrypt(nonce, blob[1 + NONCE_SIZE :], b"meta:" + context)
                 except InvalidTag:
                     raise IntegrityError("authentication tag mismatch") from None
-            return self._dctx().decompressobj().decompress(payload)
+            # bounded: a crafted object (an unencrypted repository has no key to refuse it) must not expand to
+            # gigabytes in memory; real metadata compresses far less than 64:1
+            limit = max(META_EXPANSION_FLOOR, META_EXPANSION_RATIO * len(blob))
+            out = bytearray()
+            with self._dctx().stream_reader(bytes(payload)) as reader:
+                while True:
+                    piece = reader.read(1 << 20)
+                    if not piece:
+                        break
+                    out += piece
+                    if len(out) > limit:
+                        raise IntegrityError(f"it expands to more than {limit} bytes")
+            return bytes(out)
         except (IntegrityError, zstandard.ZstdError) as exc:
             raise CorruptMetadataError(
                 f"The {what} is damaged ({exc}). Run verify; an index can be rebuilt from the packs "

@@ -54,6 +54,11 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.index impor
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.locks import Lock, break_locks
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.manifest import (
     BackupRecord,
+    DiskRecord,
+    chunk_count,
+    chunk_length,
+    combine_digests,
+    segment_digest,
     MapSegment,
 )
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.packs import (
@@ -298,6 +303,52 @@ class Repository:
         except LockLostError:
             self.backend.delete(name)
             raise
+
+    # ------------------------------------------------------------------ the chunk map of a disk
+    def disk_chunks(self, record: BackupRecord, disk: DiskRecord, index: Index) -> t.Iterator[tuple[int, bytes, int]]:
+        """Yield ``(chunk index, blob id, length)`` of every stored chunk of ``disk``, in order.
+
+        The one check of a disk's map, shared by restore and verify (they disagreed: verify passed maps that
+        restore refused). Before a chunk is yielded: the manifest's shape matches the repository (chunk size,
+        segment counts, sizes), each map segment matches its digest in the manifest and sits where it should, each
+        record lies inside the disk with the right length and its id matches its hash; after the last segment,
+        the content digest matches. Raises CorruptMetadataError naming the backup, disk and segment.
+        """
+        what = f"disk '{disk.name}' of backup {record.id}"
+        csize, seg_chunks = disk.chunk_size, disk.segment_chunks
+        if csize != self.chunk_size or seg_chunks != self.segment_chunks:
+            raise CorruptMetadataError(
+                f"The manifest of {what} gives chunk size {csize} / segment size {seg_chunks}, the repository "
+                f"{self.chunk_size} / {self.segment_chunks}; the manifest is damaged. Restore from another backup."
+            )
+        nchunks = chunk_count(disk.size, csize)
+        nsegs = (nchunks + seg_chunks - 1) // seg_chunks
+        if len(disk.segments) != nsegs or len(disk.segment_digests) != nsegs:
+            raise CorruptMetadataError(
+                f"The manifest of {what} lists {len(disk.segments)} map segments and {len(disk.segment_digests)} "
+                f"digests for a disk of {nsegs} segments; it is damaged. Restore from another backup."
+            )
+        for seg_no, seg_id in enumerate(disk.segments):
+            seg_map = None if seg_id is None else self.read_map(seg_id, index, what)
+            if segment_digest(seg_map, seg_no, disk.size, csize, seg_chunks).hex() != disk.segment_digests[seg_no]:
+                raise CorruptMetadataError(
+                    f"The chunk map segment {seg_no} of {what} does not match its digest in the manifest; the manifest "
+                    "or the map is damaged. Restore from another backup."
+                )
+            if seg_map is None:
+                continue
+            if seg_map.first != seg_no * seg_chunks or seg_map.chunk_size != csize:
+                raise CorruptMetadataError(f"The chunk map segment {seg_no} of {what} is misplaced.")
+            for chunk, cid, sha, length in seg_map.iter_stored():
+                if chunk >= nchunks or length != chunk_length(chunk, disk.size, csize):
+                    raise CorruptMetadataError(f"The chunk map of {what} has a bad record for chunk {chunk}.")
+                if self.codec.chunk_id(sha) != cid:
+                    raise CorruptMetadataError(
+                        f"The chunk map of {what} is inconsistent at chunk #{chunk} (hash does not match id)."
+                    )
+                yield chunk, cid, length
+        if combine_digests([bytes.fromhex(d) for d in disk.segment_digests]) != disk.content_digest:
+            raise CorruptMetadataError(f"The content digest of {what} does not match its chunk maps.")
 
     # ------------------------------------------------------------------ reading objects
     def read_blob(self, blob_type: int, blob_id: bytes, index: Index, expected: int | None = None) -> bytes:

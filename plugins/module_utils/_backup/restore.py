@@ -11,13 +11,13 @@ import collections
 import concurrent.futures
 import mmap
 import os
+import secrets
 import stat as stat_mod
 import threading
 import typing as t
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors import (
     CorruptChunkError,
-    CorruptMetadataError,
     DiskNotFoundError,
     IntegrityError,
     RestoreTargetError,
@@ -28,8 +28,6 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.index impor
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.locks import Lock
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.manifest import (
     BackupRecord,
-    combine_digests,
-    segment_digest,
     DiskRecord,
     chunk_count,
     chunk_length,
@@ -95,8 +93,9 @@ def restore(repo: "Repository",
                     if os.path.isdir(target):
                         raise IsADirectoryError(21, "Is a directory")
                     final_path = target
-                    tmp_path = f"{target}.vmsafe-partial"
-                    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                    # an unpredictable name, created exclusively: a planted symlink or file is never followed
+                    tmp_path = f"{target}.vmsafe-partial-{secrets.token_hex(6)}"
+                    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
             except OSError as exc:
                 raise RestoreTargetError(
                     f"Cannot open the restore target '{target}': {exc.strerror}. Give a file path (its directory "
@@ -159,12 +158,6 @@ def _restore_into(repo: "Repository",
 ) -> dict[str, t.Any]:
     csize = disk.chunk_size
     codec = repo.codec
-    what = f"disk '{disk.name}' of backup {record.id}"
-    if len(disk.segment_digests) != len(disk.segments):
-        raise CorruptMetadataError(
-            f"The manifest of {what} lists {len(disk.segments)} map segments but "
-            f"{len(disk.segment_digests)} digests."
-        )
     zero = bytes(csize)
     written = 0
 
@@ -253,41 +246,23 @@ def _restore_into(repo: "Repository",
                 written += pending.popleft().result()
 
         try:
-            for seg_no, seg_id in enumerate(disk.segments):
-                seg_map = None if seg_id is None else repo.read_map(seg_id, index, what)
-                check = segment_digest(seg_map, seg_no, disk.size, csize, disk.segment_chunks).hex()
-                if check != disk.segment_digests[seg_no]:
-                    raise CorruptMetadataError(
-                        f"The chunk map segment {seg_no} of {what} does not match its digest in the manifest; "
-                        "the manifest or the map is damaged. Restore from another backup."
+            for chunk, cid, length in repo.disk_chunks(record, disk, index):
+                loc = index.get(cid)
+                if loc is None:
+                    raise CorruptChunkError(
+                        cid.hex(),
+                        "it is missing from the repository",
+                        record.id,
+                        disk.name,
+                        chunk,
+                        chunk * csize,
                     )
-                if seg_map is None:
-                    continue
-                if seg_map.first != seg_no * disk.segment_chunks or seg_map.chunk_size != csize:
-                    raise CorruptMetadataError(f"The chunk map segment {seg_no} of {what} is misplaced.")
-                for chunk, cid, sha, length in seg_map.iter_stored():
-                    if chunk >= nchunks or length != chunk_length(chunk, disk.size, csize):
-                        raise CorruptMetadataError(f"The chunk map of {what} has a bad record for chunk {chunk}.")
-                    if codec.chunk_id(sha) != cid:
-                        raise CorruptMetadataError(
-                            f"The chunk map of {what} is inconsistent at chunk #{chunk} (hash does not match id)."
-                        )
-                    loc = index.get(cid)
-                    if loc is None:
-                        raise CorruptChunkError(
-                            cid.hex(),
-                            "it is missing from the repository",
-                            record.id,
-                            disk.name,
-                            chunk,
-                            chunk * csize,
-                        )
-                    if write_zeros:
-                        zeros_until(next_chunk, chunk)
-                    next_chunk = chunk + 1
-                    batch.append((chunk, cid, length, loc))
-                    if len(batch) >= batch_size:
-                        submit()
+                if write_zeros:
+                    zeros_until(next_chunk, chunk)
+                next_chunk = chunk + 1
+                batch.append((chunk, cid, length, loc))
+                if len(batch) >= batch_size:
+                    submit()
             if batch:
                 submit()
             while pending:
@@ -298,10 +273,6 @@ def _restore_into(repo: "Repository",
             raise
     if write_zeros:
         zeros_until(next_chunk, nchunks)
-    value = combine_digests([bytes.fromhex(d) for d in disk.segment_digests])
-    if value != disk.content_digest:
-        raise CorruptMetadataError(
-            f"The restored content of {what} does not match the digest in its manifest; the manifest or its "
-            "chunk maps are damaged. Restore from another backup."
-        )
-    return {"backup_id": record.id, "disk": disk.name, "size": disk.size, "bytes_written": written, "digest": value}
+    # disk_chunks() checked the content digest against the maps once the last segment was read
+    return {"backup_id": record.id, "disk": disk.name, "size": disk.size, "bytes_written": written,
+            "digest": disk.content_digest}
