@@ -22,6 +22,8 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.chunker imp
     iter_chunks,
 )
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors import (
+    BackupError,
+    LockLostError,
     CorruptChunkError,
     DiskNotFoundError,
     InvalidArgumentError,
@@ -128,8 +130,12 @@ def backup(repo: "Repository",
                     pdisk = parent_record.disk(disk.parent_disk or disk.name) if parent_record else None
                     records.append(_backup_disk(repo, disk, pdisk, index, sink, pool, stats, lock))
             sink.close()
-        except BaseException:
+        except BaseException as exc:
             sink.abort()
+            if isinstance(exc, BackupError) and not isinstance(exc, LockLostError):
+                # a lost lock explains a storage error best: a GC that took our lock as stale removed our
+                # temporary pack files (found by the concurrency model test)
+                lock.check()
             raise
         extra_tags = dict(finalize()) if finalize is not None else {}
         stats["new_bytes"] = sink.bytes_stored

@@ -238,8 +238,9 @@ def unwrap_key(content: bytes, passphrase: str | None, location: str,
             ) from None
         raise WrongPassphraseError(
             f"Wrong passphrase for the repository at {location}: it does not unlock the repository key (or the key "
-            "file belongs to another repository). Use the passphrase given when the repository was created (check "
-            "for a changed vault variable), and check that keys/repokey was not swapped."
+            "file and the config belong to different repositories). Use the passphrase given when the repository "
+            "was created (check for a changed vault variable), and check that keys/repokey and config were not "
+            "swapped: restore both from one copy of the repository."
         ) from None
     return KeyMaterial(plain[:32], plain[32:64]), int(version)
 

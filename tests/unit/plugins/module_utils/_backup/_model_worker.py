@@ -114,12 +114,12 @@ def main() -> None:
         threading.Thread(target=age_own_locks, args=(repo, stop), daemon=True).start()
     print("ready", flush=True)
     for step in range(cfg["operations"]):
-        op = rng.choices(["backup", "backup", "backup", "prune", "verify", "repair", "gc"],
-                         weights=[3, 3, 3, 1, 1, 0.5, 0.5])[0]
+        op = rng.choices(["backup", "prune", "verify", "repair", "gc"], weights=[6, 2.5, 1, 0.5, 1.5])[0]
         try:
             if op == "backup":
                 vm = rng.choice(KEEP_VMS + PRUNE_VMS)
-                generation = rng.randrange(1000)
+                # few generations: new backups often hold exactly the chunks a concurrent prune is collecting
+                generation = rng.randrange(6)
                 data = image(vm, generation)
 
                 def extents(data: bytes = data) -> t.Iterator[tuple[int, int, bytes]]:
@@ -127,6 +127,8 @@ def main() -> None:
                     yield (0, half, data[:half])
                     if cfg.get("stall") and rng.random() < 0.5:
                         time.sleep(1.0)  # a hung hypervisor export: the lock goes unrefreshed
+                    else:
+                        time.sleep(rng.uniform(0.1, 0.8))  # a slow export: prunes and GCs run meanwhile
                     yield (half, len(data) - half, data[half:])
 
                 record = repo.backup(vm, [DiskSource("vda", len(data), extents())],

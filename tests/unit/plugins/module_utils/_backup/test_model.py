@@ -46,10 +46,10 @@ def seeds(count: int, salt: int) -> list[int]:
 
 
 def start_worker(spec: dict[str, t.Any], seed: int, log: str, rng: random.Random) -> subprocess.Popen:
-    foreign = rng.random() < 0.4
+    foreign = rng.random() < 0.5
     cfg = {
         "repository": spec, "seed": seed, "log": log, "operations": rng.randint(3, 7),
-        "foreign": foreign, "age_locks": foreign and rng.random() < 0.5, "skew": rng.random() < 0.3,
+        "foreign": foreign, "age_locks": foreign and rng.random() < 0.7, "skew": rng.random() < 0.3,
         "stall": rng.random() < 0.2,
     }
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
