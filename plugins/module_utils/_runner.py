@@ -16,6 +16,7 @@ import typing as t
 
 from ansible.module_utils.basic import missing_required_lib
 
+from ansible_collections.vmsafe.protect.plugins.module_utils._argspec import mask_url_passwords
 from ansible_collections.vmsafe.protect.plugins.module_utils._changes import ChangeSet
 from ansible_collections.vmsafe.protect.plugins.module_utils._errors import VmsafeError
 from ansible_collections.vmsafe.protect.plugins.module_utils._models import VmRef, VmSelector
@@ -87,6 +88,7 @@ def create_provider(module: AnsibleModule) -> HypervisorProvider:
 
 def run_module(spec: ArgumentSpec, task_class: type[ProviderTask], **module_kwargs: t.Any) -> None:
     module = spec.create_ansible_module(supports_check_mode=True, **module_kwargs)
+    mask_url_passwords(module)
     started = time.monotonic()
     early = task_class.prestart(module.params)
     provider = create_provider(module)

@@ -9,6 +9,7 @@ engine-level backup in another process that holds a shared lock for a few second
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -144,3 +145,10 @@ def test_verify_names_repair_and_repair_heals_through_the_next_backup(tmp_path: 
     out = tmp_path / "db.raw"
     Repository.open(LocalBackend(location), PASSPHRASE).restore(first.id, "vda", str(out))
     assert out.read_bytes() == image
+
+
+def test_a_password_in_the_repository_url_is_refused_and_masked() -> None:
+    """Reproduced: a password in sftp://user:pw@host/... appeared in msg and invocation."""
+    result = run_ansible("backup_info", {"repository": "sftp://backup:hunter2-secret@127.0.0.1:1/srv/vmsafe"})
+    assert result["_status"] == "failed" and "repository_password" in result["msg"]
+    assert "hunter2-secret" not in json.dumps(result)

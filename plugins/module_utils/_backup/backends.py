@@ -171,7 +171,7 @@ class _LocalWriter(ObjectWriter):
         try:
             self._fd: int | None = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileNotFoundError:
-            os.makedirs(directory, exist_ok=True)
+            os.makedirs(directory, mode=0o700, exist_ok=True)
             self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as exc:
             raise BackendError(
@@ -321,9 +321,9 @@ class LocalBackend(Backend):
 
     def make_dirs(self, directories: t.Iterable[str]) -> None:
         try:
-            os.makedirs(self.root, exist_ok=True)
+            os.makedirs(self.root, mode=0o700, exist_ok=True)
             for directory in directories:
-                os.makedirs(self._path(directory), exist_ok=True)
+                os.makedirs(self._path(directory), mode=0o700, exist_ok=True)
         except OSError as exc:
             raise BackendError(f"Cannot create the repository directory '{self.root}': {exc.strerror}.") from exc
         _fsync_dir(self.root)
@@ -362,6 +362,10 @@ class _SFTPWriter(ObjectWriter):
                     self._file = sftp.open(self._tmp, "wbx")
                 else:
                     raise BackendError(f"Cannot create '{self._tmp}' on {backend.location}: {exc}.") from exc
+            try:
+                self._file.chmod(0o600)  # backups are nobody else's business, whatever the server's umask
+            except IOError:
+                pass
             self._file.set_pipelined(True)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -410,6 +414,33 @@ class _SFTPWriter(ObjectWriter):
                 self._backend._sftp().remove(self._tmp)
             except Exception:  # pylint: disable=broad-except  # abort must never raise
                 pass
+
+
+def _pin_on_first_use_policy(known_hosts: str) -> t.Any:
+    """A host key policy that records an unknown server's key in ``known_hosts`` (the file the check reads) and
+    fails when it cannot: accepting a key without pinning it would accept any later key too."""
+
+    class PinOnFirstUse(paramiko.MissingHostKeyPolicy):  # type: ignore[misc,name-defined]
+        def missing_host_key(self, client: t.Any, hostname: str, key: t.Any) -> None:
+            line = f"{hostname} {key.get_name()} {key.get_base64()}\n".encode("ascii")
+            try:
+                directory = os.path.dirname(os.path.abspath(known_hosts))
+                os.makedirs(directory, mode=0o700, exist_ok=True)
+                fd = os.open(known_hosts, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    os.write(fd, line)  # one write of one line: an atomic append
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise HostKeyError(
+                    f"The host key of {hostname} is new and could not be recorded in '{known_hosts}' "
+                    f"({exc.strerror}); without pinning it, any later key would be accepted too. Make that file "
+                    "writable or add the key yourself (ssh-keyscan)."
+                ) from exc
+            client.get_host_keys().add(hostname, key.get_name(), key)
+
+    return PinOnFirstUse()
 
 
 class SFTPBackend(Backend):
@@ -462,7 +493,7 @@ class SFTPBackend(Backend):
         except (IOError, paramiko.SSHException) as exc:
             raise HostKeyError(f"Cannot read the known_hosts file '{known}': {exc}.") from exc
         if self._policy == "accept_new":
-            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+            client.set_missing_host_key_policy(_pin_on_first_use_policy(known))
         else:
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
         try:
@@ -473,6 +504,8 @@ class SFTPBackend(Backend):
                 password=self._password,
                 key_filename=self._key_filename,
                 timeout=self._timeout,
+                banner_timeout=self._timeout,
+                auth_timeout=self._timeout,
                 allow_agent=False,
                 look_for_keys=self._key_filename is None and self._password is None,
             )
@@ -496,13 +529,17 @@ class SFTPBackend(Backend):
             raise BackendError(
                 f"Cannot connect to {self.host}:{self.port}: {exc}. Check the host, port and firewall."
             ) from exc
-        if self._policy == "accept_new" and self._known_hosts:
-            try:
-                client.save_host_keys(self._known_hosts)
-            except IOError:
-                pass
+        except HostKeyError:
+            client.close()
+            raise
+        transport = client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(15)  # a dead server or a dropped NAT entry is noticed, not waited on forever
         self._client = client
         self._sftp_client = client.open_sftp()
+        # every SFTP request gives up after the timeout: a hung server fails the operation instead of blocking it
+        # (and with it the lock's refresh) forever
+        self._sftp_client.get_channel().settimeout(self._timeout)
 
     def _sftp(self) -> t.Any:
         return self._sftp_client
@@ -522,7 +559,7 @@ class SFTPBackend(Backend):
                 sftp.stat(current)
             except IOError:
                 try:
-                    sftp.mkdir(current)
+                    sftp.mkdir(current, mode=0o700)
                 except IOError as exc:
                     try:
                         sftp.stat(current)
@@ -680,13 +717,18 @@ def open_backend(url_or_path: str, **options: t.Any) -> Backend:
             )
         if not parsed.hostname:
             raise InvalidArgumentError(f"The SFTP URL '{url_or_path}' has no host; use sftp://user@host[:port]/path.")
-        password = options.pop("password", None) or (urllib.parse.unquote(parsed.password) if parsed.password else None)
+        if parsed.password is not None:
+            # never echoed: the URL lands in task results, logs and AWX job events, the password must not
+            raise InvalidArgumentError(
+                "The SFTP repository URL carries a password. Give it in repository_password (kept out of logs), or "
+                "better use a key (repository_key_file), and write the URL as sftp://user@host[:port]/path."
+            )
         return SFTPBackend(
             host=parsed.hostname,
             port=parsed.port or 22,
             username=urllib.parse.unquote(parsed.username) if parsed.username else None,
             path=urllib.parse.unquote(parsed.path) or "/",
-            password=password,
+            password=options.pop("password", None),
             **options,
         )
     raise InvalidArgumentError(
