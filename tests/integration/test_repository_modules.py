@@ -152,3 +152,30 @@ def test_a_password_in_the_repository_url_is_refused_and_masked() -> None:
     result = run_ansible("backup_info", {"repository": "sftp://backup:hunter2-secret@127.0.0.1:1/srv/vmsafe"})
     assert result["_status"] == "failed" and "repository_password" in result["msg"]
     assert "hunter2-secret" not in json.dumps(result)
+
+
+def test_backup_repository_creates_once_and_changes_the_passphrase_idempotently(tmp_path: t.Any) -> None:
+    location = str(tmp_path / "repo")
+    args = {"repository": location, "passphrase": PASSPHRASE}
+    planned = run_ansible("backup_repository", args, check=True)
+    assert planned["changed"] and planned["created"] and not os.path.exists(location)
+    created = run_ansible("backup_repository", args)
+    assert created["changed"] and created["created"] and created["info"]["key_file_version"] == 2
+    again = run_ansible("backup_repository", args)
+    assert not again["changed"] and again["info"]["id"] == created["info"]["id"]
+    data = os.urandom(30000)
+    record = Repository.open(LocalBackend(location), PASSPHRASE).backup("vm", [DiskSource("vda", 30000, [(0, 30000, data)])])
+    rotate = dict(args, new_passphrase="a brand new passphrase")
+    assert run_ansible("backup_repository", rotate, check=True)["passphrase_changed"]
+    Repository.open(LocalBackend(location), PASSPHRASE)  # check mode changed nothing
+    changed = run_ansible("backup_repository", rotate)
+    assert changed["changed"] and changed["passphrase_changed"]
+    assert "a brand new passphrase" not in json.dumps(changed) and PASSPHRASE not in json.dumps(changed)
+    repeat = run_ansible("backup_repository", rotate)  # the old passphrase no longer opens it: already done
+    assert repeat["_status"] == "ok" and not repeat["changed"], repeat
+    old = run_ansible("backup_info", args)
+    assert old["_status"] == "failed" and "Wrong passphrase" in old["msg"]
+    repo = Repository.open(LocalBackend(location), "a brand new passphrase")
+    out = tmp_path / "out.raw"
+    repo.restore(record.id, "vda", str(out))
+    assert out.read_bytes() == data

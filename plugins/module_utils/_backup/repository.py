@@ -106,6 +106,7 @@ class Repository:
         self.pack_size = int(config["pack_size"])
         self.compression_level = int(config["compression"]["level"])
         self.encryption = str(config["encryption"])
+        self.key = key
         self.codec = BlobCodec(key, self.compression_level, self.chunk_size)
         self.threads = max(1, min(8, os.cpu_count() or 2))
         self.lock_wait = 0.0
@@ -236,6 +237,34 @@ class Repository:
             )
         authenticate_config(config, key, version >= 2, backend.location)
         return cls(backend, config, key)
+
+    def change_passphrase(self, new_passphrase: str, kdf: t.Mapping[str, t.Any] | None = None) -> None:
+        """Re-wrap the master key under ``new_passphrase`` (exclusive lock). Raises InvalidArgumentError, LockedError.
+
+        Only ``keys/repokey`` is rewritten (atomically: the old or the new file, never neither), as a version 2
+        key file bound to this config; a repository made before version 2 also gets its config MAC, so from then
+        on an edited config is refused. The data, and every backup, stay as they are.
+        """
+        if self.key is None:
+            raise InvalidArgumentError(
+                f"The repository at {self.backend.location} is not encrypted: it has no passphrase to change."
+            )
+        if not new_passphrase:
+            raise InvalidArgumentError("The new passphrase must not be empty.")
+        if kdf is not None:
+            check_kdf(kdf)
+        with self.lock(True, "change_passphrase") as lock:
+            content = wrap_key(self.key, new_passphrase, self.config["id"], kdf)
+            if "mac" not in self.config:
+                lock.check()
+                self.backend.write_atomic("config", encode_config(
+                    {k: v for k, v in self.config.items() if k not in ("mac", "checksum")}, self.key))
+            lock.check()
+            self.backend.write_atomic("keys/repokey", content)
+        again = Repository.open(self.backend, new_passphrase)  # read back: it must open with the new passphrase
+        if again.config["id"] != self.config["id"]:
+            raise RepositoryFormatError(f"The repository at {self.backend.location} changed while its key was rewritten.")
+        self.config = again.config
 
     def close(self) -> None:
         self.backend.close()
