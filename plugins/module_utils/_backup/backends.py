@@ -172,6 +172,8 @@ class _LocalWriter(ObjectWriter):
             self._fd: int | None = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileNotFoundError:
             os.makedirs(directory, mode=0o700, exist_ok=True)
+            # the new folder (packs/ab/) must survive a crash as much as the pack in it will
+            _fsync_dir(os.path.dirname(directory))
             self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as exc:
             raise BackendError(

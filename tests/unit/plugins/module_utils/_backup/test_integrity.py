@@ -235,3 +235,37 @@ def test_restore_target_errors_are_clear(two_backups: t.Any, tmp_path: t.Any) ->
         repo.restore(records[0].id, "vda", str(tmp_path))
     with pytest.raises(RestoreTargetError, match="Cannot open"):
         repo.restore(records[0].id, "vda", str(tmp_path / "missing-dir" / "x.raw"))
+
+
+def test_restore_never_follows_a_planted_link_at_the_partial_name(tmp_path: t.Any) -> None:
+    """Reproduced: restore followed a symlink planted at its predictable '<target>.vmsafe-partial' name."""
+    repo = make_repo(str(tmp_path / "repo"))
+    data = os.urandom(20000)
+    record = repo.backup("vm", [DiskSource("vda", len(data), [(0, len(data), data)])])
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    target = tmp_path / "out.raw"
+    os.symlink(victim, f"{target}.vmsafe-partial")
+    repo.restore(record.id, "vda", str(target))
+    assert victim.read_bytes() == b"precious" and target.read_bytes() == data
+    assert oct(target.stat().st_mode & 0o777) == "0o600"
+
+
+def test_default_key_derivation_meets_rfc_9106() -> None:
+    from ansible_collections.vmsafe.protect.plugins.module_utils._backup.crypto import default_kdf
+
+    kdf = default_kdf()
+    if kdf["name"] == "argon2id":
+        assert kdf["memory_kib"] >= 65536 and kdf["iterations"] >= 3 and kdf["lanes"] >= 4
+    else:
+        assert kdf["n"] >= 1 << 17
+
+
+def test_names_from_a_manifest_become_safe_path_components() -> None:
+    from ansible_collections.vmsafe.protect.plugins.module_utils._backup.manifest import path_component
+
+    for name in ("../../etc/cron.d/x", "/etc/passwd", "..", ".", "a\x00b", "vm\nname", ""):
+        safe = path_component(name)
+        assert "/" not in safe and "\x00" not in safe and "\n" not in safe and safe not in ("", ".", "..")
+        assert not safe.startswith(".")
+    assert path_component("web01") == "web01" and path_component("vda") == "vda"
