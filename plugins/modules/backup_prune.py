@@ -115,6 +115,13 @@ packs_repacked:
   returned: success
   type: int
   sample: 1
+replayed_removed:
+  description: Backups whose manifest was back after an earlier prune (replayed from an old copy, or an interrupted
+    prune); they never count towards the policy and are removed again (would be, in check mode).
+  returned: success
+  type: list
+  elements: str
+  sample: []
 locks_broken:
   description: The locks removed by O(break_lock) (would be, in check mode), each with its operation and owner.
   returned: when O(break_lock=true)
@@ -158,11 +165,12 @@ def work(module: t.Any, repo: t.Any, now: t.Any) -> dict[str, t.Any]:
     extra = {} if broken is None else {"locks_broken": broken}
     return {
         **extra,
-        "changed": bool(result.pruned) or bool(result.packs_deleted) or bool(result.packs_repacked) or bool(broken),
+        "changed": bool(result.pruned) or bool(result.packs_deleted) or bool(result.packs_repacked) or bool(broken)
+        or bool(result.replayed_removed),
         "pruned": [_brief(r) for r in result.pruned],
         "kept": [dict(_brief(k.record), reason=k.reason) for k in result.kept],
         "bytes_freed": result.bytes_freed, "packs_deleted": result.packs_deleted,
-        "packs_repacked": result.packs_repacked,
+        "packs_repacked": result.packs_repacked, "replayed_removed": list(result.replayed_removed),
     }
 
 

@@ -176,6 +176,9 @@ def verify(repo: "Repository", backup_id: str | None = None, read_data: bool = F
                         report.errors.append(f"The header of pack {pack} disagrees with the index.")
                 except CorruptMetadataError as exc:
                     report.errors.append(str(exc))
+        if backup_id is None:
+            history, _replayed = repo.history_problems()
+            report.errors.extend(history)
         if backup_id is not None:
             names = [repo.manifest_name(backup_id)]
         else:

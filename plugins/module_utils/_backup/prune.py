@@ -55,6 +55,8 @@ class PruneResult:
     unreadable_packs: list[str] = dataclasses.field(default_factory=list)
     #: blobs backups use that no readable pack holds (damaged data dropped by repair, or lost packs)
     missing_blobs: int = 0
+    #: manifests removed again because a tombstone says they were pruned before
+    replayed_removed: list[str] = dataclasses.field(default_factory=list)
 
 
 # ------------------------------------------------------------------ prune and GC
@@ -74,7 +76,10 @@ def prune(repo: "Repository",
     when = now or utcnow()
     # a dry run deletes nothing: a shared lock lets it run beside backups
     with repo.lock(not dry_run, "prune") as lock:
-        records = repo.list(vm_name)
+        # manifests that came back after their prune (replayed, or a prune that was interrupted) never count
+        # towards the policy; a real prune removes them again
+        _errors, replayed = repo.history_problems()
+        records = [r for r in repo.list(vm_name) if r.id not in replayed]
         by_vm: dict[str, list[BackupRecord]] = {}
         for record in records:
             by_vm.setdefault(record.vm_name, []).append(record)
@@ -84,12 +89,13 @@ def prune(repo: "Repository",
             keep, drop = select_prunable(by_vm[vm], policy, when)
             kept.extend(keep)
             pruned.extend(drop)
-        result = PruneResult(kept=kept, pruned=pruned, dry_run=dry_run)
+        result = PruneResult(kept=kept, pruned=pruned, dry_run=dry_run, replayed_removed=list(replayed))
         if dry_run:
             return result
-        lock.check()
+        for backup_id in replayed:
+            repo.forget(lock, repo.get(backup_id))
         for record in pruned:
-            repo.backend.delete(repo.manifest_name(record.id))
+            repo.forget(lock, record)
         _gc(repo, result, lock)
         return result
 

@@ -36,6 +36,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.crypto impo
     wrap_key,
 )
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors import (
+    BackupError,
     BackupNotFoundError,
     LockLostError,
     CorruptChunkError,
@@ -59,6 +60,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.manifest im
     chunk_length,
     combine_digests,
     segment_digest,
+    utcnow,
     MapSegment,
 )
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.packs import (
@@ -89,7 +91,7 @@ DEFAULT_PACK_SIZE = 16 * 1024 * 1024
 #: zstd level 2: on 64 KiB chunks of the benchmark image it compresses as well as level 3 (ratio 0.465 vs
 #: 0.464 on the compressible chunks) at 1.6x the speed (229 vs 145 MB/s per core); level 1 stores 10 % more.
 DEFAULT_COMPRESSION_LEVEL = 2
-DIRS = ("keys", "packs", "index", "snapshots", "locks")
+DIRS = ("keys", "packs", "index", "snapshots", "locks", "journal", "tombstones")
 
 
 
@@ -332,6 +334,61 @@ class Repository:
         except LockLostError:
             self.backend.delete(name)
             raise
+        # the journal entry: from now on, this manifest vanishing without a tombstone is noticed by verify
+        self.backend.write_atomic(f"journal/{record.id}", self._seal_entry("journal", record))
+
+    # ------------------------------------------------------------------ journal and tombstones
+    # A backup id's history, for verify: journal/<id> once committed; tombstones/<id> once pruned (written before
+    # the manifest is deleted, and the journal entry after it). A manifest with a tombstone was replayed (or its
+    # prune interrupted: the next prune finishes it); a journal entry with neither manifest nor tombstone means the
+    # manifest was removed outside prune. Entries are sealed like manifests, bound to their names.
+    def _seal_entry(self, kind: str, record: BackupRecord) -> bytes:
+        doc = {"id": record.id, "vm_name": record.vm_name, "time": utcnow().isoformat()}
+        return self.codec.seal_meta(f"{kind}:{record.id}".encode(), json.dumps(doc).encode("utf-8"))
+
+    def _entry_ids(self, kind: str) -> dict[str, dict[str, t.Any]]:
+        """Authentic entries of ``journal`` or ``tombstones`` by backup id (damaged ones are skipped)."""
+        found: dict[str, dict[str, t.Any]] = {}
+        for name, _size in self.backend.list(kind):
+            if ".tmp-" in name:
+                continue
+            backup_id = name.rsplit("/", 1)[-1]
+            try:
+                doc = json.loads(self.codec.open_meta(f"{kind}:{backup_id}".encode(), self.backend.read(name), name))
+            except (BackupError, FileNotFoundError, ValueError):
+                continue
+            if isinstance(doc, dict) and doc.get("id") == backup_id:
+                found[backup_id] = doc
+        return found
+
+    def forget(self, lock: Lock, record: BackupRecord) -> None:
+        """Remove one backup's manifest the way prune does: tombstone first, then the manifest, then its journal
+        entry. Needs the exclusive lock."""
+        lock.check()
+        self.backend.write_atomic(f"tombstones/{record.id}", self._seal_entry("tombstones", record))
+        self.backend.delete(self.manifest_name(record.id))
+        self.backend.delete(f"journal/{record.id}")
+
+    def history_problems(self) -> tuple[list[str], list[str]]:
+        """Return (error messages, ids of replayed manifests) from comparing manifests, journal and tombstones."""
+        present = {n.rsplit("/", 1)[-1] for n, _s in self.backend.list("snapshots") if ".tmp-" not in n}
+        journal = self._entry_ids("journal")
+        tombstones = self._entry_ids("tombstones")
+        errors = []
+        replayed = sorted(present & set(tombstones))
+        for backup_id in replayed:
+            errors.append(
+                f"Backup {backup_id} of VM {tombstones[backup_id].get('vm_name')} was pruned on "
+                f"{tombstones[backup_id].get('time')}, but its manifest is back (replayed from an old copy of the "
+                "repository, or its prune was interrupted). Run prune to remove it again; do not restore it."
+            )
+        for backup_id in sorted(set(journal) - present - set(tombstones)):
+            errors.append(
+                f"Backup {backup_id} of VM {journal[backup_id].get('vm_name')} was removed from the repository "
+                "outside prune (its journal entry remains, its manifest is gone): someone with write access to the "
+                "storage deleted it, or the storage lost it. Restore snapshots/" + backup_id + " from a copy."
+            )
+        return errors, replayed
 
     # ------------------------------------------------------------------ the chunk map of a disk
     def disk_chunks(self, record: BackupRecord, disk: DiskRecord, index: Index) -> t.Iterator[tuple[int, bytes, int]]:

@@ -79,3 +79,31 @@ def test_repair_then_next_backup_heals_a_flipped_bit(tmp_path: t.Any) -> None:
     assert repo.verify(read_data=True).ok
     repo.prune(RetentionPolicy(keep_last=1))  # GC after repair works and keeps the healed copy
     assert restored(repo, second.id, tmp_path) == image
+
+
+def test_a_replayed_manifest_is_reported_and_removed_again_by_prune(tmp_path: t.Any) -> None:
+    """Reproduced: an old manifest could be put back into snapshots/ undetected."""
+    repo = make_repo(str(tmp_path / "repo"))
+    old = backup_image(repo, "vm", os.urandom(30_000))
+    saved = repo.backend.read(f"snapshots/{old.id}")
+    new = backup_image(repo, "vm", os.urandom(30_000))
+    repo.prune(RetentionPolicy(keep_last=1))
+    assert [r.id for r in repo.list()] == [new.id]
+    assert repo.verify().ok
+    repo.backend.write_atomic(f"snapshots/{old.id}", saved)  # replayed from an old copy of the repository
+    report = repo.verify()
+    assert not report.ok and any(old.id in e and "replayed" in e for e in report.errors)
+    dry = repo.prune(RetentionPolicy(keep_last=1), dry_run=True)
+    assert dry.replayed_removed == [old.id] and [k.record.id for k in dry.kept] == [new.id]
+    repo.prune(RetentionPolicy(keep_last=1))
+    assert [r.id for r in repo.list()] == [new.id] and repo.verify(read_data=True).ok
+
+
+def test_a_manifest_removed_outside_prune_is_reported(tmp_path: t.Any) -> None:
+    """Reproduced: a manifest could be hidden (deleted) undetected."""
+    repo = make_repo(str(tmp_path / "repo"))
+    first = backup_image(repo, "vm", os.urandom(30_000))
+    backup_image(repo, "vm", os.urandom(30_000))
+    repo.backend.delete(f"snapshots/{first.id}")
+    report = repo.verify()
+    assert not report.ok and any(first.id in e and "outside prune" in e for e in report.errors)
