@@ -100,6 +100,10 @@ class Checker:
         self.returns: dict[str, Type] = {}
         self.call_types: dict[str, list[list[Type]]] = {}
         self.quiet = 0
+        # property reads checked: (object type, property, evidence); and the member reads that could not be traced
+        self.reads: set[tuple[str, str, str]] = set()
+        self.untraced: set[str] = set()
+        self.uncalled = False  # visiting a function the script never calls: its parameters cannot be traced
 
     # -- helpers -----------------------------------------------------------------------------------------
 
@@ -154,7 +158,13 @@ class Checker:
         last = self.cim_class(chain[-1]) if chain else None
         if last and last.get("base") and last["base"].lower() == base.lower():
             return True
-        return False if complete else None
+        if complete:
+            return False
+        # The chain leaves the reference at a DMTF CIM_ class; the CIM schema's classes never derive from a vendor
+        # (Msvm_, MSFT_) class, so such a class cannot be reached from there.
+        if last and str(last.get("base", "")).startswith("CIM_") and not base.startswith("CIM_"):
+            return False
+        return None
 
     @staticmethod
     def ref_type(mof_type: str) -> Type:
@@ -182,6 +192,7 @@ class Checker:
         self.block(self.root, top)
         for name, (params, body) in self.functions.items():
             calls = self.call_types.get(name) or [[]]
+            self.uncalled = not self.call_types.get(name)
             seen = set()
             for args in calls:
                 env = dict(top)  # PowerShell functions see their caller's variables
@@ -191,6 +202,7 @@ class Checker:
                     continue
                 seen.add(key)
                 self.block(body, env)
+        self.uncalled = False
         return self
 
     def _walk_functions(self, node: t.Any) -> t.Iterator[t.Any]:
@@ -222,6 +234,8 @@ class Checker:
         kind = node.type
         if kind == "function_statement":
             return None
+        if kind in ("statement_list", "script_block_body", "script_block", "program"):
+            return self.block(node, env)
         if kind == "variable":
             return env.get(self.text(node)[1:].lower())
         if kind in ("pipeline", "pipeline_chain"):
@@ -294,6 +308,8 @@ class Checker:
         name_node = children[-1]
         name = self.text(name_node)
         if base is None or name_node.type != "member_name":
+            if not self.quiet and not self.uncalled:
+                self.untraced.add(self.text(node))
             return None
         return self.property(base, name, node)
 
@@ -305,9 +321,12 @@ class Checker:
             entry = self.ref["output_types"].get(base[1].lower())
             if entry is None:
                 return None
-            if not any(p.lower() == name.lower() for p in entry["properties"]):
+            known = next((v for p, v in entry["properties"].items() if p.lower() == name.lower()), None)
+            if known is None:
                 self.report("unknown-property", node, f"'{name}' is not a property of {entry['name']} in the "
                             f"reference (known: {', '.join(sorted(entry['properties']))})")
+            elif not self.quiet:
+                self.reads.add((entry["name"], name, known["evidence"]))
             return None
         if kind == "cim":
             chain, complete = self.class_chain(base[1])
@@ -318,18 +337,24 @@ class Checker:
                 where = "" if complete else f" (its documented classes: {' -> '.join(chain)})"
                 self.report("unknown-property", node, f"'{name}' is not a property of CIM class {base[1]}{where}")
                 return None
+            if not self.quiet:
+                self.reads.add((base[1], name, "cim-class"))
             return self.ref_type(found["type"])
         if kind == "cimresult":
             method = self.cim_method(base[1], base[2])
             if method is None:
                 return None
             if name.lower() == "returnvalue":
+                if not self.quiet:
+                    self.reads.add((f"{base[1]}.{base[2]}()", name, "cim-method"))
                 return None
             for param in method["parameters"]:
                 if param["name"].lower() == name.lower():
                     if not param["out"]:
                         self.report("unknown-property", node, f"'{name}' is an [in] parameter of {base[1]}."
                                     f"{base[2]}, not part of its result")
+                    elif not self.quiet:
+                        self.reads.add((f"{base[1]}.{base[2]}()", name, "cim-method"))
                     return ("cim", param["type"]) if param["ref"] else None
             self.report("unknown-property", node, f"'{name}' is not an out parameter of {base[1]}.{base[2]} "
                         f"(nor ReturnValue)")
