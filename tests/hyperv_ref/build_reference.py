@@ -180,15 +180,14 @@ def parse_class(text: str) -> dict[str, t.Any]:
     block = re.search(r"```\s*(?:syntax|mof)\s*\n(.*?)```", text, re.S).group(1)
     head = re.search(r"class\s+(\w+)\s*(?::\s*(\w+))?", block)
     properties = {}
-    for ptype, pref, pname, parray in re.findall(rf"^\s*({_MOF_TYPE})\s+(REF\s+)?(\w+)(\[\])?\s*(?:=[^;]*)?;",
-                                                  block, re.M):
+    declaration = rf"^\s*({_MOF_TYPE})\s+(REF\s+)?(\w+)(\[\])?\s*(?:=[^;]*)?;"
+    for ptype, pref, pname, parray in re.findall(declaration, block, re.M):
         properties[pname] = {"type": ptype + (" REF" if pref else "") + ("[]" if parray else "")}
     listing = re.search(r"^### Methods$(.*?)^###? ", text, re.S | re.M)
     listing_text = listing.group(1) if listing else ""
     links = re.findall(r"\[\*\*(\w+)\*\*\]\(([\w-]+\.md)\)", listing_text)
     links += [(n, p) for p, n in re.findall(r"<a href=\"([\w-]+\.md)\"><strong>(\w+)</strong></a>", listing_text)]
-    methods = {n: p for n, p in links}
-    return {"name": head.group(1), "base": head.group(2), "properties": properties, "method_pages": methods}
+    return {"name": head.group(1), "base": head.group(2), "properties": properties, "method_pages": dict(links)}
 
 
 def parse_method(text: str) -> list[dict[str, t.Any]]:
@@ -227,7 +226,7 @@ def build(mirrors: dict[str, Mirror]) -> dict[str, t.Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     parser.add_argument("--psdocs-windows", required=True)
     parser.add_argument("--psdocs-core", required=True)
     parser.add_argument("--win32", required=True)
