@@ -187,7 +187,9 @@ def parse_class(text: str) -> dict[str, t.Any]:
     listing_text = listing.group(1) if listing else ""
     links = re.findall(r"\[\*\*(\w+)\*\*\]\(([\w-]+\.md)\)", listing_text)
     links += [(n, p) for p, n in re.findall(r"<a href=\"([\w-]+\.md)\"><strong>(\w+)</strong></a>", listing_text)]
-    return {"name": head.group(1), "base": head.group(2), "properties": properties, "method_pages": dict(links)}
+    namespace = re.search(r"^\|\s*Namespace(?:<br/>)?\s*\|\s*([^|<]+?)\s*(?:<br/>)?\s*\|", text, re.M)
+    return {"name": head.group(1), "base": head.group(2), "properties": properties, "method_pages": dict(links),
+            "namespace": namespace.group(1).replace("\\\\", "\\") if namespace else None}
 
 
 def parse_method(text: str) -> list[dict[str, t.Any]]:
@@ -218,7 +220,7 @@ def build(mirrors: dict[str, Mirror]) -> dict[str, t.Any]:
                 mpath = os.path.join(os.path.dirname(path), page)
                 mtext = win32.read(mpath)
                 methods[method] = {"source": win32.source(mpath, mtext), "parameters": parse_method(mtext)}
-        classes[name] = {"source": win32.source(path, text), "base": parsed["base"],
+        classes[name] = {"source": win32.source(path, text), "base": parsed["base"], "namespace": parsed["namespace"],
                          "properties": parsed["properties"], "methods": methods}
     return {"generated_by": "tests/hyperv_ref/build_reference.py",
             "mirrors": {m.repo: m.commit for m in mirrors.values()},

@@ -53,7 +53,7 @@ class Finding:
 
 KINDS = ("unknown-command", "unknown-parameter", "ambiguous-parameter", "parameter-set", "missing-mandatory",
          "positional", "accepted-value", "unknown-property", "unknown-cim-class", "unknown-cim-method",
-         "cim-argument", "cim-ref-argument")
+         "cim-argument", "cim-ref-argument", "cim-namespace")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,6 +238,8 @@ class Checker:
             return self.block(node, env)
         if kind == "variable":
             return env.get(self.text(node)[1:].lower())
+        if kind == "string_literal" and self.text(node).startswith("'"):
+            return ("str", self.text(node)[1:-1].replace("''", "'"))
         if kind in ("pipeline", "pipeline_chain"):
             return self.pipeline(node, env)
         if kind == "assignment_expression":
@@ -541,6 +543,8 @@ class Checker:
             if name == "Select-Object" and ({"Property", "ExpandProperty"} & set(given)):
                 return None
             return incoming
+        if name in ("Get-CimInstance", "Get-CimClass") and "ClassName" in given:
+            self.namespace(given["ClassName"], values.get("Namespace"), "Namespace" in given)
         if name == "Get-CimInstance":
             if "ClassName" in given:
                 return self.class_literal(given["ClassName"])
@@ -593,6 +597,19 @@ class Checker:
             self.report("unknown-cim-class", node, f"CIM class '{literal}' is not in the reference")
             return None
         return ("cim", next(k for k in self.ref["cim_classes"] if k.lower() == literal.lower()))
+
+    def namespace(self, class_node: t.Any, value: Type, given: bool) -> None:
+        """A class asked for by name must be asked for in the namespace its page documents."""
+        literal = self.literal(class_node)
+        entry = self.cim_class(literal) if literal else None
+        if entry is None or not entry.get("namespace"):
+            return
+        want = entry["namespace"].replace("/", "\\").lower()
+        if not given:
+            self.report("cim-namespace", class_node, f"{literal} lives in {entry['namespace']}; without -Namespace "
+                        f"the CIM cmdlets look in root/cimv2")
+        elif value and value[0] == "str" and value[1].replace("/", "\\").lower() != want:
+            self.report("cim-namespace", class_node, f"{literal} lives in {entry['namespace']}, not {value[1]}")
 
     def invoke_cim(self, given: dict[str, t.Any], values: dict[str, Type], node: t.Any) -> Type:
         cls = None

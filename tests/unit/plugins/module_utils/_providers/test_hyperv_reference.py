@@ -86,6 +86,8 @@ def test_every_shipped_script_agrees_with_the_reference(name):
                  id="ref-argument-as-psreference"),
     pytest.param("backup_drop", "AffectedReferencePoint = $item", "AffectedReferencePoint = $vmCim",
                  "cim-ref-argument", id="ref-argument-of-wrong-class"),
+    pytest.param("backup_begin", "$ns = 'root\\virtualization\\v2'", "$ns = 'root\\virtualization'", "cim-namespace",
+                 id="wrong-cim-namespace"),
     pytest.param("backup_changes", "$result.ProcessedByteLength", "$result.ProcessedBytes", "unknown-property",
                  id="unknown-cim-out-parameter"),
     pytest.param("backup_begin", "$job.JobState", "$job.State", "unknown-property", id="unknown-cim-property"),
@@ -98,7 +100,7 @@ def test_each_kind_of_drift_is_caught(name, old, new, kind):
 def test_every_finding_kind_has_a_broken_copy():
     covered = {"unknown-parameter", "unknown-property", "parameter-set", "ambiguous-parameter", "missing-mandatory",
                "accepted-value", "unknown-command", "unknown-cim-class", "unknown-cim-method", "cim-argument",
-               "cim-ref-argument"}
+               "cim-ref-argument", "cim-namespace"}
     assert set(KINDS) - covered == {"positional"}
 
 
