@@ -135,19 +135,19 @@ class Checker:
             current = entry.get("base")
         return chain, True
 
-    def cim_property(self, cls: str, prop: str) -> dict[str, t.Any] | None:
+    def cim_member(self, cls: str, group: str, member: str) -> dict[str, t.Any] | None:
+        """A property or method (``group``) of ``cls`` or of one of its documented base classes, or None."""
         for name in self.class_chain(cls)[0]:
-            for key, value in self.ref["cim_classes"][name]["properties"].items():
-                if key.lower() == prop.lower():
+            for key, value in self.ref["cim_classes"][name][group].items():
+                if key.lower() == member.lower():
                     return value
         return None
 
+    def cim_property(self, cls: str, prop: str) -> dict[str, t.Any] | None:
+        return self.cim_member(cls, "properties", prop)
+
     def cim_method(self, cls: str, method: str) -> dict[str, t.Any] | None:
-        for name in self.class_chain(cls)[0]:
-            for key, value in self.ref["cim_classes"][name]["methods"].items():
-                if key.lower() == method.lower():
-                    return value
-        return None
+        return self.cim_member(cls, "methods", method)
 
     def derives(self, cls: str, base: str) -> bool | None:
         """Whether ``cls`` is ``base`` or derives from it; None when the documented chain ends too early."""
