@@ -346,7 +346,7 @@ class Checker:
             method = self.cim_method(base[1], base[2])
             if method is None:
                 return None
-            if name.lower() == "returnvalue":
+            if name.lower() in ("returnvalue", "pscomputername"):  # output_types.json cim_cmdlet_rules.method_result
                 if not self.quiet:
                     self.reads.add((f"{base[1]}.{base[2]}()", name, "cim-method"))
                 return None
@@ -650,7 +650,7 @@ class Checker:
         where = f"{cls}.{method} {param['name']}"
         if param["ref"]:
             if vtype and vtype[0] == "ref":
-                if declared:
+                if declared:  # output_types.json cim_cmdlet_rules.ref_arguments
                     self.report("cim-ref-argument", node, f"{where} is '{param['type']} REF': with -InputObject or "
                                 f"-CimClass Invoke-CimMethod converts each argument to the type the method declares, "
                                 f"and a PowerShell [ref] is not a CimInstance; pass the CimInstance itself")

@@ -146,6 +146,10 @@ def test_reference_entries_name_their_source():
         source = entry["source"]
         assert source["repo"].startswith("MicrosoftDocs/") and source["path"].endswith(".md")
         assert len(source["commit"]) == 40 and source["ms_date"]
+    with open(os.path.join(TESTS, "hyperv_ref", "output_types.json"), encoding="utf-8") as handle:
+        rules = json.load(handle)["cim_cmdlet_rules"]
+    for key in ("ref_arguments", "method_result"):
+        assert rules[key]["repo"] == "PowerShell/PowerShell" and len(rules[key]["commit"]) == 40
     for name, entry in reference["output_types"].items():
         for prop, fact in entry["properties"].items():
             assert fact["evidence"] in ("example", "parameter", "none"), (name, prop)
