@@ -147,7 +147,9 @@ def test_reference_entries_name_their_source():
         assert source["repo"].startswith("MicrosoftDocs/") and source["path"].endswith(".md")
         assert len(source["commit"]) == 40 and source["ms_date"]
     with open(os.path.join(TESTS, "hyperv_ref", "output_types.json"), encoding="utf-8") as handle:
-        rules = json.load(handle)["cim_cmdlet_rules"]
+        kept = json.load(handle)
+    rules = kept["cim_cmdlet_rules"]
+    assert kept["pages_read_at"]["commit"] == reference["mirrors"][kept["pages_read_at"]["repo"]]
     for key in ("ref_arguments", "method_result"):
         assert rules[key]["repo"] == "PowerShell/PowerShell" and len(rules[key]["commit"]) == 40
     for name, entry in reference["output_types"].items():
