@@ -254,7 +254,8 @@ class Checker:
             return ("ref", inner, children[-1]) if self.text(children[0]).lower() == "[ref]" else None
         if kind == "hash_literal_expression":
             entries = {}
-            for entry in self._descendants(node, "hash_entry"):
+            body = next((c for c in self.named(node) if c.type == "hash_literal_body"), None)
+            for entry in [c for c in self.named(body) if c.type == "hash_entry"] if body is not None else []:
                 key, value = self.named(entry)[0], self.named(entry)[-1]
                 entries[self.text(key).lower()] = (self.text(key), value, self.expr(value, env))
             return ("hash", entries)
@@ -278,10 +279,9 @@ class Checker:
             return self.block(node, env) if len(children) != 1 else self.expr(children[0], env)
         if len(children) == 1:
             return self.expr(children[0], env)
-        last: Type = None
-        for child in children:
-            last = self.expr(child, env)
-        return None if children else last
+        for child in children:  # operators, conditions, loops: visit for their findings; no traceable type
+            self.expr(child, env)
+        return None
 
     def assignment(self, node: t.Any, env: dict[str, Type]) -> Type:
         children = self.named(node)
