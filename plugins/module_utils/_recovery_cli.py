@@ -247,6 +247,18 @@ def cmd_definition(repo: Repository, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_break_lock(repo: Repository, args: argparse.Namespace) -> int:
+    try:
+        removed = repo.break_lock()
+    except backup_errors.BackupError as exc:
+        raise RecoverError(f"Failed to remove the locks of {args.repository}: {exc}") from exc
+    lines = [f"removed the {'exclusive' if lock.get('exclusive') else 'shared'} lock of {lock.get('operation', '?')} "
+             f"by host {lock.get('host', '?')} pid {lock.get('pid', '?')} (taken {lock.get('time', '?')})"
+             for lock in removed] or ["The repository had no lock."]
+    _emit(args, removed, lines)
+    return 0
+
+
 def restore_image(repo: Repository, record: t.Any, disk: str, path: str, fmt: str, timeout: int) -> None:
     """Restore one disk of ``record`` to ``path`` as ``fmt``; nothing is left under ``path`` on failure.
 
@@ -345,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_verify.add_argument("--json", action="store_true", help="print JSON")
     p_verify.set_defaults(func=cmd_verify)
 
+    p_break = sub.add_parser("break-lock", help="remove every lock, e.g. a prune's lock left by the lost host "
+                                                "(make sure no vmsafe process still uses the repository)")
+    p_break.add_argument("--json", action="store_true", help="print JSON")
+    p_break.set_defaults(func=cmd_break_lock)
+
     for name, func, text in (("restore", cmd_restore, "restore a backup's disks to image files"),
                              ("definition", cmd_definition, "print the VM definition stored with a backup")):
         p_cmd = sub.add_parser(name, help=text)
@@ -373,7 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         repo = open_repo(args)
         return int(args.func(repo, args))
     except RecoverError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        hint = f" Here: {PROG} break-lock." if isinstance(exc.__cause__, backup_errors.LockedError) else ""
+        print(f"{PROG}: error: {exc}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; no partial file was left under a final name.", file=sys.stderr)

@@ -7,6 +7,7 @@ The run without Ansible installed, and the comparison with vm_restore, are in te
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import random
@@ -180,3 +181,20 @@ def test_passphrase_file_and_definition(repo_path: t.Any, capsys: t.Any, tmp_pat
     assert out == DOMAIN + "\n"
     rc, _, err = run(capsys, "definition", "--vm", "web01")
     assert rc == 1 and "passphrase" in err.lower()
+
+
+def test_break_lock_frees_the_repository_from_the_lost_hosts_prune(repo_path: t.Any, capsys: t.Any,
+                                                                   tmp_path: t.Any) -> None:
+    path = repo_path[0]
+    lock = {"host": "lost-host.example.com", "pid": 4242, "start": None, "operation": "prune", "exclusive": True,
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+    with open(os.path.join(path, "locks", "0" * 32), "w", encoding="utf-8") as handle:
+        json.dump(lock, handle)
+    rc, _, err = run(capsys, "-r", path, "restore", "--vm", "db01", "--dest", str(tmp_path), "--format", "raw")
+    assert rc == 1 and "lost-host.example.com" in err and err.rstrip().endswith("Here: vmsafe-recover break-lock.")
+    rc, out, _ = run(capsys, "-r", path, "break-lock")
+    assert rc == 0 and "exclusive lock of prune by host lost-host.example.com pid 4242" in out
+    rc, _, err = run(capsys, "-r", path, "restore", "--vm", "db01", "--dest", str(tmp_path), "--format", "raw")
+    assert rc == 0, err
+    rc, out, _ = run(capsys, "-r", path, "break-lock")
+    assert rc == 0 and out == "The repository had no lock.\n"
