@@ -158,12 +158,18 @@ def _human(size: int) -> str:
     return str(size)  # pragma: no cover - the loop always returns
 
 
+def _say(text: str, err: bool = False) -> None:
+    """One line to stdout (or stderr): this is a command-line tool, not a module."""
+    stream = sys.stderr if err else sys.stdout
+    stream.write(text + "\n")
+
+
 def _emit(args: argparse.Namespace, data: t.Any, lines: t.Iterable[str]) -> None:
     if args.json:
-        print(json.dumps(data, indent=2, sort_keys=True))
+        _say(json.dumps(data, indent=2, sort_keys=True))
     else:
         for line in lines:
-            print(line)
+            _say(line)
 
 
 # --- libvirt definition for the restored disks -----------------------------------------------------------------------
@@ -318,16 +324,16 @@ def cmd_restore(repo: Repository, args: argparse.Namespace) -> int:
         files.append({"disk": name, "path": paths[name], "format": args.format, "size": disk.size,
                       "digest": disk.content_digest})
         if not args.json:
-            print(f"restored disk {name} of {record.id} ({_human(disk.size)}, content checked) to {paths[name]}")
+            _say(f"restored disk {name} of {record.id} ({_human(disk.size)}, content checked) to {paths[name]}")
     if xml is not None:
         partial = args.libvirt_xml + ".vmsafe-partial"
         with open(partial, "w", encoding="utf-8") as handle:
             handle.write(xml)
         os.replace(partial, args.libvirt_xml)
         if not args.json:
-            print(f"wrote the VM's libvirt definition (disks pointing at the restored files) to {args.libvirt_xml}")
+            _say(f"wrote the VM's libvirt definition (disks pointing at the restored files) to {args.libvirt_xml}")
     if args.json:
-        print(json.dumps({"backup_id": record.id, "vm_name": record.vm_name, "files": files,
+        _say(json.dumps({"backup_id": record.id, "vm_name": record.vm_name, "files": files,
                           "libvirt_xml": args.libvirt_xml}, indent=2, sort_keys=True))
     return 0
 
@@ -391,10 +397,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(repo, args))
     except RecoverError as exc:
         hint = f" Here: {PROG} break-lock." if isinstance(exc.__cause__, backup_errors.LockedError) else ""
-        print(f"{PROG}: error: {exc}{hint}", file=sys.stderr)
+        _say(f"{PROG}: error: {exc}{hint}", err=True)
         return 1
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; no partial file was left under a final name.", file=sys.stderr)
+        _say(f"{PROG}: interrupted; no partial file was left under a final name.", err=True)
         return 130
     except BrokenPipeError:  # e.g. "list | head": the reader has gone, which is not an error of ours
         sys.stdout = None  # type: ignore[assignment]  # no flush of the dead pipe at exit
@@ -405,4 +411,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

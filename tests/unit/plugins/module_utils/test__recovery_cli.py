@@ -70,12 +70,12 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 def test_list_json_names_every_backup_oldest_first(repo_path: t.Any, capsys: t.Any) -> None:
     path, _images, ids = repo_path
-    rc, out, _ = run(capsys, "-r", path, "list", "--json")
+    rc, out, _err = run(capsys, "-r", path, "list", "--json")
     rows = json.loads(out)
     assert rc == 0 and [r["vm_name"] for r in rows] == ["web01", "web01", "db01"]
     assert [r["id"] for r in rows[:2]] == ids and [r["mode"] for r in rows[:2]] == ["full", "incremental"]
     assert rows[1]["parent"] == ids[0] and [d["name"] for d in rows[0]["disks"]] == ["vda", "vdb"]
-    rc, out, _ = run(capsys, "-r", path, "list", "--vm", "db01")
+    rc, out, _err = run(capsys, "-r", path, "list", "--vm", "db01")
     assert rc == 0 and len(out.splitlines()) == 2 and "db01" in out.splitlines()[1] and "web01" not in out
 
 
@@ -114,10 +114,10 @@ def test_restore_newest_of_vm_one_disk_and_libvirt_definition(repo_path: t.Any, 
     assert root.find("uuid").text == "6c7f1e0a-0d55-4b8e-9d2f-3a4c5b6d7e8f"
     assert root.find("./devices/interface/mac").get("address") == "52:54:00:12:34:56"
 
-    rc, _, err = run(capsys, "-r", path, "restore", "--vm", "web01", "--disk", "vda", "--dest", str(tmp_path),
+    rc, _out, err = run(capsys, "-r", path, "restore", "--vm", "web01", "--disk", "vda", "--dest", str(tmp_path),
                      "--format", "raw")
     assert rc == 1 and f"Refusing to overwrite {image}" in err
-    rc, _, err = run(capsys, "-r", path, "restore", "--vm", "db01", "--dest", str(tmp_path), "--libvirt-xml",
+    rc, _out, err = run(capsys, "-r", path, "restore", "--vm", "db01", "--dest", str(tmp_path), "--libvirt-xml",
                      str(tmp_path / "db01.xml"))
     assert rc == 1 and "not a libvirt <domain>" in err and not list(tmp_path.glob("db01*"))
 
@@ -134,20 +134,20 @@ def test_libvirt_definition_rewrites_network_disk_to_file() -> None:
 
 
 def test_verify_passes_then_finds_a_damaged_pack(repo_path: t.Any, capsys: t.Any) -> None:
-    path, _images, _ids = repo_path
-    rc, out, _ = run(capsys, "-r", path, "verify", "--read-data")
+    path = repo_path[0]
+    rc, out, _err = run(capsys, "-r", path, "verify", "--read-data")
     assert rc == 0 and out.startswith("OK: 3 backup(s)")
-    packs = sorted(os.path.join(d, f) for d, _, fs in os.walk(os.path.join(path, "packs")) for f in fs)
+    packs = sorted(os.path.join(d, f) for d, _out, fs in os.walk(os.path.join(path, "packs")) for f in fs)
     with open(packs[0], "r+b") as handle:
         handle.seek(100)
         byte = handle.read(1)
         handle.seek(100)
         handle.write(bytes([byte[0] ^ 0xFF]))
-    rc, out, _ = run(capsys, "-r", path, "verify", "--read-data", "--json")
+    rc, out, _err = run(capsys, "-r", path, "verify", "--read-data", "--json")
     report = json.loads(out)
     assert rc == 1 and not report["ok"] and report["damaged"]
     assert all(d["backup_id"] and d["disk_name"] and d["reason"] for d in report["damaged"])  # it names what is hit
-    rc, out, _ = run(capsys, "-r", path, "verify", "--read-data")
+    rc, out, _err = run(capsys, "-r", path, "verify", "--read-data")
     assert rc == 1 and out.startswith("DAMAGED: ") and "damaged: backup " in out
 
 
@@ -179,7 +179,7 @@ def test_passphrase_file_and_definition(repo_path: t.Any, capsys: t.Any, tmp_pat
     rc, out, err = run(capsys, "--passphrase-file", str(secret), "definition", "--vm", "web01")
     assert rc == 0, err
     assert out == DOMAIN + "\n"
-    rc, _, err = run(capsys, "definition", "--vm", "web01")
+    rc, _out, err = run(capsys, "definition", "--vm", "web01")
     assert rc == 1 and "passphrase" in err.lower()
 
 
@@ -190,11 +190,11 @@ def test_break_lock_frees_the_repository_from_the_lost_hosts_prune(repo_path: t.
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat()}
     with open(os.path.join(path, "locks", "0" * 32), "w", encoding="utf-8") as handle:
         json.dump(lock, handle)
-    rc, _, err = run(capsys, "-r", path, "restore", "--vm", "db01", "--dest", str(tmp_path), "--format", "raw")
+    rc, _out, err = run(capsys, "-r", path, "restore", "--vm", "db01", "--dest", str(tmp_path), "--format", "raw")
     assert rc == 1 and "lost-host.example.com" in err and err.rstrip().endswith("Here: vmsafe-recover break-lock.")
-    rc, out, _ = run(capsys, "-r", path, "break-lock")
+    rc, out, _err = run(capsys, "-r", path, "break-lock")
     assert rc == 0 and "exclusive lock of prune by host lost-host.example.com pid 4242" in out
-    rc, _, err = run(capsys, "-r", path, "restore", "--vm", "db01", "--dest", str(tmp_path), "--format", "raw")
+    rc, _out, err = run(capsys, "-r", path, "restore", "--vm", "db01", "--dest", str(tmp_path), "--format", "raw")
     assert rc == 0, err
-    rc, out, _ = run(capsys, "-r", path, "break-lock")
+    rc, out, _err = run(capsys, "-r", path, "break-lock")
     assert rc == 0 and out == "The repository had no lock.\n"
