@@ -14,7 +14,7 @@ description:
   - With O(new_passphrase), re-wraps the repository key under the new passphrase. Only the key file changes; every
     backup stays readable with the new passphrase. A repository made by an older release also gets its config
     authenticated then.
-  - Creation never replaces anything: several hosts running this at once create one repository, and a location
+  - Creation never replaces anything. Several hosts running this at once create one repository, and a location
     that holds a key or data without a config is refused.
 author: vmsafe.protect contributors (@vmsafe-protect)
 extends_documentation_fragment:

@@ -41,7 +41,7 @@ options:
     default: false
   repair:
     description:
-      - Repair the repository instead of failing: rebuild the index from the packs, read every chunk (implies
+      - Repair the repository instead of failing. Rebuild the index from the packs, read every chunk (implies
         O(read_data)), and drop the index entries of damaged chunks, so that the next backup of a VM whose disk
         still holds that data stores it again. That also heals every older backup that uses the same chunk.
       - Takes the repository alone (waits up to O(lock_timeout) for running backups). The task reports
