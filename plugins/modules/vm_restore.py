@@ -148,7 +148,7 @@ plan:
 """
 
 import os
-import subprocess
+import tempfile
 import typing as t
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup import errors as backup_errors
@@ -156,6 +156,8 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._changes import Ste
 from ansible_collections.vmsafe.protect.plugins.module_utils._connection import connection_spec
 from ansible_collections.vmsafe.protect.plugins.module_utils._errors import InvalidArgument, OperationTimeout, VmsafeError
 from ansible_collections.vmsafe.protect.plugins.module_utils._models import VmSelector
+from ansible_collections.vmsafe.protect.plugins.module_utils._providers.libvirt_host import KvmHost
+from ansible_collections.vmsafe.protect.plugins.module_utils._providers.libvirt_image import image_digest
 from ansible_collections.vmsafe.protect.plugins.module_utils._repository import open_repository, repository_spec, wrap
 from ansible_collections.vmsafe.protect.plugins.module_utils._runner import ProviderTask, run_module
 
@@ -170,6 +172,8 @@ class RestoreTask(ProviderTask):
     """Restore one backup."""
 
     repo: t.Any = None
+    _host: KvmHost | None = None
+    _scratch_dir: str | None = None
 
     @classmethod
     def needs_provider(cls, params: dict[str, t.Any]) -> bool:
@@ -217,22 +221,70 @@ class RestoreTask(ProviderTask):
                 raise InvalidArgument("target: new_vm needs new_vm_name, the name of the VM to create.")
             stem = p["new_vm_name"] if target == "new_vm" else f"{self.record.vm_name}"
             paths = {n: os.path.join(p["dest"], f"{stem}-{n}-{self.record.id}.{EXTENSIONS[fmt]}") for n in names}
-            existing = [path for path in paths.values() if os.path.exists(path)]
-            if existing:
-                raise InvalidArgument(f"Refusing to overwrite {', '.join(existing)}: remove it or choose another dest.")
+        done = self._already_restored(paths, fmt) if target != "original" else set()
         for name in names:
             disk = self.record.disk(name)
-            entry = {"disk": name, "path": paths[name], "format": fmt, "size": disk.size, "digest": disk.content_digest}
+            entry = {"disk": name, "path": paths[name], "format": fmt, "size": disk.size, "digest": disk.content_digest,
+                     "restored": name not in done}
             self.files.append(entry)
-            changes.step(f"restore disk {name} of {self.record.id} to {paths[name]} ({fmt})",
-                         lambda e=entry: self._restore_disk(e))
+            if name not in done:
+                changes.step(f"restore disk {name} of {self.record.id} to {paths[name]} ({fmt})",
+                             lambda e=entry: self._restore_disk(e))
         if target == "original":
             # Checked first, before any disk is touched.
             changes.steps.insert(0, Step(f"check VM '{self.vm.name}' is shut off and drop its backup checkpoints",
                                          lambda: self.provider.prepare_restore_in_place(self.vm)))
-        if target == "new_vm":
+        if target == "new_vm" and not (len(done) == len(names) and self._defined_already(paths)):
             changes.step(f"define VM '{p['new_vm_name']}' from the backup's definition"
                          f"{' and start it' if p['start'] else ''}", self._define)
+
+    def _already_restored(self, paths: dict[str, str], fmt: str) -> set[str]:
+        """Disks whose file exists and holds exactly the backup's disk (same size and content digest).
+
+        A second identical run then changes nothing; a file holding anything else is never overwritten.
+        Raises InvalidArgument for such a file.
+        """
+        done = set()
+        for name, path in paths.items():
+            if not os.path.exists(path):
+                continue
+            disk = self.record.disk(name)
+            try:
+                size, digest = image_digest(self.host, path, QEMU_FORMATS[fmt], disk.chunk_size, disk.segment_chunks,
+                                            self._scratch())
+            except VmsafeError as exc:
+                raise InvalidArgument(f"Refusing to overwrite {path}: it exists and could not be read as a {fmt} "
+                                      f"image ({exc}). Remove it or choose another dest.") from exc
+            if size != disk.size or digest != disk.content_digest:
+                raise InvalidArgument(f"Refusing to overwrite {path}: it exists and does not hold disk {name} of backup "
+                                      f"{self.record.id} (content digest {digest[:16]}..., the backup's "
+                                      f"{disk.content_digest[:16]}...). Remove it or choose another dest.")
+            done.add(name)
+        return done
+
+    def _defined_already(self, paths: dict[str, str]) -> bool:
+        """Whether the VM of target: new_vm exists already, on exactly these restored files."""
+        try:
+            vm = self.provider.find_vm(VmSelector(name=self.params["new_vm_name"]))
+        except VmsafeError:
+            return False
+        if sorted(self.provider.vm_disks(vm).values()) != sorted(paths.values()):
+            raise InvalidArgument(f"A VM named '{vm.name}' exists already and does not use the restored files "
+                                  f"{', '.join(sorted(paths.values()))}; choose another new_vm_name.")
+        self.vm = vm
+        return True
+
+    @property
+    def host(self) -> KvmHost:
+        """This machine, for qemu-img and qemu-nbd (through the module's run_command)."""
+        if self._host is None:
+            self._host = KvmHost("qemu:///system", self.module.run_command)
+        return self._host
+
+    def _scratch(self) -> str:
+        if self._scratch_dir is None:
+            self._scratch_dir = tempfile.mkdtemp(prefix="vmsafe-restore-")
+        return self._scratch_dir
 
     def _restore_disk(self, entry: dict[str, t.Any]) -> None:
         final = entry["path"]
@@ -248,17 +300,12 @@ class RestoreTask(ProviderTask):
             raise wrap(exc, self.params["repository"]) from exc
         partial = final + ".vmsafe-partial"
         try:
-            subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", QEMU_FORMATS[entry["format"]], raw, partial],
-                           check=True, capture_output=True, text=True, timeout=self.params["timeout"])
+            self.host.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", QEMU_FORMATS[entry["format"]], raw, partial],
+                          self.params["timeout"], f"convert disk {entry['disk']} to {entry['format']}")
             os.replace(partial, final)
-        except subprocess.TimeoutExpired as exc:
+        except OperationTimeout as exc:
             raise OperationTimeout(f"Timed out after {self.params['timeout']} s converting disk {entry['disk']} to "
                                    f"{entry['format']}; nothing was left under {final}.") from exc
-        except subprocess.CalledProcessError as exc:
-            raise VmsafeError(f"Failed to convert disk {entry['disk']} to {entry['format']}: {exc.stderr.strip()}") from exc
-        except FileNotFoundError as exc:
-            raise VmsafeError("qemu-img is needed to write qcow2, vmdk or vhdx images: install qemu-utils "
-                              "(or use format: raw).") from exc
         finally:
             for path in (raw, partial):
                 if os.path.exists(path):
@@ -272,6 +319,10 @@ class RestoreTask(ProviderTask):
     def cleanup(self) -> None:
         if self.repo is not None:
             self.repo.close()
+        if self._scratch_dir is not None:
+            for entry in os.listdir(self._scratch_dir):
+                os.unlink(os.path.join(self._scratch_dir, entry))
+            os.rmdir(self._scratch_dir)
 
     def result(self, changes: ChangeSet) -> dict[str, t.Any]:
         result: dict[str, t.Any] = {"backup_id": self.record.id, "files": self.files, "plan": changes.plan}

@@ -16,12 +16,10 @@ import difflib
 import json
 import os
 import shutil
-import subprocess
 import threading
 import time
 import traceback
 import typing as t
-import urllib.parse
 import xml.etree.ElementTree as ET
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._errors import (
@@ -47,6 +45,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._models import (
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers.base import HypervisorProvider, Warn
 from ansible_collections.vmsafe.protect.plugins.module_utils import _snapshot_tree as tree
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers import libvirt_backup
+from ansible_collections.vmsafe.protect.plugins.module_utils._providers.libvirt_host import KvmHost, is_local
 
 try:
     import libvirt
@@ -109,10 +108,17 @@ class LibvirtProvider(HypervisorProvider):
         super().__init__(params, warn)
         self.uri: str = params.get("uri") or "qemu:///system"
         self.conn: t.Any = None
-        parsed = urllib.parse.urlparse(self.uri)
         # Local when the URI names no host: then image files can be inspected directly.
-        self.local = parsed.hostname in (None, "", "localhost", "127.0.0.1") and "+ssh" not in parsed.scheme
+        self.local = is_local(self.uri)
         self._qemu_img_cache: dict[str, dict[str, t.Any]] = {}
+        self._kvm: KvmHost | None = None
+
+    @property
+    def kvm(self) -> KvmHost:
+        """The KVM host, for qemu-img, qemu-nbd and the NBD sockets (over SSH for qemu+ssh:// URIs)."""
+        if self._kvm is None:
+            self._kvm = KvmHost(self.uri, self.run_command)
+        return self._kvm
 
     # -- connection -------------------------------------------------------------------------------
 
@@ -137,6 +143,8 @@ class LibvirtProvider(HypervisorProvider):
             ) from exc
 
     def close(self) -> None:
+        if self._kvm is not None:
+            self._kvm.close()
         if self.conn is not None:
             try:
                 self.conn.close()
@@ -254,10 +262,10 @@ class LibvirtProvider(HypervisorProvider):
             if not self.local or not shutil.which("qemu-img") or not os.path.exists(path):
                 return None
             cmd = ["qemu-img", "info", "-U", "--output=json"] + (["--backing-chain"] if chain else []) + [path]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-            if proc.returncode != 0:
+            rc, out, _err = self.kvm.try_run(cmd, 60)
+            if rc != 0:
                 return None
-            self._qemu_img_cache[key] = json.loads(proc.stdout)
+            self._qemu_img_cache[key] = json.loads(out)
         return self._qemu_img_cache[key]
 
     def _disks(self, dom: t.Any) -> list[Disk]:
@@ -531,7 +539,7 @@ class LibvirtProvider(HypervisorProvider):
             if not active and self.local:
                 for image in images:
                     # A bitmap left in the image would only cost space; ignore "not found".
-                    subprocess.run(["qemu-img", "bitmap", "--remove", image, name], capture_output=True, check=False)
+                    self.kvm.try_run(["qemu-img", "bitmap", "--remove", image, name], 60)
 
     def delete_snapshot(self, vm: VmRef, snapshot: Snapshot, children: bool, timeout: int) -> None:
         dom = self._domain(vm)
@@ -667,13 +675,7 @@ class LibvirtProvider(HypervisorProvider):
                 f"VM '{vm.name}' is shut off and its images are on a remote host: start the VM so libvirt can merge "
                 f"disk {disk.target} with a block commit, then run again."
             )
-        try:
-            subprocess.run(["qemu-img", "commit", "-q", overlay], check=True, capture_output=True, text=True,
-                           timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            raise OperationTimeout(f"Timed out after {timeout} s merging {overlay} into {base}.") from exc
-        except subprocess.CalledProcessError as exc:
-            raise ProviderError(f"Failed to merge {overlay} into {base}: {exc.stderr.strip()}") from exc
+        self.kvm.run(["qemu-img", "commit", "-q", overlay], timeout, f"merge {overlay} into {base}")
         if index == 0:
             root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE))
             for node in root.findall("./devices/disk"):
