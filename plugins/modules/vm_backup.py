@@ -330,7 +330,7 @@ class BackupTask(ProviderTask):
             stats = self.record.stats
             read, stored = int(stats.get("read_bytes", 0)), int(stats.get("new_bytes", 0))
             result.update(
-                backup_id=self.record.id, checkpoint=self.session.checkpoint, consistency=self.session.consistency,
+                backup_id=self.record.id, checkpoint=self.session.checkpoint or None, consistency=self.session.consistency,
                 bytes_read=read, bytes_stored=stored, reduction_ratio=round(read / stored, 2) if stored else None,
                 duration=self.duration,
                 disks=[{"name": d.name, "size": d.size, "digest": d.content_digest} for d in self.record.disks],

@@ -148,6 +148,7 @@ plan:
 """
 
 import os
+import stat
 import tempfile
 import typing as t
 
@@ -199,6 +200,7 @@ class RestoreTask(ProviderTask):
             raise InvalidArgument(f"Backup {self.record.id} has no disk {', '.join(unknown)}; it has "
                                   f"{', '.join(d.name for d in self.record.disks)}.")
         self.vm = None
+        formats: dict[str, str] = {}
         self.files: list[dict[str, t.Any]] = []
         target = p["target"]
         # a new or original VM gets the format its hypervisor takes (qcow2 for libvirt, flat images for VMware)
@@ -214,6 +216,8 @@ class RestoreTask(ProviderTask):
                 raise InvalidArgument(f"VM '{self.vm.name}' has no disk {', '.join(missing)} any more; restore to a new "
                                       f"VM instead.")
             paths = {n: current[n] for n in names}
+            # Each disk keeps its own format (a raw file or a block device stays raw).
+            formats = getattr(self.provider, "vm_disk_formats", lambda _vm: {})(self.vm)
         else:
             if not p["dest"] or not os.path.isdir(p["dest"]):
                 raise InvalidArgument(f"dest must be an existing directory for target: {target}, got {p['dest']!r}.")
@@ -224,8 +228,9 @@ class RestoreTask(ProviderTask):
         done = self._already_restored(paths, fmt) if target != "original" else set()
         for name in names:
             disk = self.record.disk(name)
-            entry = {"disk": name, "path": paths[name], "format": fmt, "size": disk.size, "digest": disk.content_digest,
-                     "restored": name not in done}
+            disk_fmt = formats.get(name, fmt) if target == "original" else fmt
+            entry = {"disk": name, "path": paths[name], "format": disk_fmt if disk_fmt in QEMU_FORMATS else "raw",
+                     "size": disk.size, "digest": disk.content_digest, "restored": name not in done}
             self.files.append(entry)
             if name not in done:
                 changes.step(f"restore disk {name} of {self.record.id} to {paths[name]} ({fmt})",
@@ -289,6 +294,9 @@ class RestoreTask(ProviderTask):
     def _restore_disk(self, entry: dict[str, t.Any]) -> None:
         final = entry["path"]
         try:
+            if entry["format"] == "raw" and os.path.exists(final) and stat.S_ISBLK(os.stat(final).st_mode):
+                self.repo.restore(self.record.id, entry["disk"], final)  # a block device (LVM): written in place
+                return
             if entry["format"] == "raw":
                 tmp = final + ".vmsafe-restore"
                 self.repo.restore(self.record.id, entry["disk"], tmp, sparse=True)

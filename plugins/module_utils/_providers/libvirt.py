@@ -690,40 +690,77 @@ class LibvirtProvider(HypervisorProvider):
 
     # -- backups ----------------------------------------------------------------------------------
 
+    def _image_chain(self, path: str) -> list[dict[str, t.Any]]:
+        """qemu-img's view of an image and its backing chain (top first), on the KVM host; [] when unreadable."""
+        if not self.kvm.reachable:
+            return []
+        rc, out, _err = self.kvm.try_run(["qemu-img", "info", "-U", "--backing-chain", "--output=json", path], 60)
+        if rc != 0:
+            return []
+        try:
+            return t.cast("list[dict[str, t.Any]]", json.loads(out))
+        except ValueError:
+            return []
+
     def backup_base(self, vm: VmRef, last: dict[str, t.Any] | None) -> tuple[str | None, str]:
         dom = self._domain(vm)
+        disks = libvirt_backup.backup_disks(dom)
+        tracked = [d for d in disks if d.tracks_changes]
         if last is None:
             return None, "no earlier backup of this VM in the repository"
+        if not tracked:
+            kinds = ", ".join(f"{d.target} is {d.fmt}" for d in disks)
+            return None, f"no disk of this VM keeps a dirty bitmap ({kinds}; only qcow2 does): every backup is full"
         checkpoint = last.get("checkpoint")
         names = libvirt_backup.checkpoint_names(dom)
         if not checkpoint or checkpoint not in names:
             return None, (f"the checkpoint of the last backup ({checkpoint or 'none'}) is gone from the VM "
                           f"(a revert, a failed run or a manual deletion)")
-        disks = {target: path for target, path, _fmt in libvirt_backup.disk_targets(dom)}
-        if set(disks) != set(last.get("disks", {})):
-            return None, f"the VM's disks changed ({', '.join(sorted(disks))} now)"
-        for target, path in disks.items():
+        if {d.target for d in disks} != set(last.get("disks", {})):
+            return None, f"the VM's disks changed ({', '.join(sorted(d.target for d in disks))} now)"
+        active = dom.isActive()
+        for disk in disks:
             try:
-                size = dom.blockInfo(target)[0]
+                size = dom.blockInfo(disk.target)[0]
             except libvirt.libvirtError:
                 size = None
-            if size is not None and size != last["disks"][target]:
-                return None, f"disk {target} was resized from {last['disks'][target]} to {size} bytes"
-            info = self._qemu_img_info(path) or {}
-            for bitmap in info.get("format-specific", {}).get("data", {}).get("bitmaps", []):
-                if bitmap.get("name") == checkpoint and "inconsistent" in bitmap.get("flags", []):
-                    return None, f"the dirty bitmap of disk {target} is inconsistent (QEMU stopped uncleanly)"
-        return checkpoint, f"checkpoint {checkpoint} of the last backup is intact"
+            if size is not None and size != last["disks"][disk.target]:
+                return None, f"disk {disk.target} was resized from {last['disks'][disk.target]} to {size} bytes"
+        for disk in tracked:
+            chain = self._image_chain(disk.path)
+            top = {b.get("name"): b.get("flags", []) for b in
+                   (chain[0] if chain else {}).get("format-specific", {}).get("data", {}).get("bitmaps", [])}
+            flags = top.get(checkpoint, [])
+            if "inconsistent" in flags:
+                return None, f"the dirty bitmap of disk {disk.target} is inconsistent (QEMU stopped uncleanly)"
+            if active or not self.kvm.reachable:
+                continue
+            # Shut off: qemu-nbd reads the bitmap from the image itself, so it must be there, whole and enabled.
+            if checkpoint not in top or "auto" not in flags or "in-use" in flags:
+                return None, (f"disk {disk.target} ({disk.path}) has no usable dirty bitmap {checkpoint} "
+                              f"(flags: {', '.join(flags) or 'missing'})")
+            lower = [layer.get("filename") for layer in chain[1:] if checkpoint in
+                     {b.get("name") for b in layer.get("format-specific", {}).get("data", {}).get("bitmaps", [])}]
+            if lower:
+                return None, (f"disk {disk.target} got a snapshot overlay after the last backup, so its changes are "
+                              f"tracked in several images ({', '.join(lower)}); a shut-off VM is then backed up in "
+                              f"full (a running one incrementally)")
+        how = "" if active else "; the VM is shut off, so its images are read with qemu-nbd"
+        return checkpoint, f"checkpoint {checkpoint} of the last backup is intact{how}"
 
     def backup_begin(self, vm: VmRef, since: str | None, quiesce: bool, quiesce_fallback: str) -> t.Any:
         self._qemu_img_cache.clear()
-        return libvirt_backup.begin(self._domain(vm), vm, since, quiesce, quiesce_fallback, self.warn)
+        return libvirt_backup.begin(self._domain(vm), vm, since, quiesce, quiesce_fallback, self.warn, self.kvm)
 
     # -- restore ----------------------------------------------------------------------------------
 
     def vm_disks(self, vm: VmRef) -> dict[str, str]:
-        """target -> active image path of each file-backed disk."""
+        """target -> active image path (or block device) of each disk a backup covers."""
         return {target: path for target, path, _fmt in libvirt_backup.disk_targets(self._domain(vm))}
+
+    def vm_disk_formats(self, vm: VmRef) -> dict[str, str]:
+        """target -> image format (qcow2, raw, ...) of each disk a backup covers: a restore in place keeps it."""
+        return {target: fmt for target, _path, fmt in libvirt_backup.disk_targets(self._domain(vm))}
 
     def define_restored_vm(self, definition: str, name: str, disk_files: dict[str, tuple[str, str]],
                            start: bool) -> VmRef:

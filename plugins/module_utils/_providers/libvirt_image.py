@@ -50,7 +50,9 @@ class ImageExport:
             except ProviderError:
                 pass
         # A qemu-nbd that never got its client would wait for ever: end it (no-op when it is gone already).
-        self.host.try_run(["sh", "-c", 'test -f "$0" && kill "$(cat "$0")" 2>/dev/null; rm -f "$0" "$1"; true',
+        # Wait for it to be gone: its image lock must be released before anything writes the image (bitmaps).
+        self.host.try_run(["sh", "-c", 'pid=$(cat "$0" 2>/dev/null) && { kill "$pid" 2>/dev/null; '
+                           'while kill -0 "$pid" 2>/dev/null; do sleep 0.02; done; }; rm -f "$0" "$1"; true',
                            self.pid_file, self.socket], 30)
 
 
