@@ -430,17 +430,19 @@ def begin_online(dom: t.Any, vm: VmRef, since: str | None, disks: list[BackupDis
     ET.SubElement(cp, "description").text = "vmsafe.protect backup base; deleted by the next vm_backup"
     cdisks = ET.SubElement(cp, "disks")
     scratch_files: list[str] = []
+    scratch_home = next((os.path.dirname(d.path) for d in disks if d.kind == "file"), "/var/tmp")
     for disk in disks:
         attrs = {"name": disk.target, "backup": "yes", "type": "file"}
         if since and not disk.tracks_changes:
             attrs["backupmode"] = "full"  # no bitmap to build on: this disk is read whole every time
         node = ET.SubElement(bdisks, "disk", **attrs)
-        if disk.kind == "file":
-            # The scratch file holds old data QEMU copies before the guest overwrites it during the backup: keep
-            # it on the disk's own storage, not on /run (tmpfs, RAM). Block devices: libvirt's own folder.
-            scratch = os.path.join(os.path.dirname(disk.path), f".vmsafe-scratch-{disk.target}-{checkpoint or vm.id[:8]}")
-            scratch_files.append(scratch)
-            ET.SubElement(node, "scratch", file=scratch)
+        # The scratch file holds old data QEMU copies before the guest overwrites it during the backup: keep it
+        # on the disk's own storage, not on /run (tmpfs, RAM). A block device's goes beside the VM's first image
+        # file, or in /var/tmp (disk-backed by convention).
+        scratch = os.path.join(os.path.dirname(disk.path) if disk.kind == "file" else scratch_home,
+                               f".vmsafe-scratch-{disk.target}-{checkpoint or vm.id[:8]}")
+        scratch_files.append(scratch)
+        ET.SubElement(node, "scratch", file=scratch)
         ET.SubElement(cdisks, "disk", name=disk.target, checkpoint="bitmap" if disk.tracks_changes else "no")
 
     consistency = "crash_consistent"
