@@ -12,7 +12,9 @@ version_added: 0.1.0
 description:
   - Restores a backup taken by M(vmsafe.protect.vm_backup). Every chunk is authenticated and hash-checked before it is
     written, and each disk's whole content is checked against the digest recorded at backup time.
-  - V(image) writes sparse image files (V(raw), V(qcow2), V(vmdk) or V(vhdx)) into O(dest).
+  - V(image) writes sparse image files (V(raw), V(qcow2), V(vmdk) or V(vhdx)) into O(dest). It needs no hypervisor
+    library (libvirt-python, pyVmomi, pywinrm), only C(qemu-img) and C(qemu-nbd) for formats other than V(raw)
+    and for checking files made by an earlier run.
   - V(new_vm) writes qcow2 disks into O(dest) and defines a new VM from the stored definition, with a new name,
     UUID and MAC addresses, optionally started.
   - V(original) replaces the disks of the original VM, which must be shut off; it needs O(force=true).
@@ -33,7 +35,9 @@ attributes:
   idempotent:
     support: partial
     details:
-      - V(image) and V(new_vm) refuse to run again over what they made; V(original) restores every time.
+      - V(image) and V(new_vm) report no change when the files they made still hold the backup (their content digest
+        is checked, which reads their data once); a file holding anything else is never overwritten.
+        V(original) restores every time.
 options:
   backup_id:
     description:
@@ -124,7 +128,9 @@ backup_id:
   type: str
   sample: 20261123T020000Z-3f9a1c2e
 files:
-  description: Per disk, the file written (or that would be), its format, size and the content digest it was checked against.
+  description:
+    - Per disk, the file written (or that would be), its format, size and the content digest it was checked against.
+    - C(restored) is V(false) for a file an earlier run made that still holds exactly this disk (left as it is).
   returned: success
   type: list
   elements: dict
@@ -134,6 +140,7 @@ files:
       format: vhdx
       size: 21474836480
       digest: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+      restored: true
 vm:
   description: The VM defined (O(target=new_vm)) or restored over (O(target=original)).
   returned: when O(target) is not V(image)
