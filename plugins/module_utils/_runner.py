@@ -32,10 +32,11 @@ if t.TYPE_CHECKING:  # pragma: no cover
 class ProviderTask:
     """Base of every module's task. Subclasses implement plan() and result()."""
 
-    def __init__(self, module: AnsibleModule, provider: HypervisorProvider) -> None:
+    def __init__(self, module: AnsibleModule, provider: HypervisorProvider | None) -> None:
         self.module = module
         self.params: dict[str, t.Any] = module.params
-        self.provider = provider
+        # None only for tasks whose needs_provider() said no; they never touch it.
+        self.provider = t.cast("HypervisorProvider", provider)
         self.check_mode: bool = module.check_mode
         self.now = datetime.datetime.now(datetime.timezone.utc)
         self.partial: dict[str, t.Any] = {}  # returned with fail_json when a step fails
@@ -83,7 +84,9 @@ def create_provider(module: AnsibleModule) -> HypervisorProvider:
     cls, import_error = load()
     if import_error is not None:
         module.fail_json(msg=missing_required_lib(package), exception=import_error)
-    return cls(module.params, module.warn)
+    provider = cls(module.params, module.warn)
+    provider.run_command = module.run_command
+    return provider
 
 
 def run_module(spec: ArgumentSpec, task_class: type[ProviderTask], **module_kwargs: t.Any) -> None:
@@ -91,11 +94,13 @@ def run_module(spec: ArgumentSpec, task_class: type[ProviderTask], **module_kwar
     mask_url_passwords(module)
     started = time.monotonic()
     early = task_class.prestart(module.params)
-    provider = create_provider(module)
+    # A task that never talks to the hypervisor (a restore to image files) neither loads nor connects a provider,
+    # so it runs where no hypervisor library is installed.
+    provider = create_provider(module) if task_class.needs_provider(module.params) else None
     task: ProviderTask | None = None
     changes = ChangeSet()
     try:
-        if task_class.needs_provider(module.params):
+        if provider is not None:
             provider.connect()
         task = task_class(module, provider)
         task.early = early
@@ -118,6 +123,7 @@ def run_module(spec: ArgumentSpec, task_class: type[ProviderTask], **module_kwar
     finally:
         if task is not None:
             task.cleanup()
-        provider.close()
+        if provider is not None:
+            provider.close()
     result["elapsed"] = round(time.monotonic() - started, 3)
     module.exit_json(**result)

@@ -10,7 +10,7 @@ module: vm_backup
 short_description: Back up every disk of a VM into a deduplicated, encrypted repository
 version_added: 0.1.0
 description:
-  - Takes a full or an incremental backup of every disk of a running VM into a vmsafe backup repository
+  - Takes a full or an incremental backup of every disk of a VM into a vmsafe backup repository
     (deduplicated, zstd-compressed, AES-256-GCM encrypted unless the repository was made with O(encryption=none)).
   - Incrementals read only the extents that changed since the previous backup, from the hypervisor's change
     tracking (libvirt checkpoints and QEMU dirty bitmaps; Hyper-V Resilient Change Tracking since the reference
@@ -86,7 +86,14 @@ options:
     type: int
     default: 21600
 notes:
-  - On libvirt the VM must run (QEMU serves its disks over NBD to the backup), and its disks must be qcow2.
+  - On libvirt a running VM's disks are served by QEMU over NBD (a pull-mode backup job); a shut-off VM's image files
+    are read with a read-only C(qemu-nbd) on the KVM host, which keeps the VM from starting until the read ends.
+  - On libvirt disks of any format are backed up (image files and block devices such as LVM volumes); only qcow2
+    disks keep the dirty bitmaps incrementals need, so other disks are read whole in every backup. Network disks
+    (RBD, iSCSI) are skipped with a warning.
+  - On libvirt with a C(qemu+ssh://) URI the KVM host's NBD sockets and image files are reached through the URI's own
+    SSH login (user, port, C(keyfile), C(known_hosts), C(no_verify)); the host needs C(qemu-utils) and sshd's
+    stream-local forwarding (on by default). See docs/backup.md in the collection.
   - On Hyper-V a Recovery checkpoint freezes the disks, which are read through a read-only mount over WinRM, a few
     MiB per command; the checkpoint then becomes the reference point of the next incremental. Tested against the
     project's WS-Management simulator only (see docs/hyperv.md).
@@ -144,12 +151,16 @@ parent:
   type: str
   sample: 20261122T020000Z-91be0d44
 checkpoint:
-  description: The hypervisor's change-tracking reference kept for the next incremental.
+  description:
+    - The hypervisor's change-tracking reference kept for the next incremental.
+    - V(null) when no disk of the VM can track changes (libvirt VMs with raw disks only).
   returned: success, not in check mode
   type: str
   sample: vmsafe-20261123T020000123456Z
 consistency:
-  description: V(quiesced) or V(crash_consistent).
+  description:
+    - V(quiesced) (the guest agent froze the file systems), V(crash_consistent), or V(shutdown) (a libvirt VM that
+      was shut down normally and backed up shut off).
   returned: success, not in check mode
   type: str
   sample: crash_consistent
@@ -330,7 +341,7 @@ class BackupTask(ProviderTask):
             stats = self.record.stats
             read, stored = int(stats.get("read_bytes", 0)), int(stats.get("new_bytes", 0))
             result.update(
-                backup_id=self.record.id, checkpoint=self.session.checkpoint, consistency=self.session.consistency,
+                backup_id=self.record.id, checkpoint=self.session.checkpoint or None, consistency=self.session.consistency,
                 bytes_read=read, bytes_stored=stored, reduction_ratio=round(read / stored, 2) if stored else None,
                 duration=self.duration,
                 disks=[{"name": d.name, "size": d.size, "digest": d.content_digest} for d in self.record.disks],

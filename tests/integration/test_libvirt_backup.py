@@ -105,8 +105,16 @@ def test_full_then_incrementals_restore_exactly_each_point(lab, ansible, repo, t
         assert file_sha256(restored["files"][0]["path"], fmt)[0] == sums[-1][0]
         assert [p.name for p in dest.iterdir()] == [os.path.basename(restored["files"][0]["path"])]  # no leftovers
     dest = tmp_path / "qcow2"
+    # the same restore again: the file holds exactly that disk (its digest is checked), so nothing to do
     again = ansible("vm_restore", dict(repo, backup_id=ids[-1], dest=str(dest), format="qcow2"))
-    assert again["_status"] == "failed" and "Refusing to overwrite" in again["msg"]
+    assert again["_status"] == "ok" and again["changed"] is False, again.get("msg")
+    assert again["files"][0]["restored"] is False and again["plan"] == []
+    # another backup's disk under that name (a file changed since): never overwritten
+    path = again["files"][0]["path"]
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x01 0 4096", path], check=True, capture_output=True)
+    changed = ansible("vm_restore", dict(repo, backup_id=ids[-1], dest=str(dest), format="qcow2"))
+    assert changed["_status"] == "failed" and "Refusing to overwrite" in changed["msg"]
+    assert "does not hold disk vda" in changed["msg"]
 
     verified = ansible("backup_verify", dict(repo, read_data=True))
     assert verified["ok"] and verified["backups_checked"] == 3
@@ -327,13 +335,12 @@ def test_shut_off_vm_guards(lab, ansible, repo):
     assert first["_status"] == "ok" and first["changed"], first.get("msg")
     assert lab.virsh("checkpoint-list", vm, "--name").split(), "the backup left its checkpoint"
     lab.virsh("destroy", vm)
-    backup = ansible("vm_backup", dict(repo, vm_name=vm))
-    assert backup["_status"] == "failed" and "it is shut off" in backup["msg"] and "Start it" in backup["msg"]
     snap = ansible("vm_snapshot", {"vm_name": vm, "snapshot_name": "cold"})
     assert snap["_status"] == "failed" and "shut off and has backup checkpoints" in snap["msg"]
     reverted = ansible("vm_snapshot", {"vm_name": vm, "snapshot_name": "pre", "state": "reverted"})
     assert reverted["_status"] == "ok" and lab.virsh("checkpoint-list", vm, "--name").split() == []
-    assert ansible("vm_backup", dict(repo, vm_name=vm))["mode"] == "full"
+    after = ansible("vm_backup", dict(repo, vm_name=vm))  # the revert dropped the checkpoints: a full backup
+    assert after["_status"] == "ok" and after["mode"] == "full", after.get("msg")
 
 
 def test_backup_runs_under_async_and_reports_bytes(lab, repo, tmp_path):
