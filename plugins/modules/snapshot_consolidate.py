@@ -20,6 +20,7 @@ description:
 author: vmsafe.protect contributors (@vmsafe-protect)
 extends_documentation_fragment:
   - vmsafe.protect.connection
+  - vmsafe.protect.proxy
   - vmsafe.protect.vm_selector
   - vmsafe.protect.attributes
   - vmsafe.protect.attributes.ACTIONGROUP_VMSAFE
@@ -179,6 +180,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._connection import 
 from ansible_collections.vmsafe.protect.plugins.module_utils._consolidate import Policy, compile_pattern, select
 from ansible_collections.vmsafe.protect.plugins.module_utils._errors import VmsafeError
 from ansible_collections.vmsafe.protect.plugins.module_utils._models import VmSelector
+from ansible_collections.vmsafe.protect.plugins.module_utils._peer_options import with_peer_options
 from ansible_collections.vmsafe.protect.plugins.module_utils._runner import ProviderTask, run_module
 from ansible_collections.vmsafe.protect.plugins.module_utils._units import parse_duration
 
@@ -291,7 +293,7 @@ class ConsolidateTask(ProviderTask):
 
 
 def main() -> None:
-    spec = vm_argument_spec(vm_required=False).update_argspec(
+    spec = with_peer_options(vm_argument_spec(vm_required=False)).update_argspec(
         max_age={"type": "str"},
         keep_last={"type": "int"},
         name_pattern={"type": "str"},

@@ -21,6 +21,7 @@ description:
 author: vmsafe.protect contributors (@vmsafe-protect)
 extends_documentation_fragment:
   - vmsafe.protect.connection
+  - vmsafe.protect.proxy
   - vmsafe.protect.vm_selector
   - vmsafe.protect.repository
   - vmsafe.protect.attributes
@@ -197,6 +198,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup import erro
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import DiskSource
 from ansible_collections.vmsafe.protect.plugins.module_utils._connection import vm_argument_spec
 from ansible_collections.vmsafe.protect.plugins.module_utils._errors import OperationTimeout, VmsafeError
+from ansible_collections.vmsafe.protect.plugins.module_utils._peer_options import with_peer_options
 from ansible_collections.vmsafe.protect.plugins.module_utils._repository import open_repository, repository_spec, wrap
 from ansible_collections.vmsafe.protect.plugins.module_utils._runner import ProviderTask, run_module
 
@@ -339,7 +341,7 @@ class BackupTask(ProviderTask):
 
 
 def main() -> None:
-    spec = vm_argument_spec().merge(repository_spec()).update_argspec(
+    spec = with_peer_options(vm_argument_spec()).merge(repository_spec()).update_argspec(
         mode={"type": "str", "default": "auto", "choices": ["auto", "full", "incremental"]},
         quiesce={"type": "bool", "default": False},
         quiesce_fallback={"type": "str", "default": "fail", "choices": ["fail", "crash_consistent"]},

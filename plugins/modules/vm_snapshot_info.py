@@ -17,6 +17,7 @@ description:
 author: vmsafe.protect contributors (@vmsafe-protect)
 extends_documentation_fragment:
   - vmsafe.protect.connection
+  - vmsafe.protect.proxy
   - vmsafe.protect.vm_selector
   - vmsafe.protect.attributes
   - vmsafe.protect.attributes.INFO_MODULE
@@ -161,6 +162,7 @@ import typing as t
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._connection import vm_argument_spec
 from ansible_collections.vmsafe.protect.plugins.module_utils._consolidate import compile_pattern
+from ansible_collections.vmsafe.protect.plugins.module_utils._peer_options import with_peer_options
 from ansible_collections.vmsafe.protect.plugins.module_utils._runner import ProviderTask, run_module
 from ansible_collections.vmsafe.protect.plugins.module_utils._units import parse_duration, parse_size
 
@@ -212,7 +214,7 @@ class SnapshotInfoTask(ProviderTask):
 
 
 def main() -> None:
-    spec = vm_argument_spec(vm_required=False).update_argspec(
+    spec = with_peer_options(vm_argument_spec(vm_required=False)).update_argspec(
         older_than={"type": "str"},
         name_pattern={"type": "str"},
         min_depth={"type": "int"},
