@@ -50,7 +50,17 @@ options:
   name_pattern:
     description:
       - Only snapshots whose name matches this regular expression are candidates. All, when unset.
+      - Over a whole host (no O(vm_name) or O(vm_id)) with O(max_age) or O(keep_last), either this or
+        O(all_snapshots=true) is required, so that a policy meant for one kind of snapshot never removes every
+        snapshot of every VM of a vCenter.
     type: str
+  all_snapshots:
+    description:
+      - Make every snapshot of every VM a candidate when no VM is named and no O(name_pattern) is given.
+      - Without it, such a run fails before it looks at any VM.
+    type: bool
+    default: false
+    version_added: 0.1.0
   protect_pattern:
     description:
       - Snapshots whose name matches this regular expression are never removed and do not count toward O(keep_last).
@@ -178,7 +188,7 @@ import typing as t
 from ansible_collections.vmsafe.protect.plugins.module_utils import _snapshot_tree as tree
 from ansible_collections.vmsafe.protect.plugins.module_utils._connection import vm_argument_spec
 from ansible_collections.vmsafe.protect.plugins.module_utils._consolidate import Policy, compile_pattern, select
-from ansible_collections.vmsafe.protect.plugins.module_utils._errors import VmsafeError
+from ansible_collections.vmsafe.protect.plugins.module_utils._errors import InvalidArgument, VmsafeError
 from ansible_collections.vmsafe.protect.plugins.module_utils._models import VmSelector
 from ansible_collections.vmsafe.protect.plugins.module_utils._peer_options import with_peer_options
 from ansible_collections.vmsafe.protect.plugins.module_utils._runner import ProviderTask, run_module
@@ -194,6 +204,13 @@ class ConsolidateTask(ProviderTask):
 
     def plan(self, changes: ChangeSet) -> None:
         p = self.params
+        removes = p["max_age"] is not None or p["keep_last"] is not None
+        if removes and self.selector() is None and not p["name_pattern"] and not p["all_snapshots"]:
+            raise InvalidArgument(
+                f"Failed to apply max_age/keep_last on {self.provider.name} host {self.provider.host}: no VM and no "
+                f"name_pattern given, so every snapshot of every VM would be a candidate. Set name_pattern (for "
+                f"example '^pre-patch') to limit the policy to your snapshots, name a VM with vm_name, or set "
+                f"all_snapshots: true if every snapshot of every VM really is a candidate.")
         if p["keep_last"] is not None and p["keep_last"] < 0:
             raise VmsafeError(f"keep_last must be 0 or more, got {p['keep_last']}.")
         policy = Policy(
@@ -297,6 +314,7 @@ def main() -> None:
         max_age={"type": "str"},
         keep_last={"type": "int"},
         name_pattern={"type": "str"},
+        all_snapshots={"type": "bool", "default": False},
         protect_pattern={"type": "str"},
         max_depth={"type": "int", "default": 4},
         repair_leftovers={"type": "bool", "default": True},
