@@ -105,6 +105,11 @@ packs_repacked:
   returned: success
   type: int
   sample: 1
+elapsed:
+  description: Seconds the module ran.
+  returned: success
+  type: float
+  sample: 2.4
 """
 
 import datetime

@@ -75,6 +75,11 @@ damaged:
   type: list
   elements: dict
   sample: []
+elapsed:
+  description: Seconds the module ran.
+  returned: success
+  type: float
+  sample: 3.9
 """
 
 import dataclasses

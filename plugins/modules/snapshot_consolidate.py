@@ -181,6 +181,19 @@ plan:
   type: list
   elements: str
   sample: ["web01: remove snapshot 'pre-patch-1' (age 4d is over max_age 3d)"]
+elapsed:
+  description: Seconds the module ran.
+  returned: success
+  type: float
+  sample: 12.7
+applied:
+  description:
+    - When the module failed, the steps of RV(plan) that ran before the failure, one per VM with work to do. A VM
+      whose step hit an error is listed too, and its entry in RV(vms) holds the C(error).
+  returned: failure
+  type: list
+  elements: str
+  sample: ["web01: remove snapshot 'pre-patch-1' (age 4d is over max_age 3d)"]
 """
 
 import typing as t

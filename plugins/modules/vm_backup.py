@@ -187,6 +187,19 @@ vm:
   returned: success
   type: dict
   sample: {"id": "0b3aba08-caf1-45d6-a9fd-0f81ba99ba45", "name": "web01", "state": "running", "host": "qemu:///system"}
+elapsed:
+  description: Seconds the module ran.
+  returned: success
+  type: float
+  sample: 41.3
+applied:
+  description:
+    - When the module failed, the steps that had completed before the failure. The backup is one step, so this
+      is an empty list when the backup failed.
+  returned: failure
+  type: list
+  elements: str
+  sample: []
 """
 
 import concurrent.futures

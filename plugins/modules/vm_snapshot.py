@@ -217,6 +217,14 @@ elapsed:
   returned: success
   type: float
   sample: 0.41
+applied:
+  description:
+    - When the module failed part-way, the steps of RV(plan) that had completed before the failure, in order; the
+      VM is in the state they left it. An empty list when it failed before changing anything.
+  returned: failure
+  type: list
+  elements: str
+  sample: ["create snapshot 'pre-patch' of VM 'web01' (internal, with memory)"]
 """
 
 import typing as t

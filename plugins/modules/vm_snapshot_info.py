@@ -156,6 +156,19 @@ summary:
   returned: success
   type: dict
   sample: {"vms": 12, "snapshots": 4, "consolidation_needed": 0, "bytes": 3054492}
+elapsed:
+  description: Seconds the module ran.
+  returned: success
+  type: float
+  sample: 0.08
+applied:
+  description:
+    - When the module failed, the steps that had completed before the failure; always an empty list, because
+      this module changes nothing.
+  returned: failure
+  type: list
+  elements: str
+  sample: []
 """
 
 import typing as t
