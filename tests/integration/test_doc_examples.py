@@ -281,12 +281,11 @@ RUNNABLE_EXAMPLES = [ex for ex in EXAMPLES if ex.runnable]
 def test_runnable_example_runs_against_the_lab(example: Example, lab: t.Any, tmp_path: t.Any, ansible: t.Any) -> None:
     vm = lab.vm("example")
     extra = lab_vars(vm, str(tmp_path))
-    for attempt in ("first run", "second run"):
-        proc = run_playbook(example, extra, str(tmp_path))
-        assert proc.returncode == 0, f"{example.where()} ({attempt}) failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
+    proc = run_playbook(example, extra, str(tmp_path))
+    assert proc.returncode == 0, f"{example.where()} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
     # what the quick start promises: the rollback point is gone again, and the repository holds the backups
     assert not [s for s in lab.snapshot_names(vm) if s == extra["snapshot"]]
     info = ansible("backup_info", {"repository": extra["repository"], "passphrase": extra["vmsafe_passphrase"],
                                    "vm_name": vm})
     assert info["_status"] == "ok", info
-    assert len(info["backups"]) == 2, info
+    assert len(info["backups"]) == 1, info

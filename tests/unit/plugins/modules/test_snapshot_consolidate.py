@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from ansible.module_utils import basic
+
+from ansible_collections.vmsafe.protect.plugins.module_utils._errors import VmNotFound
 from ansible_collections.vmsafe.protect.plugins.module_utils._models import Leftover
 from ansible_collections.vmsafe.protect.plugins.modules import snapshot_consolidate, vm_snapshot_info
 
@@ -71,3 +74,29 @@ def test_whole_host_without_a_removal_policy_or_with_a_vm_needs_neither(run, fak
     assert not repair_only.get("failed") and not repair_only["changed"], repair_only
     one_vm = run(snapshot_consolidate.main, vm_name="web01", keep_last=1)
     assert one_vm["changed"] and one_vm["summary"]["removed"] == 1, one_vm
+
+
+@pytest.mark.parametrize("main, args", [
+    (snapshot_consolidate.main, dict(keep_last=0, name_pattern="^pre")),
+    (vm_snapshot_info.main, {}),
+])
+def test_a_vm_deleted_during_a_whole_host_run_is_skipped(run, fake_provider, monkeypatch, main, args):
+    """Between listing the VMs and reading a VM's snapshots, another job may delete it: warn, go on."""
+    fake_provider.seed("web01", snapshots=["pre-1"])
+    fake_provider.seed("gone01", snapshots=["pre-2"])
+    real = fake_provider.list_snapshots
+
+    def vanishing(self, vm):
+        if vm.name == "gone01":
+            raise VmNotFound(f"VM '{vm.name}' ({vm.id}) is gone from fake")
+        return real(self, vm)
+
+    monkeypatch.setattr(fake_provider, "list_snapshots", vanishing)
+    warned: list[str] = []
+    monkeypatch.setattr(basic.AnsibleModule, "warn", lambda self, text: warned.append(text))
+    result = run(main, **args)
+    assert not result.get("failed"), result
+    assert [v["vm"]["name"] for v in result["vms"]] == ["web01"]
+    assert any("Skipped VM 'gone01': it disappeared" in w for w in warned), warned
+    named = run(main, vm_name="gone01", **{k: v for k, v in args.items() if k != "name_pattern"})
+    assert named["failed"] and "is gone from fake" in named["msg"]
