@@ -201,7 +201,7 @@ import typing as t
 from ansible_collections.vmsafe.protect.plugins.module_utils import _snapshot_tree as tree
 from ansible_collections.vmsafe.protect.plugins.module_utils._connection import vm_argument_spec
 from ansible_collections.vmsafe.protect.plugins.module_utils._consolidate import Policy, compile_pattern, select
-from ansible_collections.vmsafe.protect.plugins.module_utils._errors import InvalidArgument, VmNotFound, VmsafeError
+from ansible_collections.vmsafe.protect.plugins.module_utils._errors import InvalidArgument, VmsafeError
 from ansible_collections.vmsafe.protect.plugins.module_utils._models import VmSelector
 from ansible_collections.vmsafe.protect.plugins.module_utils._peer_options import with_peer_options
 from ansible_collections.vmsafe.protect.plugins.module_utils._runner import ProviderTask, run_module
@@ -234,16 +234,7 @@ class ConsolidateTask(ProviderTask):
         )
         self.entries: list[dict[str, t.Any]] = []
         befores, afters = [], []
-        for vm in self.vms():
-            try:
-                snaps = self.provider.list_snapshots(vm)
-                status = self.provider.consolidation_status(vm, snaps)
-            except VmNotFound as exc:
-                if self.selector() is not None:
-                    raise
-                # Over a whole host, a VM deleted while the module runs is not this run's failure.
-                self.module.warn(f"Skipped VM '{vm.name}': it disappeared while the module ran ({exc}).")
-                continue
+        for vm, snaps, status in self.vms_with_snapshots():
             remove, keep = select(snaps, policy, self.now)
             leftovers = [x for x in status.leftovers if x.kind != "block_job"] if p["repair_leftovers"] else []
             entry: dict[str, t.Any] = {

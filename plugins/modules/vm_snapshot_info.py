@@ -175,7 +175,6 @@ import typing as t
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._connection import vm_argument_spec
 from ansible_collections.vmsafe.protect.plugins.module_utils._consolidate import compile_pattern
-from ansible_collections.vmsafe.protect.plugins.module_utils._errors import VmNotFound
 from ansible_collections.vmsafe.protect.plugins.module_utils._peer_options import with_peer_options
 from ansible_collections.vmsafe.protect.plugins.module_utils._runner import ProviderTask, run_module
 from ansible_collections.vmsafe.protect.plugins.module_utils._units import parse_duration, parse_size
@@ -208,16 +207,7 @@ class SnapshotInfoTask(ProviderTask):
 
     def result(self, changes: ChangeSet) -> dict[str, t.Any]:
         vms, flat = [], []
-        for vm in self.vms():
-            try:
-                snaps = self.provider.list_snapshots(vm)
-                status = self.provider.consolidation_status(vm, snaps)
-            except VmNotFound as exc:
-                if self.selector() is not None:
-                    raise
-                # Over a whole host, a VM deleted while the module runs is simply no longer there.
-                self.module.warn(f"Skipped VM '{vm.name}': it disappeared while the module ran ({exc}).")
-                continue
+        for vm, snaps, status in self.vms_with_snapshots():
             kept = [s.to_dict(self.now) for s in snaps if self.keep(s)]
             vms.append({
                 "vm": vm.to_dict(), "snapshot_count": len(snaps), "snapshots": kept,
