@@ -15,7 +15,7 @@ case "${1:-}" in
   *) echo "usage: $0 floor|newest" >&2; exit 2 ;;
 esac
 PY=""
-for candidate in "$HOME"/.pyenv/versions/$PYVER.*/bin/python "python$PYVER"; do
+for candidate in "$HOME"/.pyenv/versions/"$PYVER".*/bin/python "python$PYVER"; do
   if command -v "$candidate" >/dev/null 2>&1; then PY=$candidate; break; fi
 done
 [ -n "$PY" ] || { echo "matrix-venv: no Python $PYVER found (pyenv install $PYVER)" >&2; exit 1; }
