@@ -18,7 +18,7 @@ from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._argspec import mask_url_passwords
 from ansible_collections.vmsafe.protect.plugins.module_utils._changes import ChangeSet
-from ansible_collections.vmsafe.protect.plugins.module_utils._errors import VmsafeError
+from ansible_collections.vmsafe.protect.plugins.module_utils._errors import VmNotFound, VmsafeError
 from ansible_collections.vmsafe.protect.plugins.module_utils._models import VmRef, VmSelector
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers.registry import PROVIDERS
 
@@ -26,6 +26,7 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from ansible.module_utils.basic import AnsibleModule
 
     from ansible_collections.vmsafe.protect.plugins.module_utils._argspec import ArgumentSpec
+    from ansible_collections.vmsafe.protect.plugins.module_utils._models import ConsolidationStatus, Snapshot
     from ansible_collections.vmsafe.protect.plugins.module_utils._providers.base import HypervisorProvider
 
 
@@ -67,6 +68,23 @@ class ProviderTask:
         """The selected VM, or every VM on the connection when none was named."""
         selector = self.selector()
         return [self.provider.find_vm(selector)] if selector is not None else self.provider.list_vms()
+
+    def vms_with_snapshots(self) -> t.Iterator[tuple[VmRef, list[Snapshot], ConsolidationStatus]]:
+        """Each VM of vms() with its snapshots and consolidation status.
+
+        Over a whole host, a VM deleted while the module runs is skipped with a warning (it is no failure of this
+        run); a VM the user named that is gone raises VmNotFound.
+        """
+        for vm in self.vms():
+            try:
+                snaps = self.provider.list_snapshots(vm)
+                status = self.provider.consolidation_status(vm, snaps)
+            except VmNotFound as exc:
+                if self.selector() is not None:
+                    raise
+                self.module.warn(f"Skipped VM '{vm.name}': it disappeared while the module ran ({exc}).")
+                continue
+            yield vm, snaps, status
 
     def plan(self, changes: ChangeSet) -> None:
         raise NotImplementedError

@@ -128,6 +128,11 @@ locks_broken:
   type: list
   elements: dict
   sample: [{"operation": "backup", "exclusive": false, "host": "kvm03", "pid": 41234}]
+elapsed:
+  description: Seconds the module ran.
+  returned: success
+  type: float
+  sample: 2.4
 """
 
 import datetime

@@ -116,6 +116,11 @@ repaired:
       type: list
       elements: str
   sample: {"entries_dropped": 1, "damaged_backups": ["20261203T020000Z-0a1b2c3d"]}
+elapsed:
+  description: Seconds the module ran.
+  returned: success
+  type: float
+  sample: 3.9
 """
 
 import dataclasses

@@ -21,6 +21,7 @@ description:
 author: vmsafe.protect contributors (@vmsafe-protect)
 extends_documentation_fragment:
   - vmsafe.protect.connection
+  - vmsafe.protect.proxy
   - vmsafe.protect.vm_selector
   - vmsafe.protect.repository
   - vmsafe.protect.attributes
@@ -197,6 +198,19 @@ vm:
   returned: success
   type: dict
   sample: {"id": "0b3aba08-caf1-45d6-a9fd-0f81ba99ba45", "name": "web01", "state": "running", "host": "qemu:///system"}
+elapsed:
+  description: Seconds the module ran.
+  returned: success
+  type: float
+  sample: 41.3
+applied:
+  description:
+    - When the module failed, the steps that had completed before the failure. The backup is one step, so this
+      is an empty list when the backup failed.
+  returned: failure
+  type: list
+  elements: str
+  sample: []
 """
 
 import concurrent.futures
@@ -208,6 +222,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup import erro
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import DiskSource
 from ansible_collections.vmsafe.protect.plugins.module_utils._connection import vm_argument_spec
 from ansible_collections.vmsafe.protect.plugins.module_utils._errors import OperationTimeout, VmsafeError
+from ansible_collections.vmsafe.protect.plugins.module_utils._peer_options import with_peer_options
 from ansible_collections.vmsafe.protect.plugins.module_utils._repository import open_repository, repository_spec, wrap
 from ansible_collections.vmsafe.protect.plugins.module_utils._runner import ProviderTask, run_module
 
@@ -350,7 +365,7 @@ class BackupTask(ProviderTask):
 
 
 def main() -> None:
-    spec = vm_argument_spec().merge(repository_spec()).update_argspec(
+    spec = with_peer_options(vm_argument_spec()).merge(repository_spec()).update_argspec(
         mode={"type": "str", "default": "auto", "choices": ["auto", "full", "incremental"]},
         quiesce={"type": "bool", "default": False},
         quiesce_fallback={"type": "str", "default": "fail", "choices": ["fail", "crash_consistent"]},

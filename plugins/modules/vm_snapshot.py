@@ -19,6 +19,7 @@ description:
 author: vmsafe.protect contributors (@vmsafe-protect)
 extends_documentation_fragment:
   - vmsafe.protect.connection
+  - vmsafe.protect.proxy
   - vmsafe.protect.vm_selector
   - vmsafe.protect.attributes
   - vmsafe.protect.attributes.ACTIONGROUP_VMSAFE
@@ -40,11 +41,11 @@ options:
     description:
       - V(present) creates the snapshot if none has that name.
       - V(absent) removes the snapshot (its data is merged into what depends on it).
-      - V(reverted) reverts the VM to the snapshot.
+      - V(reverted) reverts the VM to the snapshot. V(revert) means the same (the word of C(community.vmware)).
       - V(remove_all) removes every snapshot of the VM.
     type: str
     default: present
-    choices: [present, absent, reverted, remove_all]
+    choices: [present, absent, reverted, revert, remove_all]
   snapshot_name:
     description:
       - Name of the snapshot. Required for O(state=present).
@@ -54,6 +55,8 @@ options:
   snapshot_id:
     description:
       - Id of the snapshot, as returned in the C(id) of RV(snapshot). On libvirt the id is the name.
+      - On VMware, vSphere's integer snapshot id (C(number) of RV(snapshot)) is accepted too, as C(vmware.vmware)
+        and C(community.vmware) take it in their O(snapshot_id), for example V(3).
       - Mutually exclusive with O(snapshot_name).
     type: str
   description:
@@ -64,9 +67,11 @@ options:
   memory:
     description:
       - Include the VM's RAM, so that a revert resumes the running guest where it was.
+      - O(memory_dump) is the name C(vmware.vmware) and C(community.vmware) use for it.
       - On libvirt, an internal snapshot of a running VM always needs O(memory=true) (or use O(disk_only=true)).
     type: bool
     default: false
+    aliases: [memory_dump]
   quiesce:
     description:
       - Freeze the guest file systems through the guest agent while the disks are captured.
@@ -162,6 +167,7 @@ snapshot:
   description:
     - The snapshot that was created, found, reverted to or removed. In check mode for a new snapshot, the planned
       one (V(null) id and creation time).
+    - C(number) is vSphere's integer snapshot id on VMware (what O(snapshot_id) also accepts), V(null) elsewhere.
   returned: when O(state) is not V(remove_all)
   type: dict
   sample:
@@ -180,6 +186,7 @@ snapshot:
     depth: 1
     vm_state: running
     files: []
+    number: null
 consistency:
   description:
     - For a created snapshot, the consistency reached. V(offline) (VM shut off), V(quiesced) (file systems frozen),
@@ -210,6 +217,14 @@ elapsed:
   returned: success
   type: float
   sample: 0.41
+applied:
+  description:
+    - When the module failed part-way, the steps of RV(plan) that had completed before the failure, in order; the
+      VM is in the state they left it. An empty list when it failed before changing anything.
+  returned: failure
+  type: list
+  elements: str
+  sample: ["create snapshot 'pre-patch' of VM 'web01' (internal, with memory)"]
 """
 
 import typing as t
@@ -217,6 +232,7 @@ import typing as t
 from ansible_collections.vmsafe.protect.plugins.module_utils import _snapshot_tree as tree
 from ansible_collections.vmsafe.protect.plugins.module_utils._connection import vm_argument_spec
 from ansible_collections.vmsafe.protect.plugins.module_utils._models import Snapshot, SnapshotSpec
+from ansible_collections.vmsafe.protect.plugins.module_utils._peer_options import with_peer_options
 from ansible_collections.vmsafe.protect.plugins.module_utils._runner import ProviderTask, run_module
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -235,7 +251,7 @@ class SnapshotTask(ProviderTask):
         self.removed: list[str] = []
         self.consistency: str | None = None
         self.created = None
-        state = p["state"]
+        state = "reverted" if p["state"] == "revert" else p["state"]
         timeout = p["timeout"]
         after = self.before
         if state == "remove_all":
@@ -329,12 +345,13 @@ class SnapshotTask(ProviderTask):
 
 
 def main() -> None:
-    spec = vm_argument_spec().update_argspec(
-        state={"type": "str", "default": "present", "choices": ["present", "absent", "reverted", "remove_all"]},
+    spec = with_peer_options(vm_argument_spec()).update_argspec(
+        state={"type": "str", "default": "present",
+               "choices": ["present", "absent", "reverted", "revert", "remove_all"]},
         snapshot_name={"type": "str", "aliases": ["snapshot"]},
         snapshot_id={"type": "str"},
         description={"type": "str", "default": ""},
-        memory={"type": "bool", "default": False},
+        memory={"type": "bool", "default": False, "aliases": ["memory_dump"]},
         quiesce={"type": "bool", "default": False},
         quiesce_fallback={"type": "str", "default": "fail", "choices": ["fail", "crash_consistent"]},
         disk_only={"type": "bool", "default": False},
@@ -346,6 +363,7 @@ def main() -> None:
             ["state", "present", ["snapshot_name"]],
             ["state", "absent", ["snapshot_name", "snapshot_id"], True],
             ["state", "reverted", ["snapshot_name", "snapshot_id"], True],
+            ["state", "revert", ["snapshot_name", "snapshot_id"], True],
         ],
     )
     run_module(spec, SnapshotTask)
