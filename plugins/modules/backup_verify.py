@@ -133,7 +133,6 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup import erro
 
 def work(module: t.Any, repo: t.Any, now: t.Any) -> dict[str, t.Any]:
     p = module.params
-    repaired = None
     try:
         if p["repair"] and not module.check_mode:
             outcome = repo.repair()
