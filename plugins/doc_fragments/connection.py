@@ -33,36 +33,38 @@ options:
     description:
       - The host to connect to, for O(hypervisor=vmware) the vCenter or ESXi host, for O(hypervisor=hyperv) the Hyper-V
         host whose WinRM HTTPS listener is used.
-      - When not set, E(VMSAFE_HOST) or E(VMWARE_HOST) is used.
+      - When not set, E(VMSAFE_HOST) is used, and for O(hypervisor=vmware) only, then E(VMWARE_HOST).
     type: str
     version_added: 0.1.0
   username:
     description:
       - The account to log in with (vSphere user; for Hyper-V V(DOMAIN\\user) or V(user@domain)).
-      - When not set, E(VMSAFE_USER) or E(VMWARE_USER) is used.
+      - When not set, E(VMSAFE_USER) is used, and for O(hypervisor=vmware) only, then E(VMWARE_USER).
     type: str
     aliases: [user, admin]
     version_added: 0.1.0
   password:
     description:
       - The password of O(username). It is never logged or returned.
-      - When not set, E(VMSAFE_PASSWORD) or E(VMWARE_PASSWORD) is used.
+      - When not set, E(VMSAFE_PASSWORD) is used, and for O(hypervisor=vmware) only, then E(VMWARE_PASSWORD). A
+        password read from the environment is masked in the output too.
     type: str
     aliases: [pass, pwd]
     version_added: 0.1.0
   port:
     description:
-      - The TCP port to connect to. When not set, E(VMWARE_PORT), then V(443) for O(hypervisor=vmware) and V(5986)
-        (WinRM HTTPS) for O(hypervisor=hyperv).
+      - The TCP port to connect to. When not set, E(VMSAFE_PORT), then for O(hypervisor=vmware) only E(VMWARE_PORT),
+        then V(443) for O(hypervisor=vmware) and V(5986) (WinRM HTTPS) for O(hypervisor=hyperv).
     type: int
     version_added: 0.1.0
   validate_certs:
     description:
       - Whether to verify the host's TLS certificate. Set V(false) only for lab hosts with self-signed certificates;
         the connection is then open to impersonation.
-      - When not set, E(VMWARE_VALIDATE_CERTS) is used, then V(true).
+      - When not set, E(VMSAFE_VALIDATE_CERTS) is used, then for O(hypervisor=vmware) only
+        E(VMWARE_VALIDATE_CERTS), then V(true). The E(VMWARE_*) variables are never read for another hypervisor, so
+        a vSphere setting cannot send vCenter credentials to a Hyper-V host or turn off its certificate checks.
     type: bool
-    default: true
     version_added: 0.1.0
   datacenter:
     description:
