@@ -15,17 +15,18 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._argspec import Arg
 
 HYPERVISORS = ["libvirt", "vmware", "hyperv"]
 
-# Environment fallbacks of the options that reach vCenter or a Hyper-V host, in the order they are read.
-# They are resolved after the hypervisor is known (resolve_connection), not by AnsibleModule's env_fallback:
-# VMWARE_* belong to vSphere only (vmware.vmware and community.vmware read them), so a Hyper-V task must never
-# send vCenter credentials to the vCenter's name, nor turn off WinRM certificate checks because of
-# VMWARE_VALIDATE_CERTS. VMSAFE_* apply to every hypervisor.
+# Environment fallbacks of the options that reach vCenter or a Hyper-V host, in the order they are read: the
+# hypervisor's own variables first, then VMSAFE_* for every hypervisor. They are resolved after the hypervisor is
+# known (resolve_connection), not by AnsibleModule's env_fallback: VMWARE_* belong to vSphere only (vmware.vmware and
+# community.vmware read them, AWX's "VMware vCenter" credential injects them), so a Hyper-V task must never send
+# vCenter credentials to the vCenter's name, nor turn off WinRM certificate checks because of VMWARE_VALIDATE_CERTS.
+# VMSAFE_HYPERV_* let one job hold a vCenter and a Hyper-V credential at once.
+_SPECIFIC = {"vmware": "VMWARE_", "hyperv": "VMSAFE_HYPERV_"}
+_SUFFIX = {"hostname": "HOST", "username": "USER", "password": "PASSWORD", "port": "PORT",
+           "validate_certs": "VALIDATE_CERTS"}
 ENV_FALLBACKS: dict[str, dict[str, list[str]]] = {
-    "hostname": {"all": ["VMSAFE_HOST"], "vmware": ["VMWARE_HOST"]},
-    "username": {"all": ["VMSAFE_USER"], "vmware": ["VMWARE_USER"]},
-    "password": {"all": ["VMSAFE_PASSWORD"], "vmware": ["VMWARE_PASSWORD"]},
-    "port": {"all": ["VMSAFE_PORT"], "vmware": ["VMWARE_PORT"]},
-    "validate_certs": {"all": ["VMSAFE_VALIDATE_CERTS"], "vmware": ["VMWARE_VALIDATE_CERTS"]},
+    option: dict({hv: [prefix + suffix] for hv, prefix in _SPECIFIC.items()}, all=["VMSAFE_" + suffix])
+    for option, suffix in _SUFFIX.items()
 }
 # What an option is when neither the task nor the environment set it.
 DEFAULTS: dict[str, t.Any] = {"validate_certs": True}
@@ -62,7 +63,7 @@ def env_value(option: str, hypervisor: str, environ: t.Mapping[str, str] | None 
     """Return (variable name, value) of the first environment fallback of ``option`` set for ``hypervisor``."""
     env = os.environ if environ is None else environ
     names = ENV_FALLBACKS[option]
-    for name in names["all"] + names.get(hypervisor, []):
+    for name in names.get(hypervisor, []) + names["all"]:
         if env.get(name):
             return name, env[name]
     return None

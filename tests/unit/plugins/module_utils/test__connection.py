@@ -31,7 +31,11 @@ UNSET = {"hostname": None, "username": None, "password": None, "port": None, "va
     ("hyperv", {}, dict(VCENTER, VMSAFE_HOST="hv01", VMSAFE_USER="CORP\\svc", VMSAFE_PASSWORD="hv-secret",
                         VMSAFE_PORT="5985", VMSAFE_VALIDATE_CERTS="no"),
      {"hostname": "hv01", "username": "CORP\\svc", "password": "hv-secret", "port": 5985, "validate_certs": False}),
-    ("vmware", {}, dict(VCENTER, VMSAFE_HOST="vc02"), {"hostname": "vc02", "username": "administrator@vsphere.local"}),
+    # the hypervisor's own variables before VMSAFE_*: one job can hold a vCenter and a Hyper-V credential
+    ("vmware", {}, dict(VCENTER, VMSAFE_HOST="hv01"), {"hostname": "vcenter.example.com"}),
+    ("vmware", {}, {"VMSAFE_HOST": "vc02", "VMWARE_USER": "u"}, {"hostname": "vc02", "username": "u"}),
+    ("hyperv", {}, dict(VCENTER, VMSAFE_HYPERV_HOST="hv02", VMSAFE_HYPERV_PASSWORD="hv-secret", VMSAFE_HOST="x"),
+     {"hostname": "hv02", "password": "hv-secret", "username": None, "validate_certs": True}),
     # what the task sets wins over any variable, false included
     ("vmware", {"hostname": "vc03", "validate_certs": True, "port": 443}, VCENTER,
      {"hostname": "vc03", "validate_certs": True, "port": 443}),
