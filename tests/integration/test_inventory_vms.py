@@ -73,7 +73,8 @@ def test_three_hypervisors_variables_groups_no_secret_and_cache(lab, tmp_path):
     assert backed["_status"] == "ok", backed.get("msg")
 
     (tmp_path / "hv").mkdir()
-    with Vcsim(extra=("-username", "inv-vc-user", "-password", "vc-Secr3t-for-inventory")) as vc, Simulator(str(tmp_path / "hv")) as hv:
+    login = ("-username", "inv-vc-user", "-password", "vc-Secr3t-for-inventory")  # test data, found nowhere after
+    with Vcsim(extra=login) as vc, Simulator(str(tmp_path / "hv")) as hv:
         hv.host.add_vm("hv-web01")
         hv.host.add_vm("hv-db01", state="Off")
         config = tmp_path / "fleet.vms.yml"
