@@ -18,8 +18,8 @@ description:
     O(repository): no backup in the last 24 hours), C(hypervisor_libvirt), C(hypervisor_vmware),
     C(hypervisor_hyperv), plus what O(groups) and O(keyed_groups) build."
   - One retrieval per source - for VMware one property-collector request for every VM (the fleet path of
-    M(vmsafe.protect.vm_snapshot_info)), for libvirt one connection, for Hyper-V one WinRM shell (one command to
-    list the VMs, one per VM for its checkpoints) - and the repository read once; with O(cache) the whole result is
+    M(vmsafe.protect.vm_snapshot_info)), for Hyper-V one WinRM command for every VM and its checkpoints, for
+    libvirt one connection - and the repository read once; with O(cache) the whole result is
     kept in the inventory cache and the hypervisors are not asked again until it expires.
   - The file must be named C(*.vms.yml) or C(*.vms.yaml) (or C(vmsafe.yml)/C(vmsafe.yaml)).
 author: vmsafe.protect contributors (@vmsafe-protect)
@@ -225,10 +225,9 @@ def read_source(source: dict[str, t.Any], warn: t.Callable[[str], None]) -> list
     vms: list[dict[str, t.Any]] = []
     try:
         provider.connect()
-        for vm in provider.list_vms():
+        for vm, snaps in provider.list_vms_with_snapshots():
             if pattern is not None and not pattern.search(vm.name):
                 continue
-            snaps = provider.list_snapshots(vm)
             vms.append({
                 "name": vm.name, "id": vm.id, "state": vm.state, "host": vm.host, "source": label,
                 "snapshot_count": len(snaps),
