@@ -20,6 +20,9 @@ DEB_PACKAGES=(
   qemu-utils qemu-system-x86 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
   libvirt-dev pkg-config gcc python3-dev openssh-server shellcheck
   chromium fonts-dejavu-core
+  # backup_files: libguestfs and its binding for the system Python; supermin builds the appliance from the host's
+  # kernel, and a container's /boot is empty (the cloud kernel is the small one)
+  libguestfs-tools python3-guestfs linux-image-cloud-amd64
 )
 
 log() { printf '[lab] %s\n' "$*" >&2; }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import typing as t
+import urllib.parse
 
 from ansible.module_utils.basic import AnsibleModule
 
@@ -44,3 +45,18 @@ class ArgumentSpec:
 
     def create_ansible_module(self, **kwargs: t.Any) -> AnsibleModule:
         return AnsibleModule(argument_spec=self.argument_spec, **self.constraints, **kwargs)
+
+
+def mask_url_passwords(module: t.Any, options: t.Iterable[str] = ("repository",)) -> None:
+    """Add a password written into a URL option (``sftp://user:pw@host/...``) to the module's no_log values, so
+    that Ansible masks it in ``invocation``, messages and results even though the option itself is not secret.
+    The engine then refuses such a URL (the password belongs in its own no_log option)."""
+    for option in options:
+        value = module.params.get(option)
+        if isinstance(value, str) and "://" in value:
+            try:
+                password = urllib.parse.urlsplit(value).password
+            except ValueError:
+                continue
+            if password:
+                module.no_log_values.update({password, urllib.parse.unquote(password)})

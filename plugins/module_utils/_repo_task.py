@@ -10,6 +10,7 @@ import time
 import traceback
 import typing as t
 
+from ansible_collections.vmsafe.protect.plugins.module_utils._argspec import mask_url_passwords
 from ansible_collections.vmsafe.protect.plugins.module_utils._errors import VmsafeError
 from ansible_collections.vmsafe.protect.plugins.module_utils._repository import open_repository
 
@@ -40,6 +41,7 @@ def run_repository_module(spec: ArgumentSpec,
                           work: t.Callable[[AnsibleModule, t.Any, datetime.datetime], dict[str, t.Any]]) -> None:
     """Open the repository, call ``work(module, repo, now)``, and exit with its result (``changed`` included)."""
     module = spec.create_ansible_module(supports_check_mode=True)
+    mask_url_passwords(module)
     started = time.monotonic()
     repo = None
     try:

@@ -28,6 +28,7 @@ def repository_spec() -> ArgumentSpec:
         "repository_password": {"type": "str", "no_log": True},
         "repository_known_hosts": {"type": "path"},
         "repository_host_key_checking": {"type": "bool", "default": True},
+        "lock_timeout": {"type": "int", "default": 300, "fallback": (env_fallback, ["VMSAFE_LOCK_TIMEOUT"])},
     })
 
 
@@ -46,14 +47,21 @@ def open_repository(params: dict[str, t.Any], create: dict[str, t.Any] | None = 
             options["known_hosts"] = params["repository_known_hosts"]
         if not params.get("repository_host_key_checking", True):
             options["host_key_policy"] = "accept_new"
+    wait = max(0, int(params.get("lock_timeout") or 0))
     try:
         backend = open_backend(params["repository"], **options)
         try:
-            return Repository.open(backend, params.get("passphrase"))
+            repo = Repository.open(backend, params.get("passphrase"))
         except backup_errors.RepositoryNotFoundError:
             if create is None:
                 raise
-            return Repository.init(backend, passphrase=params.get("passphrase"), **create)
+            try:
+                repo = Repository.init(backend, passphrase=params.get("passphrase"), lock_wait=max(wait, 60), **create)
+            except backup_errors.RepositoryExistsError:
+                # another host's first night made it meanwhile (init: true on several hosts at once): use theirs
+                repo = Repository.open(backend, params.get("passphrase"))
+        repo.lock_wait = float(wait)
+        return repo
     except backup_errors.BackupError as exc:
         raise wrap(exc, params["repository"]) from exc
 

@@ -16,6 +16,7 @@ import typing as t
 
 from ansible.module_utils.basic import missing_required_lib
 
+from ansible_collections.vmsafe.protect.plugins.module_utils._argspec import mask_url_passwords
 from ansible_collections.vmsafe.protect.plugins.module_utils._changes import ChangeSet
 from ansible_collections.vmsafe.protect.plugins.module_utils._connection import resolve_connection
 from ansible_collections.vmsafe.protect.plugins.module_utils._errors import VmsafeError
@@ -99,6 +100,7 @@ def resolve_module_connection(module: AnsibleModule) -> None:
 
 def run_module(spec: ArgumentSpec, task_class: type[ProviderTask], **module_kwargs: t.Any) -> None:
     module = spec.create_ansible_module(supports_check_mode=True, **module_kwargs)
+    mask_url_passwords(module)
     started = time.monotonic()
     resolve_module_connection(module)
     early = task_class.prestart(module.params)

@@ -60,6 +60,16 @@ options:
   keep_within:
     description: Keep every backup newer than this (for example V(7d), V(36h)).
     type: str
+  break_lock:
+    description:
+      - Remove every lock on the repository first, also those of operations that still run, then prune.
+      - Only for a lock left by a host that is gone (a stale lock of another host expires by itself 30 minutes
+        after its last refresh; one of a dead process on this machine at once). An operation whose lock is
+        removed fails at its next commit and records nothing, so no backup is damaged, but it is lost.
+      - In check mode the locks are listed in RV(locks_broken) and left in place.
+    type: bool
+    default: false
+    version_added: 1.1.0
 notes:
   - A policy that keeps nothing is refused.
 seealso:
@@ -105,12 +115,26 @@ packs_repacked:
   returned: success
   type: int
   sample: 1
+replayed_removed:
+  description: Backups whose manifest was back after an earlier prune (replayed from an old copy, or an interrupted
+    prune); they never count towards the policy and are removed again (would be, in check mode).
+  returned: success
+  type: list
+  elements: str
+  sample: []
+locks_broken:
+  description: The locks removed by O(break_lock) (would be, in check mode), each with its operation and owner.
+  returned: when O(break_lock=true)
+  type: list
+  elements: dict
+  sample: [{"operation": "backup", "exclusive": false, "host": "kvm03", "pid": 41234}]
 """
 
 import datetime
 import typing as t
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup import errors as backup_errors
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.locks import list_locks
 from ansible_collections.vmsafe.protect.plugins.module_utils._repo_task import run_repository_module
 from ansible_collections.vmsafe.protect.plugins.module_utils._repository import repository_spec, wrap
 from ansible_collections.vmsafe.protect.plugins.module_utils._units import parse_duration
@@ -128,21 +152,31 @@ def work(module: t.Any, repo: t.Any, now: t.Any) -> dict[str, t.Any]:
     policy: dict[str, t.Any] = {k: p[k] for k in KEEPS}
     if p["keep_within"] is not None:
         policy["keep_within"] = parse_duration(p["keep_within"], "keep_within")
+    broken = None
     try:
+        if p["break_lock"]:
+            found = list_locks(repo.backend) if module.check_mode else repo.break_lock()
+            broken = [{"operation": lock.get("operation"), "exclusive": bool(lock.get("exclusive")),
+                       "host": (lock.get("owner") or {}).get("host"), "pid": (lock.get("owner") or {}).get("pid")}
+                      for lock in found]
         result = repo.prune(policy, dry_run=module.check_mode, now=now, vm_name=p["vm_name"])
     except backup_errors.BackupError as exc:
         raise wrap(exc, p["repository"]) from exc
+    extra = {} if broken is None else {"locks_broken": broken}
     return {
-        "changed": bool(result.pruned) or bool(result.packs_deleted) or bool(result.packs_repacked),
+        **extra,
+        "changed": bool(result.pruned) or bool(result.packs_deleted) or bool(result.packs_repacked) or bool(broken)
+        or bool(result.replayed_removed),
         "pruned": [_brief(r) for r in result.pruned],
         "kept": [dict(_brief(k.record), reason=k.reason) for k in result.kept],
         "bytes_freed": result.bytes_freed, "packs_deleted": result.packs_deleted,
-        "packs_repacked": result.packs_repacked,
+        "packs_repacked": result.packs_repacked, "replayed_removed": list(result.replayed_removed),
     }
 
 
 def main() -> None:
     spec = repository_spec().update_argspec(vm_name={"type": "str"}, keep_within={"type": "str"},
+                                            break_lock={"type": "bool", "default": False},
                                             **{k: {"type": "int", "default": 0} for k in KEEPS})
     run_repository_module(spec, work)
 

@@ -18,7 +18,17 @@ extends_documentation_fragment:
   - vmsafe.protect.repository
   - vmsafe.protect.attributes
   - vmsafe.protect.attributes.ACTIONGROUP_BACKUP
-  - vmsafe.protect.attributes.INFO_MODULE
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Verification changes nothing; with O(repair), check mode reports what would be dropped.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+    details:
+      - A second O(repair) finds nothing more to drop.
 options:
   backup_id:
     description:
@@ -29,6 +39,18 @@ options:
       - Read, decrypt and hash-check every chunk, not only the structure.
     type: bool
     default: false
+  repair:
+    description:
+      - Repair the repository instead of failing: rebuild the index from the packs, read every chunk (implies
+        O(read_data)), and drop the index entries of damaged chunks, so that the next backup of a VM whose disk
+        still holds that data stores it again. That also heals every older backup that uses the same chunk.
+      - Takes the repository alone (waits up to O(lock_timeout) for running backups). The task reports
+        C(changed) when entries were dropped; backups listed in RV(repaired.damaged_backups) stay unrestorable
+        until then.
+      - In check mode, reports what would be dropped and changes nothing.
+    type: bool
+    default: false
+    version_added: 1.1.0
 seealso:
   - module: vmsafe.protect.vm_backup
   - module: vmsafe.protect.backup_info
@@ -40,6 +62,12 @@ EXAMPLES = r"""
     repository: /backup/vmsafe
     passphrase: "{{ vmsafe_passphrase }}"
     read_data: true
+
+- name: After a failed check, drop the damaged chunks so that tonight's backups store them again
+  vmsafe.protect.backup_verify:
+    repository: /backup/vmsafe
+    passphrase: "{{ vmsafe_passphrase }}"
+    repair: true
 """
 
 RETURN = r"""
@@ -75,6 +103,19 @@ damaged:
   type: list
   elements: dict
   sample: []
+repaired:
+  description: What O(repair) did (would do, in check mode).
+  returned: when O(repair=true)
+  type: dict
+  contains:
+    entries_dropped:
+      description: Index entries of damaged chunks dropped.
+      type: int
+    damaged_backups:
+      description: Backups that use a damaged chunk; each is restorable again once a new backup stored that data.
+      type: list
+      elements: str
+  sample: {"entries_dropped": 1, "damaged_backups": ["20261203T020000Z-0a1b2c3d"]}
 """
 
 import dataclasses
@@ -87,26 +128,48 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup import erro
 
 def work(module: t.Any, repo: t.Any, now: t.Any) -> dict[str, t.Any]:
     p = module.params
+    repaired = None
     try:
-        report = repo.verify(p["backup_id"], read_data=p["read_data"])
+        if p["repair"] and not module.check_mode:
+            outcome = repo.repair()
+            report, dropped = outcome.report, outcome.entries_dropped
+        else:
+            report = repo.verify(p["backup_id"], read_data=p["read_data"] or p["repair"])
+            dropped = len({d.chunk_id for d in report.damaged})
     except backup_errors.BackupError as exc:
         raise wrap(exc, p["repository"]) from exc
-    result = {
+    result: dict[str, t.Any] = {
         "changed": False, "ok": report.ok, "backups_checked": report.backups_checked,
         "chunks_checked": report.chunks_checked, "bytes_checked": report.bytes_checked,
         "errors": list(report.errors), "damaged": [dataclasses.asdict(d) for d in report.damaged],
     }
+    if p["repair"]:
+        backups = sorted({d.backup_id for d in report.damaged if d.backup_id})
+        result["repaired"] = {"entries_dropped": dropped, "damaged_backups": backups}
+        result["changed"] = dropped > 0
+        if backups:
+            module.warn(f"{len(backups)} backup(s) use damaged data ({', '.join(backups[:5])}); they restore again "
+                        "once the next backup of the same VM has stored that data.")
+        if report.errors:
+            module.fail_json(msg=f"Repository {p['repository']} has damage that repair cannot mend: "
+                             + "; ".join(report.errors[:5]) + ". Restore the named files from a copy.", **result)
+        return result
     if not report.ok:
-        module.fail_json(msg=f"Repository {p['repository']} failed verification: " + "; ".join(report.errors[:5])
-                         + (f" (and {len(report.errors) - 5} more)" if len(report.errors) > 5 else "")
-                         + ". Do not prune the remaining good backups; take a new full backup.", **result)
+        problems = list(report.errors) + [f"chunk {d.chunk_id[:16]} of backup {d.backup_id} disk {d.disk_name}: "
+                                          f"{d.reason}" for d in report.damaged]
+        module.fail_json(msg=f"Repository {p['repository']} failed verification: " + "; ".join(problems[:5])
+                         + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+                         + ". Do not prune the remaining good backups; run backup_verify with repair: true so that "
+                         "the next backups store the damaged data again.", **result)
     if report.backups_checked == 0 and p["backup_id"] is None:
         module.warn("The repository holds no backup: nothing was verified.")
     return result
 
 
 def main() -> None:
-    spec = repository_spec().update_argspec(backup_id={"type": "str"}, read_data={"type": "bool", "default": False})
+    spec = repository_spec().update_argspec(backup_id={"type": "str"}, read_data={"type": "bool", "default": False},
+                                            repair={"type": "bool", "default": False})
+    spec.update(mutually_exclusive=[["backup_id", "repair"]])
     run_repository_module(spec, work)
 
 

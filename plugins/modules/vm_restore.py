@@ -152,6 +152,7 @@ import subprocess
 import typing as t
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup import errors as backup_errors
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.manifest import path_component
 from ansible_collections.vmsafe.protect.plugins.module_utils._changes import Step
 from ansible_collections.vmsafe.protect.plugins.module_utils._connection import connection_spec
 from ansible_collections.vmsafe.protect.plugins.module_utils._errors import InvalidArgument, OperationTimeout, VmsafeError
@@ -215,8 +216,10 @@ class RestoreTask(ProviderTask):
                 raise InvalidArgument(f"dest must be an existing directory for target: {target}, got {p['dest']!r}.")
             if target == "new_vm" and not p["new_vm_name"]:
                 raise InvalidArgument("target: new_vm needs new_vm_name, the name of the VM to create.")
-            stem = p["new_vm_name"] if target == "new_vm" else f"{self.record.vm_name}"
-            paths = {n: os.path.join(p["dest"], f"{stem}-{n}-{self.record.id}.{EXTENSIONS[fmt]}") for n in names}
+            # names from a manifest (and new_vm_name) are made safe path components: never a separator or '..'
+            stem = path_component(p["new_vm_name"] if target == "new_vm" else self.record.vm_name)
+            paths = {n: os.path.join(p["dest"], f"{stem}-{path_component(n)}-{self.record.id}.{EXTENSIONS[fmt]}")
+                     for n in names}
             existing = [path for path in paths.values() if os.path.exists(path)]
             if existing:
                 raise InvalidArgument(f"Refusing to overwrite {', '.join(existing)}: remove it or choose another dest.")

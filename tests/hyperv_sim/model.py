@@ -5,7 +5,10 @@
 A command is accepted only when it is ``powershell.exe -NoProfile -NonInteractive -EncodedCommand <b64>`` and
 the decoded script equals one of the collection's scripts once its data block is taken out. The data block is
 decoded as JSON and used as data only. Anything else raises ScriptRejected, which the server turns into a
-SOAP fault and records, so the tests fail loudly when the provider and the simulator drift apart.
+SOAP fault and records, so the tests fail loudly when the provider and the simulator drift apart. A shipped
+script is also checked against Microsoft's cmdlet and CIM reference (tests/hyperv_ref) before it runs: one that
+uses an undocumented cmdlet, parameter, parameter-set mix, property or CIM argument is rejected the same way,
+and payload values bound to enum parameters (Set-VM -CheckpointType) must be among the documented values.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
+import functools
 import json
 import re
 import threading
@@ -21,12 +25,20 @@ import typing as t
 import uuid
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers import hyperv_scripts as scripts
+from hyperv_ref import check as reference  # tests/ is on sys.path wherever hyperv_sim is importable
 
 _BLOCK = re.compile(r"FromBase64String\('([A-Za-z0-9+/=]*)'\)")
 
 
 class ScriptRejected(Exception):
-    """The command is not one of the shipped scripts."""
+    """The command is not one of the shipped scripts, or the script disagrees with Microsoft's reference."""
+
+
+@functools.lru_cache(maxsize=None)
+def reference_check(text: str) -> tuple[tuple[reference.Finding, ...], tuple[reference.PayloadConstraint, ...]]:
+    """What tests/hyperv_ref says about one script text: (findings, payload constraints); cached per text."""
+    checker = reference.Checker(text).run()
+    return tuple(checker.findings), tuple(checker.constraints)
 
 
 class CmdletError(Exception):
@@ -150,15 +162,36 @@ class HyperVHost:
             self._reject("the data block is not base64 JSON")
         if not isinstance(payload, dict):
             self._reject("the data block is not a JSON object")
+        # A real host would fail to bind a cmdlet, parameter or CIM argument the reference does not document: the
+        # simulator refuses such a script before running its model of it.
+        findings, constraints = reference_check(template)
+        if findings:
+            self._reject(f"script '{name}' disagrees with Microsoft's reference (tests/hyperv_ref): "
+                         + "; ".join(str(f) for f in findings))
         with self.lock:
             self.executed.append(t.cast(str, name))
             self.payloads.append(payload)
             try:
+                self._bind(constraints, payload)
                 data = getattr(self, f"_run_{name}")(payload)
             except CmdletError as exc:
                 out = {"ok": False, "error": str(exc), "reason": exc.reason}
                 return json.dumps(out).encode(), b"", 1
         return json.dumps({"ok": True, "data": data}).encode(), b"", 0
+
+    @staticmethod
+    def _bind(constraints: tuple[reference.PayloadConstraint, ...], payload: dict[str, t.Any]) -> None:
+        """Parameter binding of payload values the script passes to enum parameters, as the reference lists them.
+
+        PowerShell binds enum names case-insensitively; the payload value is rewritten to the documented spelling.
+        """
+        for rule in constraints:
+            value = str(payload.get(rule.key))
+            match = next((a for a in rule.accepted if a.lower() == value.lower()), None)
+            if match is None:
+                raise CmdletError(f"Cannot bind parameter '{rule.parameter}' of {rule.cmdlet}: '{value}' is not one "
+                                  f"of {', '.join(rule.accepted)}.", "ParameterBindingException")
+            payload[rule.key] = match
 
     def _reject(self, why: str) -> t.NoReturn:
         self.rejected.append(why)
@@ -203,9 +236,7 @@ class HyperVHost:
 
     def _run_create_checkpoint(self, payload: dict[str, t.Any]) -> dict[str, t.Any]:
         vm = self._vm(payload)
-        kind = payload["checkpoint_type"]
-        if kind not in ("Standard", "Production", "ProductionOnly", "Disabled"):
-            raise CmdletError(f"Cannot bind parameter 'CheckpointType': '{kind}'", "ParameterBindingException")
+        kind = payload["checkpoint_type"]  # already bound against Set-VM -CheckpointType's accepted values
         self._busy(vm)
         production = kind in ("Production", "ProductionOnly") and vm.state == "Running"
         if production and not vm.vss_works:

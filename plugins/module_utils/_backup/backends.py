@@ -97,6 +97,22 @@ class Backend(abc.ABC):
             raise
 
     @abc.abstractmethod
+    def create_exclusive(self, name: str, data: bytes) -> None:
+        """Write a whole object durably under ``name`` only if no object of that name exists.
+
+        Raises FileExistsError when it exists (the existing object is never replaced), BackendError on I/O errors.
+        This is what makes ``init`` and key changes safe against a second writer: a replacing rename is not.
+        """
+
+    @abc.abstractmethod
+    def mtime(self, name: str) -> float:
+        """Return the object's modification time as the *storage* sees it (epoch seconds).
+
+        Lock staleness compares two such times from the same storage, so no client's clock is trusted.
+        Raises FileNotFoundError if absent.
+        """
+
+    @abc.abstractmethod
     def list(self, directory: str) -> list[tuple[str, int]]:
         """Return (name, size) of every object below ``directory`` (recursive), temporaries included."""
 
@@ -155,7 +171,9 @@ class _LocalWriter(ObjectWriter):
         try:
             self._fd: int | None = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileNotFoundError:
-            os.makedirs(directory, exist_ok=True)
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            # the new folder (packs/ab/) must survive a crash as much as the pack in it will
+            _fsync_dir(os.path.dirname(directory))
             self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as exc:
             raise BackendError(
@@ -175,14 +193,22 @@ class _LocalWriter(ObjectWriter):
                 f"Cannot write '{self._tmp}': {exc.strerror}. Check free space on the repository."
             ) from exc
 
-    def commit(self) -> None:
+    def commit(self, exclusive: bool = False) -> None:
         if self._fd is None:
             raise BackendError("commit after commit/abort")
         try:
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
-            os.rename(self._tmp, self._final)
+            if exclusive:
+                # link() fails with EEXIST where rename() would replace: the no-overwrite publish
+                os.link(self._tmp, self._final)
+                os.unlink(self._tmp)
+            else:
+                os.rename(self._tmp, self._final)
+        except FileExistsError:
+            self.abort()
+            raise
         except OSError as exc:
             self.abort()
             raise BackendError(f"Cannot store '{self._final}': {exc.strerror}.") from exc
@@ -249,6 +275,18 @@ class LocalBackend(Backend):
     def open_writer(self, name: str) -> ObjectWriter:
         return _LocalWriter(self, name)
 
+    def create_exclusive(self, name: str, data: bytes) -> None:
+        writer = _LocalWriter(self, name)
+        try:
+            writer.write(data)
+            writer.commit(exclusive=True)
+        except BaseException:
+            writer.abort()
+            raise
+
+    def mtime(self, name: str) -> float:
+        return os.stat(self._path(name)).st_mtime
+
     def list(self, directory: str) -> list[tuple[str, int]]:
         base = self._path(directory)
         found: list[tuple[str, int]] = []
@@ -267,12 +305,15 @@ class LocalBackend(Backend):
         fd = self._fds.pop(name, None)
         if fd is not None:
             os.close(fd)
+        path = self._path(name)
         try:
-            os.unlink(self._path(name))
+            os.unlink(path)
         except FileNotFoundError:
-            pass
+            return
         except OSError as exc:
-            raise BackendError(f"Cannot delete '{self._path(name)}': {exc.strerror}.") from exc
+            raise BackendError(f"Cannot delete '{path}': {exc.strerror}.") from exc
+        # a delete that a crash can undo would resurrect a lock or a pruned manifest
+        _fsync_dir(os.path.dirname(path))
 
     def exists(self, name: str) -> bool:
         return os.path.exists(self._path(name))
@@ -282,9 +323,9 @@ class LocalBackend(Backend):
 
     def make_dirs(self, directories: t.Iterable[str]) -> None:
         try:
-            os.makedirs(self.root, exist_ok=True)
+            os.makedirs(self.root, mode=0o700, exist_ok=True)
             for directory in directories:
-                os.makedirs(self._path(directory), exist_ok=True)
+                os.makedirs(self._path(directory), mode=0o700, exist_ok=True)
         except OSError as exc:
             raise BackendError(f"Cannot create the repository directory '{self.root}': {exc.strerror}.") from exc
         _fsync_dir(self.root)
@@ -310,6 +351,7 @@ HOST_KEY_POLICIES = ("strict", "accept_new")
 class _SFTPWriter(ObjectWriter):
     def __init__(self, backend: "SFTPBackend", name: str) -> None:
         self._backend = backend
+        self._name = name
         self._final = backend._path(name)
         self._tmp = f"{self._final}{TMP_MARK}{secrets.token_hex(6)}"
         with backend.lock:
@@ -322,6 +364,10 @@ class _SFTPWriter(ObjectWriter):
                     self._file = sftp.open(self._tmp, "wbx")
                 else:
                     raise BackendError(f"Cannot create '{self._tmp}' on {backend.location}: {exc}.") from exc
+            try:
+                self._file.chmod(0o600)  # backups are nobody else's business, whatever the server's umask
+            except IOError:
+                pass
             self._file.set_pipelined(True)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -331,7 +377,7 @@ class _SFTPWriter(ObjectWriter):
             except (IOError, OSError, socket.error) as exc:
                 raise BackendError(f"Cannot write '{self._tmp}' on {self._backend.location}: {exc}.") from exc
 
-    def commit(self) -> None:
+    def commit(self, exclusive: bool = False) -> None:
         with self._backend.lock:
             sftp = self._backend._sftp()
             try:
@@ -344,7 +390,19 @@ class _SFTPWriter(ObjectWriter):
                     pass
                 self._file.close()
                 self._file = None
-                sftp.posix_rename(self._tmp, self._final)
+                if exclusive:
+                    # SSH_FXP_RENAME (not the posix-rename extension) fails when the target exists
+                    try:
+                        sftp.rename(self._tmp, self._final)
+                    except IOError:
+                        if self._backend.exists(self._name):
+                            self.abort()
+                            raise FileExistsError(self._final) from None
+                        raise
+                else:
+                    sftp.posix_rename(self._tmp, self._final)
+            except FileExistsError:
+                raise
             except (IOError, OSError, socket.error) as exc:
                 self.abort()
                 raise BackendError(f"Cannot store '{self._final}' on {self._backend.location}: {exc}.") from exc
@@ -358,6 +416,33 @@ class _SFTPWriter(ObjectWriter):
                 self._backend._sftp().remove(self._tmp)
             except Exception:  # pylint: disable=broad-except  # abort must never raise
                 pass
+
+
+def _pin_on_first_use_policy(known_hosts: str) -> t.Any:
+    """A host key policy that records an unknown server's key in ``known_hosts`` (the file the check reads) and
+    fails when it cannot: accepting a key without pinning it would accept any later key too."""
+
+    class PinOnFirstUse(paramiko.MissingHostKeyPolicy):  # type: ignore[misc,name-defined]
+        def missing_host_key(self, client: t.Any, hostname: str, key: t.Any) -> None:
+            line = f"{hostname} {key.get_name()} {key.get_base64()}\n".encode("ascii")
+            try:
+                directory = os.path.dirname(os.path.abspath(known_hosts))
+                os.makedirs(directory, mode=0o700, exist_ok=True)
+                fd = os.open(known_hosts, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    os.write(fd, line)  # one write of one line: an atomic append
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                raise HostKeyError(
+                    f"The host key of {hostname} is new and could not be recorded in '{known_hosts}' "
+                    f"({exc.strerror}); without pinning it, any later key would be accepted too. Make that file "
+                    "writable or add the key yourself (ssh-keyscan)."
+                ) from exc
+            client.get_host_keys().add(hostname, key.get_name(), key)
+
+    return PinOnFirstUse()
 
 
 class SFTPBackend(Backend):
@@ -410,7 +495,7 @@ class SFTPBackend(Backend):
         except (IOError, paramiko.SSHException) as exc:
             raise HostKeyError(f"Cannot read the known_hosts file '{known}': {exc}.") from exc
         if self._policy == "accept_new":
-            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+            client.set_missing_host_key_policy(_pin_on_first_use_policy(known))
         else:
             client.set_missing_host_key_policy(paramiko.RejectPolicy())
         try:
@@ -421,6 +506,8 @@ class SFTPBackend(Backend):
                 password=self._password,
                 key_filename=self._key_filename,
                 timeout=self._timeout,
+                banner_timeout=self._timeout,
+                auth_timeout=self._timeout,
                 allow_agent=False,
                 look_for_keys=self._key_filename is None and self._password is None,
             )
@@ -444,13 +531,17 @@ class SFTPBackend(Backend):
             raise BackendError(
                 f"Cannot connect to {self.host}:{self.port}: {exc}. Check the host, port and firewall."
             ) from exc
-        if self._policy == "accept_new" and self._known_hosts:
-            try:
-                client.save_host_keys(self._known_hosts)
-            except IOError:
-                pass
+        except HostKeyError:
+            client.close()
+            raise
+        transport = client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(15)  # a dead server or a dropped NAT entry is noticed, not waited on forever
         self._client = client
         self._sftp_client = client.open_sftp()
+        # every SFTP request gives up after the timeout: a hung server fails the operation instead of blocking it
+        # (and with it the lock's refresh) forever
+        self._sftp_client.get_channel().settimeout(self._timeout)
 
     def _sftp(self) -> t.Any:
         return self._sftp_client
@@ -470,7 +561,7 @@ class SFTPBackend(Backend):
                 sftp.stat(current)
             except IOError:
                 try:
-                    sftp.mkdir(current)
+                    sftp.mkdir(current, mode=0o700)
                 except IOError as exc:
                     try:
                         sftp.stat(current)
@@ -512,6 +603,22 @@ class SFTPBackend(Backend):
 
     def open_writer(self, name: str) -> ObjectWriter:
         return _SFTPWriter(self, name)
+
+    def create_exclusive(self, name: str, data: bytes) -> None:
+        writer = _SFTPWriter(self, name)
+        try:
+            writer.write(data)
+            writer.commit(exclusive=True)
+        except BaseException:
+            writer.abort()
+            raise
+
+    def mtime(self, name: str) -> float:
+        with self.lock:
+            try:
+                return float(self._sftp().stat(self._path(name)).st_mtime or 0)
+            except IOError as exc:
+                raise FileNotFoundError(name) from exc
 
     def list(self, directory: str) -> list[tuple[str, int]]:
         with self.lock:
@@ -612,13 +719,18 @@ def open_backend(url_or_path: str, **options: t.Any) -> Backend:
             )
         if not parsed.hostname:
             raise InvalidArgumentError(f"The SFTP URL '{url_or_path}' has no host; use sftp://user@host[:port]/path.")
-        password = options.pop("password", None) or (urllib.parse.unquote(parsed.password) if parsed.password else None)
+        if parsed.password is not None:
+            # never echoed: the URL lands in task results, logs and AWX job events, the password must not
+            raise InvalidArgumentError(
+                "The SFTP repository URL carries a password. Give it in repository_password (kept out of logs), or "
+                "better use a key (repository_key_file), and write the URL as sftp://user@host[:port]/path."
+            )
         return SFTPBackend(
             host=parsed.hostname,
             port=parsed.port or 22,
             username=urllib.parse.unquote(parsed.username) if parsed.username else None,
             path=urllib.parse.unquote(parsed.path) or "/",
-            password=password,
+            password=options.pop("password", None),
             **options,
         )
     raise InvalidArgumentError(

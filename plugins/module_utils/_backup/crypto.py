@@ -57,7 +57,6 @@ try:
 except ImportError:  # pragma: no cover - older cryptography
     Argon2id = None
 
-ENCRYPTIONS = ("aes-256-gcm", "none")
 NONCE_SIZE = 12
 TAG_SIZE = 16
 #: flag byte stored in front of every blob (also authenticated as AAD)
@@ -66,12 +65,21 @@ FLAG_ZSTD = 1
 BLOB_OVERHEAD_GCM = 1 + NONCE_SIZE + TAG_SIZE
 BLOB_OVERHEAD_NONE = 1
 
-#: Default KDF parameters: OWASP's recommended minimums (Argon2id m=19 MiB, t=2, p=1; scrypt N=2^14,
-#: r=8, p=5). Memory is kept modest because peak RSS matters on
-#: hypervisor hosts; the parameters are stored in the key file, so they can be raised.
-DEFAULT_ARGON2 = {"name": "argon2id", "iterations": 2, "lanes": 1, "memory_kib": 19456}
-DEFAULT_SCRYPT = {"name": "scrypt", "n": 16384, "r": 8, "p": 5}
-KEY_FILE_VERSION = 1
+#: Default KDF parameters: RFC 9106's second recommended option for Argon2id (t=3, p=4, m=64 MiB), stronger
+#: than borg's and restic's defaults; scrypt (where Argon2id is unavailable) at N=2^17, r=8, p=1 (128 MiB).
+#: The parameters are stored in the key file, so a passphrase change can raise them.
+DEFAULT_ARGON2 = {"name": "argon2id", "iterations": 3, "lanes": 4, "memory_kib": 65536}
+DEFAULT_SCRYPT = {"name": "scrypt", "n": 131072, "r": 8, "p": 1}
+#: Bounds for parameters read from a key file: a crafted key file must not make open() take hours or
+#: exhaust memory, nor unlock with trivially weak settings. (low, high) per parameter.
+KDF_BOUNDS = {
+    "argon2id": {"iterations": (1, 64), "lanes": (1, 64), "memory_kib": (1024, 4 * 1024 * 1024)},
+    "scrypt": {"n": (1 << 10, 1 << 22), "r": (1, 32), "p": (1, 16)},
+}
+KEY_FILE_VERSION = 2
+META_EXPANSION_FLOOR = 64 * 1024 * 1024
+META_EXPANSION_RATIO = 64
+MAX_KEY_FILE_SIZE = 64 * 1024
 
 
 def require_zstd() -> t.Any:
@@ -105,6 +113,7 @@ def derive_key(passphrase: str, kdf: t.Mapping[str, t.Any], salt: bytes) -> byte
     require_cryptography()
     secret = passphrase.encode("utf-8")
     name = kdf.get("name")
+    check_kdf(kdf)
     if name == "argon2id":
         if Argon2id is None:
             raise MissingDependencyError("cryptography>=44", "Argon2id key derivation")
@@ -118,6 +127,24 @@ def derive_key(passphrase: str, kdf: t.Mapping[str, t.Any], salt: bytes) -> byte
     if name == "scrypt":
         return Scrypt(salt=salt, length=32, n=int(kdf["n"]), r=int(kdf["r"]), p=int(kdf["p"])).derive(secret)
     raise RepositoryFormatError(f"The key file uses an unknown key derivation '{name}'; upgrade vmsafe.protect.")
+
+
+def check_kdf(kdf: t.Mapping[str, t.Any]) -> None:
+    """Raise RepositoryFormatError when a KDF's parameters are unknown or out of bounds."""
+    bounds = KDF_BOUNDS.get(str(kdf.get("name")))
+    if bounds is None:
+        raise RepositoryFormatError(f"The key file uses an unknown key derivation '{kdf.get('name')}'; upgrade "
+                                    "vmsafe.protect, or restore keys/repokey from a copy.")
+    for param, (low, high) in bounds.items():
+        value = kdf.get(param)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise RepositoryFormatError(
+                f"The key file's {kdf['name']} parameter {param}={value!r} is outside {low}..{high}: the key file "
+                "was damaged or crafted. Restore keys/repokey from a copy of the repository."
+            )
+    if kdf["name"] == "scrypt" and (kdf["n"] & (kdf["n"] - 1) or kdf["n"] * kdf["r"] * 128 > 2 * 1024 ** 3):
+        raise RepositoryFormatError("The key file's scrypt parameters are invalid (n must be a power of two and "
+                                    "use at most 2 GiB). Restore keys/repokey from a copy of the repository.")
 
 
 class KeyMaterial:
@@ -137,18 +164,24 @@ class KeyMaterial:
         return "<KeyMaterial (hidden)>"
 
 
-def wrap_key(key: KeyMaterial, passphrase: str, kdf: t.Mapping[str, t.Any] | None = None) -> bytes:
-    """Return the key file content (JSON) protecting ``key`` with ``passphrase``."""
+def _key_aad(version: int, config_id: str | None) -> bytes:
+    return b"vmsafe-key-v1" if version == 1 else b"vmsafe-key-v2:" + str(config_id).encode("ascii")
+
+
+def wrap_key(key: KeyMaterial, passphrase: str, config_id: str, kdf: t.Mapping[str, t.Any] | None = None) -> bytes:
+    """Return the key file content (JSON) protecting ``key`` with ``passphrase``, bound to the config's id."""
     require_cryptography()
     if not passphrase:
         raise InvalidArgumentError("An encrypted repository needs a non-empty passphrase.")
     params = dict(kdf or default_kdf())
+    check_kdf(params)
     salt = os.urandom(16)
     wrapping = derive_key(passphrase, params, salt)
     nonce = os.urandom(NONCE_SIZE)
-    sealed = AESGCM(wrapping).encrypt(nonce, key.enc_key + key.id_key, b"vmsafe-key-v1")
+    sealed = AESGCM(wrapping).encrypt(nonce, key.enc_key + key.id_key, _key_aad(KEY_FILE_VERSION, config_id))
     doc = {
         "version": KEY_FILE_VERSION,
+        "config_id": config_id,
         "kdf": dict(params, salt=_b64(salt)),
         "cipher": "aes-256-gcm",
         "nonce": _b64(nonce),
@@ -157,38 +190,59 @@ def wrap_key(key: KeyMaterial, passphrase: str, kdf: t.Mapping[str, t.Any] | Non
     return json.dumps(doc, indent=1, sort_keys=True).encode("utf-8")
 
 
-def unwrap_key(content: bytes, passphrase: str | None, location: str) -> KeyMaterial:
-    """Open the key file. Raises WrongPassphraseError, PassphraseRequiredError, RepositoryFormatError."""
+def unwrap_key(content: bytes, passphrase: str | None, location: str,
+               config_id: str | None = None) -> tuple[KeyMaterial, int]:
+    """Open the key file; returns the key and the key file's version (2: the config MAC is mandatory).
+
+    Raises WrongPassphraseError, PassphraseRequiredError, RepositoryFormatError, CorruptMetadataError.
+    """
     require_cryptography()
     if not passphrase:
         raise PassphraseRequiredError(
             f"The repository at {location} is encrypted; give its passphrase (option passphrase)."
         )
     try:
+        if len(content) > MAX_KEY_FILE_SIZE:
+            raise ValueError("oversized")
         doc = json.loads(content.decode("utf-8"))
         kdf = dict(doc["kdf"])
         salt = _unb64(kdf.pop("salt"))
         nonce = _unb64(doc["nonce"])
         sealed = _unb64(doc["wrapped_key"])
-        if doc.get("version") != KEY_FILE_VERSION:
-            raise RepositoryFormatError(
-                f"The key file of {location} has version {doc.get('version')}; this engine reads version "
-                f"{KEY_FILE_VERSION}. Upgrade vmsafe.protect."
-            )
-    except (ValueError, KeyError, TypeError) as exc:
+        version = doc.get("version")
+        if len(nonce) != NONCE_SIZE or len(sealed) != 64 + TAG_SIZE or not 8 <= len(salt) <= 64:
+            raise ValueError("bad field sizes")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CorruptMetadataError(
             f"The key file 'keys/repokey' of {location} is damaged ({type(exc).__name__}). Restore it from a copy "
             "of the repository; without it the backups cannot be decrypted."
         ) from exc
+    if version not in (1, KEY_FILE_VERSION):
+        raise RepositoryFormatError(
+            f"The key file of {location} has version {version!r}; this engine reads versions 1 and "
+            f"{KEY_FILE_VERSION}. Upgrade vmsafe.protect."
+        )
     wrapping = derive_key(passphrase, kdf, salt)
     try:
-        plain = AESGCM(wrapping).decrypt(nonce, sealed, b"vmsafe-key-v1")
+        plain = AESGCM(wrapping).decrypt(nonce, sealed, _key_aad(version, config_id))
     except InvalidTag:
+        other = 2 if version == 1 else 1
+        try:
+            AESGCM(wrapping).decrypt(nonce, sealed, _key_aad(other, config_id))
+        except InvalidTag:
+            pass
+        else:
+            raise CorruptMetadataError(
+                f"The key file 'keys/repokey' of {location} was altered (its version field was changed). Restore it "
+                "from a copy of the repository."
+            ) from None
         raise WrongPassphraseError(
-            f"Wrong passphrase for the repository at {location}: it does not unlock the repository key. "
-            "Use the passphrase given when the repository was created (check for a changed vault variable)."
+            f"Wrong passphrase for the repository at {location}: it does not unlock the repository key (or the key "
+            "file and the config belong to different repositories). Use the passphrase given when the repository "
+            "was created (check for a changed vault variable), and check that keys/repokey and config were not "
+            "swapped: restore both from one copy of the repository."
         ) from None
-    return KeyMaterial(plain[:32], plain[32:64])
+    return KeyMaterial(plain[:32], plain[32:64]), int(version)
 
 
 class BlobCodec:
@@ -350,7 +404,19 @@ class BlobCodec:
                     payload = self._aes.decrypt(nonce, blob[1 + NONCE_SIZE :], b"meta:" + context)
                 except InvalidTag:
                     raise IntegrityError("authentication tag mismatch") from None
-            return self._dctx().decompressobj().decompress(payload)
+            # bounded: a crafted object (an unencrypted repository has no key to refuse it) must not expand to
+            # gigabytes in memory; real metadata compresses far less than 64:1
+            limit = max(META_EXPANSION_FLOOR, META_EXPANSION_RATIO * len(blob))
+            out = bytearray()
+            with self._dctx().stream_reader(bytes(payload)) as reader:
+                while True:
+                    piece = reader.read(1 << 20)
+                    if not piece:
+                        break
+                    out += piece
+                    if len(out) > limit:
+                        raise IntegrityError(f"it expands to more than {limit} bytes")
+            return bytes(out)
         except (IntegrityError, zstandard.ZstdError) as exc:
             raise CorruptMetadataError(
                 f"The {what} is damaged ({exc}). Run verify; an index can be rebuilt from the packs "

@@ -66,6 +66,10 @@ class LockedError(BackupError):
         super().__init__(message)
 
 
+class LockLostError(BackupError):
+    """Our lock was removed or could not be refreshed in time: nothing more may be committed or deleted."""
+
+
 class BackupNotFoundError(BackupError):
     """No backup with the given id exists."""
 

@@ -18,6 +18,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import re
 import struct
 import typing as t
 
@@ -28,6 +29,19 @@ MAP_HEAD = struct.Struct("<8sQII")  # magic, first chunk index, chunk size, reco
 RECORD = struct.Struct("<32s32sI")  # id, sha256(plaintext), length (0 = hole)
 MANIFEST_VERSION = 1
 DIGEST_ALGORITHM = "sha256-of-segment-sha256"
+
+
+#: 1 PiB: larger "disks" in a manifest are damage or an attack (restore would create them sparse)
+MAX_DISK_SIZE = 1 << 50
+HEX64 = re.compile(r"[0-9a-f]{64}")
+_BAD_NAME = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+def path_component(name: str) -> str:
+    """A VM or disk name from a manifest made safe to join into a file path (it may come from a forged manifest
+    of an unencrypted repository): separators, control characters and dot names are replaced, length bounded."""
+    safe = _BAD_NAME.sub("_", name)[:200]
+    return "_" + safe if safe in ("", ".", "..") or safe.startswith(".") else safe
 
 
 def chunk_count(size: int, chunk_size: int) -> int:
@@ -181,7 +195,7 @@ class DiskRecord:
 
     @classmethod
     def from_json(cls, doc: t.Mapping[str, t.Any]) -> "DiskRecord":
-        return cls(
+        record = cls(
             name=str(doc["name"]),
             size=int(doc["size"]),
             chunk_size=int(doc["chunk_size"]),
@@ -192,6 +206,18 @@ class DiskRecord:
             stored_chunks=int(doc.get("stored_chunks", 0)),
             zero_chunks=int(doc.get("zero_chunks", 0)),
         )
+        if not record.name or "\x00" in record.name:
+            raise ValueError("empty disk name")
+        if not 0 <= record.size <= MAX_DISK_SIZE:
+            raise ValueError(f"disk size {record.size} outside 0..{MAX_DISK_SIZE}")
+        if not 4096 <= record.chunk_size <= 1 << 24 or record.chunk_size & (record.chunk_size - 1):
+            raise ValueError(f"chunk size {record.chunk_size}")
+        if not 1 <= record.segment_chunks <= 1 << 20:
+            raise ValueError(f"segment size {record.segment_chunks}")
+        for value in record.segment_digests + [record.content_digest] + [s for s in record.segments if s]:
+            if not HEX64.fullmatch(value):
+                raise ValueError("a digest or segment id is not 64 hex digits")
+        return record
 
 
 @dataclasses.dataclass
@@ -244,7 +270,7 @@ class BackupRecord:
             when = datetime.datetime.strptime(doc["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
                 tzinfo=datetime.timezone.utc
             )
-            return cls(
+            record = cls(
                 id=str(doc["id"]),
                 vm_name=str(doc["vm_name"]),
                 time=when,
@@ -254,5 +280,15 @@ class BackupRecord:
                 vm_definition=str(doc.get("vm_definition", "")),
                 stats=dict(doc.get("stats", {})),
             )
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            if not record.vm_name:
+                raise ValueError("empty VM name")
+            if len({d.name for d in record.disks}) != len(record.disks):
+                raise ValueError("two disks of the same name")
+            return record
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
             raise CorruptMetadataError(f"The {what} is damaged ({exc}); that backup cannot be restored.") from None
+
+
+def utcnow() -> datetime.datetime:
+    """The time backups are stamped with: now, in UTC."""
+    return datetime.datetime.now(datetime.timezone.utc)

@@ -185,6 +185,10 @@ LIST_REFERENCE_POINTS = BACKUP_HELPERS + """    $disks = @(Get-VMHardDiskDrive -
 """
 
 # ConsistencyLevel 1 = application consistent (VSS / fsfreeze through the integration services), 2 = crash consistent.
+# REF parameters of a CIM method get the CimInstance itself: with -InputObject, Invoke-CimMethod converts each argument
+# to the type the method declares, and a PowerShell [ref] is not a CimInstance. The snapshot's settings
+# (Msvm_VirtualSystemSettingData) have no ConsistencyLevel, so the level reported is the one CreateSnapshot completed
+# with (a level it cannot give fails the call; see backup_begin in hyperv.py).
 BACKUP_BEGIN = BACKUP_HELPERS + """    $settings = Get-CimClass -Namespace $ns -ClassName Msvm_VirtualSystemSnapshotSettingData |
         New-CimInstance -ClientOnly -Property @{
             ConsistencyLevel = [byte]$payload.consistency_level
@@ -194,7 +198,7 @@ BACKUP_BEGIN = BACKUP_HELPERS + """    $settings = Get-CimClass -Namespace $ns -
     $options = [Microsoft.Management.Infrastructure.Serialization.InstanceSerializationOptions]::None
     $text = [Text.Encoding]::Unicode.GetString($serializer.Serialize($settings, $options))
     $result = Invoke-CimMethod -InputObject $snapSvc -MethodName CreateSnapshot -Arguments @{
-        AffectedSystem = [ref]$vmCim
+        AffectedSystem = $vmCim
         SnapshotSettings = $text
         SnapshotType = [uint16]32768
     }
@@ -217,7 +221,7 @@ BACKUP_BEGIN = BACKUP_HELPERS + """    $settings = Get-CimClass -Namespace $ns -
     }
     Write-VmsafeResult @{
         checkpoint = [string]$snap.InstanceID
-        consistency_level = [int]$snap.ConsistencyLevel
+        consistency_level = [int]$payload.consistency_level
         disks = $disks
         definition = $definition
     }
@@ -270,7 +274,7 @@ BACKUP_CONVERT = BACKUP_HELPERS + """    $before = @(Get-VmsafeReferencePoints |
     $snap = Get-CimAssociatedInstance -InputObject $vmCim -ResultClassName Msvm_VirtualSystemSettingData |
         Where-Object { [string]$_.InstanceID -eq [string]$payload.checkpoint }
     if (-not $snap) { throw [Management.Automation.ItemNotFoundException]::new('checkpoint not found: ' + $payload.checkpoint) }
-    $result = Invoke-CimMethod -InputObject $snapSvc -MethodName ConvertToReferencePoint -Arguments @{ AffectedSnapshot = [ref]$snap }
+    $result = Invoke-CimMethod -InputObject $snapSvc -MethodName ConvertToReferencePoint -Arguments @{ AffectedSnapshot = $snap }
     Wait-VmsafeJob $result 'ConvertToReferencePoint'
     $new = @(Get-VmsafeReferencePoints | Where-Object { $before -notcontains $_.id })
     if ($new.Count -ne 1) { throw ('ConvertToReferencePoint left ' + $new.Count + ' new reference points') }
@@ -283,14 +287,14 @@ BACKUP_DROP = BACKUP_HELPERS + """    if ($payload.kind -eq 'checkpoint') {
         $item = Get-CimAssociatedInstance -InputObject $vmCim -ResultClassName Msvm_VirtualSystemSettingData |
             Where-Object { [string]$_.InstanceID -eq [string]$payload.id }
         if ($item) {
-            $result = Invoke-CimMethod -InputObject $snapSvc -MethodName DestroySnapshot -Arguments @{ AffectedSnapshot = [ref]$item }
+            $result = Invoke-CimMethod -InputObject $snapSvc -MethodName DestroySnapshot -Arguments @{ AffectedSnapshot = $item }
             Wait-VmsafeJob $result 'DestroySnapshot'
         }
     } else {
         $item = Get-CimAssociatedInstance -InputObject $vmCim -ResultClassName Msvm_VirtualSystemReferencePoint |
             Where-Object { [string]$_.InstanceID -eq [string]$payload.id }
         if ($item) {
-            $arguments = @{ AffectedReferencePoint = [ref]$item }
+            $arguments = @{ AffectedReferencePoint = $item }
             Wait-VmsafeJob (Invoke-CimMethod -InputObject $refSvc -MethodName DestroyReferencePoint -Arguments $arguments) 'DestroyReferencePoint'
         }
     }

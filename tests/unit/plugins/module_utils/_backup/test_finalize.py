@@ -43,13 +43,13 @@ def test_callable_disks_are_asked_for_under_the_lock_after_the_index_and_a_failu
     """vm_backup starts the hypervisor's export in a thread: the engine asks for the disks once the index is loaded."""
     first = repo.backup("vm1", [source(b"a" * 200000)])
     order = []
-    load = repo._load_index  # pylint: disable=protected-access
+    load = repo.load_index
 
     def traced_load():
         order.append("index")
         return load()
 
-    monkeypatch.setattr(repo, "_load_index", traced_load)
+    monkeypatch.setattr(repo, "load_index", traced_load)
 
     def disks():
         order.append("disks")

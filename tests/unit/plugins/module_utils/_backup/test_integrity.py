@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import glob
 import os
 import random
 import typing as t
@@ -55,20 +56,20 @@ def two_backups(tmp_path: t.Any) -> tuple[Repository, list[t.Any], list[bytes]]:
 
 
 def data_blob_of(repo: Repository, record: t.Any, chunk: int) -> tuple[str, int, str]:
-    index = repo._load_index()
+    index = repo.load_index()
     disk = record.disks[0]
-    seg = repo._read_map(disk.segments[chunk // disk.segment_chunks], index, "test")
+    seg = repo.read_map(disk.segments[chunk // disk.segment_chunks], index, "test")
     cid, _sha, _length = seg.get(chunk)
     loc = index.get(cid)
     return repo.backend.local_path(pack_object_name(loc.pack)), loc.offset + loc.length // 2, cid.hex()
 
 
 def first_stored_chunk(record: t.Any, repo: Repository) -> int:
-    index = repo._load_index()
+    index = repo.load_index()
     disk = record.disks[0]
     for seg_id in disk.segments:
         if seg_id:
-            return next(repo._read_map(seg_id, index, "test").iter_stored())[0]
+            return next(repo.read_map(seg_id, index, "test").iter_stored())[0]
     raise AssertionError("no stored chunk")
 
 
@@ -86,7 +87,7 @@ def test_flipped_bit_in_pack_is_named_and_restore_refuses(two_backups: t.Any, tm
         repo.restore(records[0].id, "vda", str(target))
     message = str(info.value)
     assert records[0].id in message and "vda" in message and f"#{chunk}" in message
-    assert not target.exists() and not os.path.exists(f"{target}.vmsafe-partial")
+    assert not target.exists() and not glob.glob(f"{target}.vmsafe-partial*")
     # the other backup does not use that chunk and still restores
     repo.restore(records[1].id, "vda", str(target))
     assert target.read_bytes() == images[1]
@@ -234,3 +235,37 @@ def test_restore_target_errors_are_clear(two_backups: t.Any, tmp_path: t.Any) ->
         repo.restore(records[0].id, "vda", str(tmp_path))
     with pytest.raises(RestoreTargetError, match="Cannot open"):
         repo.restore(records[0].id, "vda", str(tmp_path / "missing-dir" / "x.raw"))
+
+
+def test_restore_never_follows_a_planted_link_at_the_partial_name(tmp_path: t.Any) -> None:
+    """Reproduced: restore followed a symlink planted at its predictable '<target>.vmsafe-partial' name."""
+    repo = make_repo(str(tmp_path / "repo"))
+    data = os.urandom(20000)
+    record = repo.backup("vm", [DiskSource("vda", len(data), [(0, len(data), data)])])
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    target = tmp_path / "out.raw"
+    os.symlink(victim, f"{target}.vmsafe-partial")
+    repo.restore(record.id, "vda", str(target))
+    assert victim.read_bytes() == b"precious" and target.read_bytes() == data
+    assert oct(target.stat().st_mode & 0o777) == "0o600"
+
+
+def test_default_key_derivation_meets_rfc_9106() -> None:
+    from ansible_collections.vmsafe.protect.plugins.module_utils._backup.crypto import default_kdf
+
+    kdf = default_kdf()
+    if kdf["name"] == "argon2id":
+        assert kdf["memory_kib"] >= 65536 and kdf["iterations"] >= 3 and kdf["lanes"] >= 4
+    else:
+        assert kdf["n"] >= 1 << 17
+
+
+def test_names_from_a_manifest_become_safe_path_components() -> None:
+    from ansible_collections.vmsafe.protect.plugins.module_utils._backup.manifest import path_component
+
+    for name in ("../../etc/cron.d/x", "/etc/passwd", "..", ".", "a\x00b", "vm\nname", ""):
+        safe = path_component(name)
+        assert "/" not in safe and "\x00" not in safe and "\n" not in safe and safe not in ("", ".", "..")
+        assert not safe.startswith(".")
+    assert path_component("web01") == "web01" and path_component("vda") == "vda"

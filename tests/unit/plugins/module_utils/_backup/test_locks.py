@@ -5,9 +5,11 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 import threading
@@ -16,11 +18,15 @@ import typing as t
 
 import pytest
 
-from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors import LockedError
-from ansible_collections.vmsafe.protect.plugins.module_utils._backup.locks import Lock, list_locks
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors import LockedError, LockLostError
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.locks import Lock, boot_id, list_locks, machine_id
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import DiskSource, Repository
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.retention import RetentionPolicy
-from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup._helpers import make_image, make_repo
+from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup._helpers import (
+    PASSPHRASE,
+    make_image,
+    make_repo,
+)
 
 
 def small_backup(repo: Repository, name: str = "vm") -> t.Any:
@@ -28,11 +34,12 @@ def small_backup(repo: Repository, name: str = "vm") -> t.Any:
     return repo.backup(name, [DiskSource("vda", len(data), [(0, len(data), data)])])
 
 
-def slow_extents(started: threading.Event, release: threading.Event) -> t.Iterator[tuple[int, int, bytes]]:
-    yield (0, 4096, os.urandom(4096))
+def slow_extents(started: threading.Event, release: threading.Event,
+                 offset: int = 0) -> t.Iterator[tuple[int, int, bytes]]:
+    yield (offset, 4096, os.urandom(4096))
     started.set()
     release.wait(10)
-    yield (4096, 4096, os.urandom(4096))
+    yield (offset + 4096, 4096, os.urandom(4096))
 
 
 def test_prune_during_backup_is_refused_then_serialised(repo: Repository) -> None:
@@ -98,58 +105,160 @@ def test_concurrent_prunes_in_processes_never_both_run(repo: Repository, tmp_pat
     assert repo.verify(read_data=True).ok
 
 
+LOCKS = "ansible_collections.vmsafe.protect.plugins.module_utils._backup.locks"
+
+
+def plant_lock(repo: Repository, name: str, owner: dict[str, t.Any], exclusive: bool = True,
+               age: float = 0.0, clock_offset: float = 0.0) -> None:
+    """A lock object as another process wrote it; ``age``: seconds since its last refresh (storage time)."""
+    info = {
+        "owner": owner,
+        "operation": "prune" if exclusive else "backup",
+        "exclusive": exclusive,
+        "time": (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=clock_offset)).isoformat(),
+    }
+    repo.backend.write_atomic(name, json.dumps(info).encode())
+    if age:
+        path = repo.backend.local_path(name)
+        stamp = time.time() - age
+        os.utime(path, (stamp, stamp))
+
+
+def this_machine(pid: int) -> dict[str, t.Any]:
+    return {"machine": machine_id(), "boot": boot_id(), "pid": pid, "start": None, "host": socket.gethostname()}
+
+
+def other_machine(host: str = "backup-host-2") -> dict[str, t.Any]:
+    return {"machine": "f" * 32, "boot": "b" * 36, "pid": 4242, "start": 1, "host": host}
+
+
 def test_stale_lock_of_dead_process_is_ignored_and_removed(repo: Repository) -> None:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    stale = {
-        "host": os.uname().nodename,
-        "pid": proc.pid,
-        "operation": "prune",
-        "exclusive": True,
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-    }
-    repo.backend.write_atomic("locks/deadbeef", json.dumps(stale).encode())
+    plant_lock(repo, "locks/deadbeef", this_machine(proc.pid))
     small_backup(repo)
     assert not repo.backend.exists("locks/deadbeef")
 
 
+def test_lock_of_this_machine_before_a_reboot_is_stale(repo: Repository) -> None:
+    owner = dict(this_machine(os.getpid()), boot="0" * 36)
+    plant_lock(repo, "locks/before-reboot", owner)
+    small_backup(repo)
+    assert not repo.backend.exists("locks/before-reboot")
+
+
+def test_live_lock_of_this_machine_never_expires(repo: Repository) -> None:
+    """Reproduced: a lock older than 30 min was stale although its process was alive on the same host."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        plant_lock(repo, "locks/alive", this_machine(sleeper.pid), age=3 * 3600)
+        with pytest.raises(LockedError, match="exclusive lock for prune"):
+            small_backup(repo)
+        assert repo.backend.exists("locks/alive")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    small_backup(repo)  # now its owner is gone
+
+
+def test_same_hostname_on_another_machine_is_not_this_host(repo: Repository) -> None:
+    """Reproduced: two hosts with the same hostname deleted each other's locks (the pid looked dead here)."""
+    plant_lock(repo, "locks/twin", other_machine(host=socket.gethostname()))
+    with pytest.raises(LockedError):
+        small_backup(repo)
+    assert repo.backend.exists("locks/twin")
+
+
 def test_lock_of_other_host_blocks_until_broken(repo: Repository) -> None:
-    other = {
-        "host": "backup-host-2",
-        "pid": 4242,
-        "operation": "prune",
-        "exclusive": True,
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-    }
-    repo.backend.write_atomic("locks/other", json.dumps(other).encode())
+    plant_lock(repo, "locks/other", other_machine())
     with pytest.raises(LockedError) as info:
         small_backup(repo)
-    assert "backup-host-2" in str(info.value) and "4242" in str(info.value)
+    assert "backup-host-2" in str(info.value) and "4242" in str(info.value) and "break_lock" in str(info.value)
     removed = repo.break_lock()
-    assert [r["host"] for r in removed] == ["backup-host-2"]
+    assert [r["owner"]["host"] for r in removed] == ["backup-host-2"]
     small_backup(repo)
 
 
-def test_old_lock_of_other_host_is_stale(repo: Repository) -> None:
-    old = {
-        "host": "gone-host",
-        "pid": 1,
-        "operation": "backup",
-        "exclusive": True,
-        "time": (datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=2)).isoformat(),
-    }
-    repo.backend.write_atomic("locks/old", json.dumps(old).encode())
-    small_backup(repo)
+@pytest.mark.parametrize("age, clock_offset, stale", [
+    (2 * 3600, 0, True),          # not refreshed for 2 h of storage time
+    (0, -2 * 3600, False),        # its host's clock is 2 h behind: its "time" says nothing
+    (0, +2 * 3600, False),        # ... or ahead
+    (25 * 60, -3600, False),      # 25 min without refresh is not yet stale (30 min)
+])
+def test_staleness_of_other_hosts_uses_the_storage_clock(repo: Repository, age: float, clock_offset: float,
+                                                         stale: bool) -> None:
+    plant_lock(repo, "locks/remote", other_machine(), age=age, clock_offset=clock_offset)
+    if stale:
+        small_backup(repo)
+        assert not repo.backend.exists("locks/remote")
+    else:
+        with pytest.raises(LockedError):
+            small_backup(repo)
 
 
-def test_lock_refresh_rewrites_time(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_refresh_writes_a_new_object_and_a_removed_lock_is_lost_not_recreated(repo: Repository) -> None:
     lock = Lock(repo.backend, False, "backup").acquire()
-    before = json.loads(repo.backend.read(lock.name))["time"]
-    time.sleep(0.01)
-    monkeypatch.setattr("ansible_collections.vmsafe.protect.plugins.module_utils._backup.locks.REFRESH_SECONDS", 0)
+    first = lock.name
     lock.refresh()
-    assert json.loads(repo.backend.read(lock.name))["time"] != before
+    assert lock.name != first and not repo.backend.exists(first) and repo.backend.exists(lock.name)
+    lock.check()
+    repo.break_lock()
+    lock.refresh()
+    assert [n for n, _s in repo.backend.list("locks")] == [], "a broken lock must never be recreated"
+    with pytest.raises(LockLostError, match="removed by another process"):
+        lock.check()
     lock.release()
+
+
+def test_a_lock_not_refreshed_in_time_is_lost(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hypervisor export or a hung SFTP call stalls the backup: past SAFE_SECONDS it must not commit."""
+    monkeypatch.setattr(f"{LOCKS}.REFRESH_SECONDS", 3600)
+    monkeypatch.setattr(f"{LOCKS}.SAFE_SECONDS", 0.3)
+    small_backup(repo)  # quick enough
+    started, release = threading.Event(), threading.Event()
+    threading.Timer(0.1, lambda: started.wait(5) and (time.sleep(0.5), release.set())).start()
+    with pytest.raises(LockLostError, match="could not be refreshed"):
+        repo.backup("vm", [DiskSource("vda", 8192, slow_extents(started, release))])
+    assert len(repo.list()) == 1
+    assert repo.verify(read_data=True).ok
+
+
+def test_timer_keeps_a_slow_backup_alive(repo: Repository, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(f"{LOCKS}.REFRESH_SECONDS", 0.05)
+    monkeypatch.setattr(f"{LOCKS}.SAFE_SECONDS", 0.4)
+    started, release = threading.Event(), threading.Event()
+    threading.Timer(0.1, lambda: started.wait(5) and (time.sleep(1.0), release.set())).start()
+    record = repo.backup("vm", [DiskSource("vda", 8192, slow_extents(started, release))])
+    assert [r.id for r in repo.list()] == [record.id]
+
+
+def test_backup_whose_lock_was_broken_and_pruned_never_commits(repo: Repository) -> None:
+    """Reproduced: a prune from another process deleted a pack that a still-running backup then committed a
+    manifest referencing. The backup's lock is broken, a prune + GC runs, then the backup tries to commit."""
+    keep = small_backup(repo, "other")
+    started, release = threading.Event(), threading.Event()
+    result: dict[str, t.Any] = {}
+
+    def run_backup() -> None:
+        try:
+            big = os.urandom(3 * 1024 * 1024)
+            result["record"] = repo.backup("vm", [DiskSource("vda", len(big) + 8192, itertools.chain(
+                [(0, len(big), big)], slow_extents(started, release, offset=len(big))))])
+        except BaseException as exc:  # noqa: BLE001 - the test inspects it
+            result["error"] = exc
+
+    worker = threading.Thread(target=run_backup)
+    worker.start()
+    assert started.wait(10)
+    other = Repository.open(type(repo.backend)(repo.backend.location), PASSPHRASE)
+    other.break_lock()
+    other.prune(RetentionPolicy(keep_last=1))
+    release.set()
+    worker.join(30)
+    assert isinstance(result.get("error"), LockLostError), result
+    assert [r.id for r in repo.list()] == [keep.id]
+    assert repo.verify(read_data=True).ok
+    small_backup(repo)  # the repository works on
 
 
 def test_concurrent_backups_share_the_repository(tmp_path: t.Any) -> None:

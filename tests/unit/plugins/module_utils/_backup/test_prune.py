@@ -10,6 +10,8 @@ import random
 import shutil
 import typing as t
 
+import pytest
+
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.packs import pack_object_name
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import DiskSource, Repository
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.retention import RetentionPolicy
@@ -63,15 +65,25 @@ def test_gc_removes_leftovers_of_crashed_runs(tmp_path: t.Any) -> None:
     data = os.urandom(30 * 4096)
     record = repo.backup("vm", [DiskSource("vda", len(data), [(0, len(data), data)])])
     obj, _size = repo.backend.list("packs")[0]
+
+    def crash() -> dict[str, str]:
+        raise RuntimeError("the process died before its commit")
+
+    with pytest.raises(RuntimeError):  # its packs are durable, but no index or manifest names them
+        repo.backup("vm", [DiskSource("vda", 40 * 4096, [(0, 40 * 4096, os.urandom(40 * 4096))])], finalize=crash)
+    leftovers = [n for n, _s in repo.backend.list("packs") if n != obj]
+    assert leftovers
     stray = pack_object_name("ab" * 32)
     os.makedirs(os.path.dirname(repo.backend.local_path(stray)), exist_ok=True)
-    shutil.copy(repo.backend.local_path(obj), repo.backend.local_path(stray))  # a pack no index lists
+    shutil.copy(repo.backend.local_path(obj), repo.backend.local_path(stray))  # its header names another pack
     with open(repo.backend.local_path(obj) + ".tmp-123456", "wb") as handle:  # an interrupted write
         handle.write(b"partial")
     result = repo.gc()
-    assert result.packs_deleted == 1
+    assert result.packs_deleted == len(leftovers)
+    # a pack whose header does not open is never deleted by GC (it could hold the only copy of live data)
+    assert result.unreadable_packs == ["ab" * 32]
     names = [n for n, _s in repo.backend.list("packs")]
-    assert names == [obj]
+    assert sorted(names) == sorted([obj, stray])
     check_restores(repo, {record.id: data}, str(tmp_path))
     assert repo.verify(read_data=True).ok
 

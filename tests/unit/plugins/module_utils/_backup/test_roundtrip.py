@@ -236,13 +236,13 @@ def test_incremental_reads_only_touched_segments(tmp_path: t.Any, monkeypatch: p
     image = os.urandom(CHUNK * 8 * 20)  # 20 segments
     first = repo.backup("vm", [DiskSource("vda", len(image), [(0, len(image), image)])])
     reads: list[str] = []
-    original = Repository._read_map
+    original = Repository.read_map
 
     def counting(self: Repository, seg_id: str, *args: t.Any) -> t.Any:
         reads.append(seg_id)
         return original(self, seg_id, *args)
 
-    monkeypatch.setattr(Repository, "_read_map", counting)
+    monkeypatch.setattr(Repository, "read_map", counting)
     change = os.urandom(100)
     second = repo.backup("vm", [DiskSource("vda", len(image), [(CHUNK * 8 * 7 + 5, 100, change)])], parent=first.id)
     assert len(reads) == 1, "only the changed segment's parent map may be read"
@@ -256,9 +256,9 @@ def test_incremental_reads_only_touched_segments(tmp_path: t.Any, monkeypatch: p
 
 def test_restore_without_direct_io(tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The buffered path (filesystems without O_DIRECT) restores the same bytes."""
-    from ansible_collections.vmsafe.protect.plugins.module_utils._backup import repository
+    from ansible_collections.vmsafe.protect.plugins.module_utils._backup import restore as restore_unit
 
-    monkeypatch.setattr(repository, "_open_direct", lambda fd, chunk_size: None)
+    monkeypatch.setattr(restore_unit, "_open_direct", lambda fd, chunk_size: None)
     repo = make_repo(str(tmp_path / "repo"))
     image = make_image(random.Random(9), 123_457)
     record = repo.backup("vm", [DiskSource("vda", len(image), [(0, len(image), image)])])

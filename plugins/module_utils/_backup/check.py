@@ -1,0 +1,275 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright (c) 2026 vmsafe.protect contributors
+"""Check and repair: verify structure and data, rebuild the index from the packs, drop damaged entries.
+
+PRIVATE to this collection; no compatibility guarantees.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import typing as t
+
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors import (
+    BackupError,
+    CorruptMetadataError,
+    IntegrityError,
+)
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.index import (
+    Index,
+    decode_index,
+)
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.locks import Lock
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.packs import (
+    BLOB_DATA,
+    PackEntry,
+    pack_object_name,
+    read_pack_header,
+)
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import Repository
+
+
+
+@dataclasses.dataclass
+class DamagedChunk:
+    """A chunk that failed verification, and where it is used."""
+
+    chunk_id: str
+    reason: str
+    backup_id: str | None = None
+    disk_name: str | None = None
+    chunk_index: int | None = None
+    offset: int | None = None
+
+
+@dataclasses.dataclass
+class VerifyReport:
+    """Result of Repository.verify(). ``ok`` is True when nothing was found."""
+
+    errors: list[str] = dataclasses.field(default_factory=list)
+    damaged: list[DamagedChunk] = dataclasses.field(default_factory=list)
+    backups_checked: int = 0
+    chunks_checked: int = 0
+    bytes_checked: int = 0
+    packs_checked: int = 0
+    read_data: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.damaged
+
+
+def _tolerant_index(repo: "Repository") -> tuple[Index, list[str]]:
+    """The entries of every index file that still opens; damaged index files are skipped (and named)."""
+    index = Index()
+    damaged = []
+    for name, _size in repo.backend.list("index"):
+        if ".tmp-" in name:
+            continue
+        try:
+            plain = repo.codec.open_meta(b"index:" + name.encode(), repo.backend.read(name), name)
+            for pack, entries in decode_index(plain, name).items():
+                index.add_pack(pack, entries)
+        except (CorruptMetadataError, FileNotFoundError):
+            damaged.append(name)
+    return index, damaged
+
+
+def rebuild_index(repo: "Repository") -> int:
+    """Recreate the index from the pack headers (exclusive lock). Returns the number of packs indexed.
+
+    A pack whose header cannot be read keeps the entries the old index had for it: dropping them made GC delete
+    a pack that held live data (reproduced with one flipped byte in a pack trailer).
+    """
+    with repo.lock(True, "rebuild_index") as lock:
+        old_index, _damaged = _tolerant_index(repo)
+        old_packs = old_index.packs()
+        packs: dict[str, list[PackEntry]] = {}
+        for obj, size in repo.backend.list("packs"):
+            if ".tmp-" in obj:
+                continue
+            name = obj.rsplit("/", 1)[-1]
+            try:
+                packs[name] = read_pack_header(repo.backend, repo.codec, name, size)
+            except CorruptMetadataError:
+                if name in old_packs:
+                    packs[name] = old_packs[name]  # verify names the pack; its blobs may still be intact
+        old = [n for n, _s in repo.backend.list("index") if ".tmp-" not in n]
+        lock.check()
+        repo.write_index(packs)
+        lock.check()
+        for name in old:
+            repo.backend.delete(name)
+        repo._index = None
+        return len(packs)
+
+
+def repair(repo: "Repository") -> RepairResult:
+    """Drop the index entries of blobs that fail verification, so that the next backups store them again.
+
+    What borg ``check --repair`` and restic ``repair index`` do: a damaged chunk stays damaged in the pack,
+    but once the index no longer offers it, dedup stops pointing new backups at it, and the next backup that
+    reads the same data stores a good copy under the same id, which heals every older backup using it too.
+    Runs under the exclusive lock; first rebuilds the index from the packs (index files that do not open).
+    """
+    rebuilt = rebuild_index(repo)
+    report = verify(repo, read_data=True)
+    bad = {bytes.fromhex(d.chunk_id) for d in report.damaged}
+    with repo.lock(True, "repair") as lock:
+        index = repo.load_index()
+        packs = index.packs()
+        cleaned = {pack: [e for e in entries if e.blob_id not in bad] for pack, entries in packs.items()}
+        dropped = sum(len(entries) for entries in packs.values()) - sum(len(e) for e in cleaned.values())
+        if dropped:
+            old = list(repo.index_files)
+            lock.check()
+            repo.write_index({pack: entries for pack, entries in cleaned.items() if entries})
+            lock.check()
+            for name in old:
+                repo.backend.delete(name)
+        repo._index = None
+    return RepairResult(packs_indexed=rebuilt, entries_dropped=dropped, report=report)
+
+
+@dataclasses.dataclass
+class RepairResult:
+    """Result of repair(): what the index lost, and the verify report that found it."""
+
+    packs_indexed: int
+    entries_dropped: int
+    report: VerifyReport
+
+
+def verify(repo: "Repository", backup_id: str | None = None, read_data: bool = False) -> VerifyReport:
+    """Check structure (and with ``read_data`` decrypt and hash every chunk). Never raises for damage:
+    problems are listed in the report, naming backup, disk and chunk."""
+    report = VerifyReport(read_data=read_data)
+    with repo.lock(False, "verify") as lock:
+        try:
+            index = repo.load_index()
+        except CorruptMetadataError as exc:
+            report.errors.append(str(exc))
+            index, _damaged = _tolerant_index(repo)
+        pack_sizes = {
+            obj.rsplit("/", 1)[-1]: size for obj, size in repo.backend.list("packs") if ".tmp-" not in obj
+        }
+        for pack, entries in index.packs().items():
+            report.packs_checked += 1
+            size = pack_sizes.get(pack)
+            if size is None:
+                report.errors.append(f"Pack {pack} is listed in the index but missing from the storage.")
+                continue
+            end = max(e.offset + e.length for e in entries)
+            if end > size:
+                report.errors.append(f"Pack {pack} is truncated ({size} bytes, the index needs {end}).")
+                continue
+            if read_data:
+                try:
+                    header = read_pack_header(repo.backend, repo.codec, pack, size)
+                    if not {(e.blob_id, e.offset, e.length) for e in entries} <= {
+                        (e.blob_id, e.offset, e.length) for e in header
+                    }:
+                        report.errors.append(f"The header of pack {pack} disagrees with the index.")
+                except CorruptMetadataError as exc:
+                    report.errors.append(str(exc))
+        if backup_id is None:
+            history, _replayed = repo.history_problems()
+            report.errors.extend(history)
+        if backup_id is not None:
+            names = [repo.manifest_name(backup_id)]
+        else:
+            names = [n for n, _s in repo.backend.list("snapshots") if ".tmp-" not in n]
+        used: dict[bytes, tuple[str, str, int, int]] = {}
+        for name in names:
+            bid = name.split("/", 1)[1]
+            try:
+                record = repo.get(bid)
+            except BackupError as exc:
+                report.errors.append(str(exc))
+                continue
+            report.backups_checked += 1
+            for disk in record.disks:
+                try:
+                    for chunk, cid, length in repo.disk_chunks(record, disk, index):
+                        if cid not in used:
+                            used[cid] = (record.id, disk.name, chunk, length)
+                        if cid not in index:
+                            report.damaged.append(DamagedChunk(cid.hex(), "missing from the index", record.id,
+                                                               disk.name, chunk, chunk * disk.chunk_size))
+                except BackupError as exc:
+                    report.errors.append(str(exc))
+        if read_data:
+            _verify_data(repo, index, used, report, lock)
+            if report.damaged:
+                _name_damaged(repo, report)
+    return report
+
+
+def _verify_data(repo: "Repository", index: Index, used: dict[bytes, tuple[str, str, int, int]], report: VerifyReport, lock: Lock
+) -> None:
+    codec = repo.codec
+
+    def check(cid: bytes, raw: bytes, length: int) -> str | None:
+        try:
+            codec.open(BLOB_DATA, cid, raw, length)
+        except IntegrityError as exc:
+            return str(exc)
+        return None
+
+    by_pack: dict[str, list[tuple[bytes, int, int, int]]] = {}
+    for cid, (_bid, _disk, _chunk, length) in used.items():
+        loc = index.get(cid)
+        if loc is not None:
+            by_pack.setdefault(loc.pack, []).append((cid, loc.offset, loc.length, length))
+    window = repo.threads * 4
+    with concurrent.futures.ThreadPoolExecutor(repo.threads, thread_name_prefix="vmsafe-verify") as pool:
+        pending: "collections.deque[tuple[bytes, concurrent.futures.Future[str | None]]]" = collections.deque()
+
+        def drain(limit: int) -> None:
+            while len(pending) > limit:
+                cid, future = pending.popleft()
+                problem = future.result()
+                report.chunks_checked += 1
+                if problem is not None:
+                    report.damaged.append(DamagedChunk(cid.hex(), problem))
+
+        for pack, blobs in by_pack.items():
+            blobs.sort(key=lambda b: b[1])
+            for cid, offset, stored_len, length in blobs:
+                try:
+                    raw = repo.backend.read_range(pack_object_name(pack), offset, stored_len)
+                except (FileNotFoundError, BackupError) as exc:
+                    report.damaged.append(DamagedChunk(cid.hex(), f"unreadable ({exc})"))
+                    continue
+                report.bytes_checked += stored_len
+                pending.append((cid, pool.submit(check, cid, raw, length)))
+                drain(window)
+        drain(0)
+
+
+def _name_damaged(repo: "Repository", report: VerifyReport) -> None:
+    """Fill in every backup/disk/chunk that uses a damaged chunk (one entry per use)."""
+    bad = {d.chunk_id: d.reason for d in report.damaged if d.backup_id is None}
+    if not bad:
+        return
+    report.damaged = [d for d in report.damaged if d.backup_id is not None]
+    index = repo._index or repo.load_index()
+    for record in repo.list():
+        for disk in record.disks:
+            for seg_id in disk.segments:
+                if seg_id is None:
+                    continue
+                try:
+                    seg_map = repo.read_map(seg_id, index, f"disk '{disk.name}' of backup {record.id}")
+                except BackupError:
+                    continue
+                for chunk, cid, _sha, _length in seg_map.iter_stored():
+                    reason = bad.get(cid.hex())
+                    if reason is not None:
+                        report.damaged.append(
+                            DamagedChunk(cid.hex(), reason, record.id, disk.name, chunk, chunk * disk.chunk_size)
+                        )

@@ -1,0 +1,109 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright (c) 2026 vmsafe.protect contributors
+# PRIVATE to this collection; no compatibility guarantees.
+"""File-level restore (module backup_files): a disk of a backup, opened read-only with libguestfs.
+
+The disk is restored, sparse and content-checked, to a private scratch folder through the engine's public
+``Repository.restore`` and opened read-only by libguestfs, which reads ext2/3/4, XFS, Btrfs, NTFS, FAT, LVM and
+partition tables; the scratch image is deleted afterwards. Reading only the blocks libguestfs asks for (an NBD
+export of the backup) needs random reads from the engine, which it does not offer yet.
+
+libguestfs runs in ``_guestfs_helper.py`` under the system Python (see there why).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import typing as t
+
+from ansible_collections.vmsafe.protect.plugins.module_utils import _guestfs_helper
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup import errors as backup_errors
+from ansible_collections.vmsafe.protect.plugins.module_utils._errors import InvalidArgument, OperationTimeout, VmsafeError
+
+
+class FileRestoreError(VmsafeError):
+    """Reading files from a backed-up disk failed."""
+
+
+def pick_disk(record: t.Any, disk: str | None) -> t.Any:
+    """The named disk of the backup, or its first. Raises InvalidArgument."""
+    if disk is None:
+        return record.disks[0]
+    found = record.disk(disk)
+    if found is None:
+        raise InvalidArgument(f"Backup {record.id} has no disk '{disk}'; it has "
+                              f"{', '.join(d.name for d in record.disks)}.")
+    return found
+
+
+@contextlib.contextmanager
+def scratch_image(repo: t.Any, record: t.Any, disk: str, scratch_dir: str | None,
+                  repository: str) -> t.Iterator[str]:
+    """Restore ``disk`` of ``record`` to a sparse raw file in a private folder; yield its path; delete it all."""
+    try:
+        folder = tempfile.mkdtemp(prefix="vmsafe-files-", dir=scratch_dir)
+    except OSError as exc:
+        raise InvalidArgument(f"Cannot create a scratch folder in {scratch_dir or tempfile.gettempdir()}: "
+                              f"{exc.strerror}; set scratch_dir to a writable folder.") from exc
+    try:
+        image = os.path.join(folder, f"{disk}.raw")
+        try:
+            repo.restore(record.id, disk, image, sparse=True)
+        except backup_errors.BackupError as exc:
+            raise FileRestoreError(f"Repository {repository}: failed to read disk {disk} of backup {record.id}: "
+                                   f"{exc}") from exc
+        yield image
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_helper(request: dict[str, t.Any], python: str, timeout: int) -> dict[str, t.Any]:
+    """Run the libguestfs helper under ``python``; return its answer. Raises FileRestoreError, OperationTimeout."""
+    source = inspect.getsource(_guestfs_helper)
+    try:
+        proc = subprocess.run([python, "-c", source], input=json.dumps(request), capture_output=True, text=True,
+                              timeout=timeout, check=False)
+    except FileNotFoundError as exc:
+        raise FileRestoreError(f"{python} not found: set guestfs_python to a Python that can import guestfs "
+                               "(Debian/Ubuntu: apt-get install libguestfs-tools python3-guestfs).") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise OperationTimeout(f"Reading files with libguestfs took longer than {timeout} s; raise timeout.") from exc
+    try:
+        answer = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise FileRestoreError(f"The libguestfs helper ({python}) failed with exit status {proc.returncode}: "
+                               f"{(proc.stderr or proc.stdout).strip()[-2000:]}") from None
+    if "error" in answer:
+        raise FileRestoreError(answer["error"])
+    return answer
+
+
+def read_files(repo: t.Any, record: t.Any, params: dict[str, t.Any], dest: str | None) -> dict[str, t.Any]:
+    """List (``dest`` None) or extract ``params['path']`` of one disk of ``record``. Returns the module's result
+    keys. Raises InvalidArgument for paths that match nothing, FileRestoreError and OperationTimeout."""
+    relative = [p for p in params["path"] if not p.startswith("/")]
+    if relative:
+        raise InvalidArgument(f"path must be absolute inside the guest (/etc/hosts), got {', '.join(relative)}.")
+    disk = pick_disk(record, params["disk"])
+    where = f"disk {disk.name} of backup {record.id} (VM {record.vm_name})"
+    with scratch_image(repo, record, disk.name, params["scratch_dir"], params["repository"]) as image:
+        request = {"image": image, "format": "raw", "filesystem": params["filesystem"], "paths": params["path"],
+                   "dest": dest, "force": params["force"]}
+        try:
+            answer = run_helper(request, params["guestfs_python"], params["timeout"])
+        except FileRestoreError as exc:
+            raise FileRestoreError(f"Failed to read files from {where}: {exc}") from exc
+    mounted = ", ".join(f"{dev} ({answer['filesystems'].get(dev, '?')}) on {point}"
+                        for point, dev in sorted(answer["mounted"].items()))
+    if answer["missing"]:
+        raise InvalidArgument(f"Nothing matches {', '.join(repr(m) for m in answer['missing'])} in {where}, "
+                              f"filesystem {mounted or 'none'}; list the folder above it (path without dest) to see "
+                              f"what is there.")
+    return {"backup_id": record.id, "vm_name": record.vm_name, "disk": disk.name, "filesystems": answer["filesystems"],
+            "mounted": answer["mounted"], "files": answer["entries"]}

@@ -1,0 +1,196 @@
+#!/usr/bin/python
+# GNU General Public License v3.0+ (see COPYING or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright (c) 2026 vmsafe.protect contributors
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: backup_repository
+short_description: Create a vmsafe backup repository, or change its passphrase
+version_added: 1.1.0
+description:
+  - Makes sure the repository exists (creates it when it does not) and opens with the passphrase.
+  - With O(new_passphrase), re-wraps the repository key under the new passphrase. Only the key file changes; every
+    backup stays readable with the new passphrase. A repository made by an older release also gets its config
+    authenticated then.
+  - Creation never replaces anything: several hosts running this at once create one repository, and a location
+    that holds a key or data without a config is refused.
+author: vmsafe.protect contributors (@vmsafe-protect)
+extends_documentation_fragment:
+  - vmsafe.protect.repository
+  - vmsafe.protect.attributes
+  - vmsafe.protect.attributes.ACTIONGROUP_BACKUP
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Reports whether the repository would be created or its passphrase changed; writes nothing.
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+    details:
+      - When the repository already opens with O(new_passphrase), nothing is changed.
+options:
+  encryption:
+    description:
+      - Encryption of a repository this task creates. Ignored (with a warning when it differs) for an existing one.
+    type: str
+    choices: [aes-256-gcm, none]
+    default: aes-256-gcm
+  compression_level:
+    description:
+      - zstd level for a repository this task creates (0 turns compression off).
+    type: int
+    default: 2
+  new_passphrase:
+    description:
+      - The passphrase the repository key is to be wrapped with from now on. O(passphrase) must be the current one.
+      - Update the vault variable the other jobs use in the same change: they fail with "Wrong passphrase" until then.
+    type: str
+notes:
+  - The passphrases are never logged or returned.
+seealso:
+  - module: vmsafe.protect.vm_backup
+  - module: vmsafe.protect.backup_verify
+"""
+
+EXAMPLES = r"""
+- name: The nightly repository exists
+  vmsafe.protect.backup_repository:
+    repository: sftp://backup@vault01/srv/vmsafe
+    repository_key_file: /etc/vmsafe/id_ed25519
+    passphrase: "{{ vmsafe_passphrase }}"
+
+- name: Rotate the repository passphrase
+  vmsafe.protect.backup_repository:
+    repository: /backup/vmsafe
+    passphrase: "{{ vmsafe_old_passphrase }}"
+    new_passphrase: "{{ vmsafe_passphrase }}"
+"""
+
+RETURN = r"""
+created:
+  description: Whether this task created the repository (would create it, in check mode).
+  returned: always
+  type: bool
+  sample: false
+passphrase_changed:
+  description: Whether the passphrase was changed (would be, in check mode).
+  returned: always
+  type: bool
+  sample: true
+info:
+  description: The repository's parameters (none of them secret).
+  returned: success, except in check mode when the repository does not exist yet
+  type: dict
+  contains:
+    id:
+      description: The repository's random id.
+      type: str
+    encryption:
+      description: V(aes-256-gcm) or V(none).
+      type: str
+    chunk_size:
+      description: Chunk size in bytes.
+      type: int
+    compression_level:
+      description: zstd level new data is written with.
+      type: int
+    key_file_version:
+      description: Version of C(keys/repokey); 2 binds it to the config and makes the config MAC mandatory.
+      type: int
+    config_authenticated:
+      description: Whether the config carries a MAC (encrypted) or a checksum (unencrypted).
+      type: bool
+  sample: {"id": "3f9a1c2e0b7d4e5f8a9b0c1d2e3f4a5b", "encryption": "aes-256-gcm", "chunk_size": 65536,
+           "compression_level": 2, "key_file_version": 2, "config_authenticated": true}
+elapsed:
+  description: Seconds the task took.
+  returned: always
+  type: float
+  sample: 0.42
+"""
+
+import json
+import time
+import traceback
+import typing as t
+
+from ansible_collections.vmsafe.protect.plugins.module_utils._argspec import mask_url_passwords
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup import errors as backup_errors
+from ansible_collections.vmsafe.protect.plugins.module_utils._errors import VmsafeError
+from ansible_collections.vmsafe.protect.plugins.module_utils._repository import open_repository, repository_spec, wrap
+
+
+def info(repo: t.Any) -> dict[str, t.Any]:
+    version = 0
+    if repo.encryption != "none":
+        try:
+            version = int(json.loads(repo.backend.read("keys/repokey")).get("version", 0))
+        except (ValueError, FileNotFoundError, backup_errors.BackupError):
+            version = 0
+    return {"id": repo.config["id"], "encryption": repo.encryption, "chunk_size": repo.chunk_size,
+            "compression_level": repo.compression_level, "key_file_version": version,
+            "config_authenticated": "mac" in repo.config or "checksum" in repo.config}
+
+
+def work(module: t.Any) -> dict[str, t.Any]:
+    p = module.params
+    result: dict[str, t.Any] = {"changed": False, "created": False, "passphrase_changed": False}
+    new = p["new_passphrase"]
+    try:
+        repo = open_repository(p)
+    except VmsafeError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, backup_errors.WrongPassphraseError) and new:
+            repo = open_repository(dict(p, passphrase=new))  # already changed by an earlier run
+            result["info"] = info(repo)
+            repo.close()
+            return result
+        if not isinstance(cause, backup_errors.RepositoryNotFoundError):
+            raise
+        result.update(changed=True, created=True)
+        if module.check_mode:
+            result["passphrase_changed"] = bool(new)
+            return result
+        repo = open_repository(p, create={"encryption": p["encryption"], "compression_level": p["compression_level"]})
+    try:
+        if not result["created"] and repo.encryption != p["encryption"]:
+            module.warn(f"The repository is {repo.encryption}, not {p['encryption']}: encryption is chosen at creation "
+                        "and cannot change.")
+        if new and new != p["passphrase"]:
+            result.update(changed=True, passphrase_changed=True)
+            if not module.check_mode:
+                try:
+                    repo.change_passphrase(new)
+                except backup_errors.BackupError as exc:
+                    raise wrap(exc, p["repository"]) from exc
+        result["info"] = info(repo)
+    finally:
+        repo.close()
+    return result
+
+
+def main() -> None:
+    spec = repository_spec().update_argspec(
+        encryption={"type": "str", "default": "aes-256-gcm", "choices": ["aes-256-gcm", "none"]},
+        compression_level={"type": "int", "default": 2},
+        new_passphrase={"type": "str", "no_log": True},
+    )
+    module = spec.create_ansible_module(supports_check_mode=True)
+    mask_url_passwords(module)
+    started = time.monotonic()
+    try:
+        result = work(module)
+    except VmsafeError as exc:
+        module.fail_json(msg=str(exc), exception=traceback.format_exc())
+    except Exception as exc:  # pylint: disable=broad-except  # the one place that turns any crash into fail_json
+        module.fail_json(msg=f"Unexpected error ({type(exc).__name__}): {exc}", exception=traceback.format_exc())
+    result["elapsed"] = round(time.monotonic() - started, 3)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
