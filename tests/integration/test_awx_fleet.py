@@ -51,12 +51,6 @@ HV_READ_SECONDS = 5
 VC_LOGIN = ("-username", "awx-vc-user", "-password", "vc-Secr3t-for-awx")  # test data: found nowhere in the output
 
 
-def lock_timeout_supported() -> bool:
-    """Whether the repository modules have the lead's lock_timeout option (issue #15) yet."""
-    with open(os.path.join(ROOT, "plugins", "modules", "backup_prune.py"), encoding="utf-8") as handle:
-        return "lock_timeout" in handle.read()
-
-
 def runner_env() -> dict[str, str]:
     env = ansible_env()
     env["PATH"] = BIN + os.pathsep + env.get("PATH", "")
@@ -129,7 +123,6 @@ def test_two_nightly_jobs_share_a_repository_across_three_hypervisors(lab, tmp_p
         lab.write(name, 0x41 + index, 0, 256 * 1024)  # something to back up on each
     repo = str(tmp_path / "repo")
     Repository.init(open_backend(repo), passphrase=PASS).close()
-    waits = lock_timeout_supported()
     (tmp_path / "hv").mkdir()
     with Vcsim(extra=VC_LOGIN) as vc, Simulator(str(tmp_path / "hv")) as hv:
         hv_vm = hv.host.add_vm(f"{lab.prefix}hv0", disk_size=4 * MiB)
@@ -157,24 +150,20 @@ def test_two_nightly_jobs_share_a_repository_across_three_hypervisors(lab, tmp_p
             }),
             "hosts": f"localhost ansible_connection=local ansible_python_interpreter={sys.executable}\n",
         }
-        common = {"vmsafe_repository": repo, "nightly_backup_keep_last": 1, "nightly_backup_keep_daily": 2}
-        if waits:
-            common["nightly_backup_lock_timeout"] = 300
+        common = {"vmsafe_repository": repo, "nightly_backup_keep_last": 1, "nightly_backup_keep_daily": 2,
+                  "nightly_backup_lock_timeout": 300}
         private_a = private_dir(str(tmp_path), "job-a", dict(common, nightly_backup_hosts="job_a",
                                                              nightly_backup_serial=3), credentials, inventory)
         private_b = private_dir(str(tmp_path), "job-b", dict(common, nightly_backup_hosts="job_b"), credentials,
                                 inventory)
         started = time.monotonic()
         proc_a = start_job(private_a, "nightly_backup.yml", "a")
-        if waits:
-            # job B starts once job A's Hyper-V backup holds the lock: B's prune must queue behind it
-            deadline = time.monotonic() + 120
-            while "backup_read" not in hv.host.executed and time.monotonic() < deadline and proc_a.poll() is None:
-                time.sleep(0.2)
-        else:
-            finish = finish_job(proc_a, private_a, "a")
+        # job B starts once job A's Hyper-V backup holds the lock: B's prune must queue behind it
+        deadline = time.monotonic() + 120
+        while "backup_read" not in hv.host.executed and time.monotonic() < deadline and proc_a.poll() is None:
+            time.sleep(0.2)
         proc_b = start_job(private_b, "nightly_backup.yml", "b")
-        status_a, events_a, out_a = finish_job(proc_a, private_a, "a") if waits else finish
+        status_a, events_a, out_a = finish_job(proc_a, private_a, "a")
         status_b, events_b, out_b = finish_job(proc_b, private_b, "b")
         elapsed = time.monotonic() - started
         assert hv.host.rejected == []
@@ -207,9 +196,6 @@ def test_two_nightly_jobs_share_a_repository_across_three_hypervisors(lab, tmp_p
         assert secret not in out_a and secret not in out_b
         assert not [e for e in events_a + events_b if secret in json.dumps(e)]
 
-    if not waits:
-        pytest.skip("backup_prune/vm_backup have no lock_timeout option yet (issue #15, the lead's repository lock "
-                    "wait): the two jobs ran one after the other, so job B's prune waiting for job A is not checked")
     # job B's prune started while job A's Hyper-V backup held the lock, and finished only after it
     (hv_backup,) = [e for e in task_events(events_a, BACKUP_TASK, "runner_on_ok") if e["event_data"]["host"] == hv_vm.name]
     (prune_b_start,) = task_events(events_b, PRUNE_TASK, "runner_on_start")
