@@ -33,36 +33,43 @@ options:
     description:
       - The host to connect to, for O(hypervisor=vmware) the vCenter or ESXi host, for O(hypervisor=hyperv) the Hyper-V
         host whose WinRM HTTPS listener is used.
-      - When not set, E(VMSAFE_HOST) or E(VMWARE_HOST) is used.
+      - When not set, E(VMWARE_HOST) (for O(hypervisor=vmware) only) or E(VMSAFE_HYPERV_HOST) (for
+        O(hypervisor=hyperv) only) is used, then E(VMSAFE_HOST).
     type: str
     version_added: 0.1.0
   username:
     description:
       - The account to log in with (vSphere user; for Hyper-V V(DOMAIN\\user) or V(user@domain)).
-      - When not set, E(VMSAFE_USER) or E(VMWARE_USER) is used.
+      - When not set, E(VMWARE_USER) (for O(hypervisor=vmware) only) or E(VMSAFE_HYPERV_USER) (for
+        O(hypervisor=hyperv) only) is used, then E(VMSAFE_USER).
     type: str
     aliases: [user, admin]
     version_added: 0.1.0
   password:
     description:
       - The password of O(username). It is never logged or returned.
-      - When not set, E(VMSAFE_PASSWORD) or E(VMWARE_PASSWORD) is used.
+      - When not set, E(VMWARE_PASSWORD) (for O(hypervisor=vmware) only) or E(VMSAFE_HYPERV_PASSWORD) (for
+        O(hypervisor=hyperv) only) is used, then E(VMSAFE_PASSWORD). A password read from the environment is masked
+        in the output too.
     type: str
     aliases: [pass, pwd]
     version_added: 0.1.0
   port:
     description:
-      - The TCP port to connect to. When not set, E(VMWARE_PORT), then V(443) for O(hypervisor=vmware) and V(5986)
-        (WinRM HTTPS) for O(hypervisor=hyperv).
+      - The TCP port to connect to. When not set, E(VMWARE_PORT) (for O(hypervisor=vmware) only) or
+        E(VMSAFE_HYPERV_PORT) (for O(hypervisor=hyperv) only), then E(VMSAFE_PORT), then V(443) for
+        O(hypervisor=vmware) and V(5986) (WinRM HTTPS) for O(hypervisor=hyperv).
     type: int
     version_added: 0.1.0
   validate_certs:
     description:
       - Whether to verify the host's TLS certificate. Set V(false) only for lab hosts with self-signed certificates;
         the connection is then open to impersonation.
-      - When not set, E(VMWARE_VALIDATE_CERTS) is used, then V(true).
+      - When not set, E(VMWARE_VALIDATE_CERTS) (for O(hypervisor=vmware) only) or E(VMSAFE_HYPERV_VALIDATE_CERTS)
+        (for O(hypervisor=hyperv) only), then E(VMSAFE_VALIDATE_CERTS), then V(true).
+      - The E(VMWARE_*) variables are never read for another hypervisor, so a vSphere setting cannot send vCenter
+        credentials to a Hyper-V host or turn off its certificate checks.
     type: bool
-    default: true
     version_added: 0.1.0
   datacenter:
     description:

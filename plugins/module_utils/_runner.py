@@ -18,6 +18,7 @@ from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._argspec import mask_url_passwords
 from ansible_collections.vmsafe.protect.plugins.module_utils._changes import ChangeSet
+from ansible_collections.vmsafe.protect.plugins.module_utils._connection import resolve_connection
 from ansible_collections.vmsafe.protect.plugins.module_utils._errors import VmNotFound, VmsafeError
 from ansible_collections.vmsafe.protect.plugins.module_utils._models import VmRef, VmSelector
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers.registry import PROVIDERS
@@ -107,10 +108,22 @@ def create_provider(module: AnsibleModule) -> HypervisorProvider:
     return provider
 
 
+def resolve_module_connection(module: AnsibleModule) -> None:
+    """Fill unset connection options from the environment for the chosen hypervisor (never VMWARE_* for others)."""
+    secrets: list[str] = []
+    try:
+        secrets = resolve_connection(module.params)
+    except ValueError as exc:
+        module.fail_json(msg=str(exc))
+    # AnsibleModule masks only the no_log values it saw; a password read here must be masked too.
+    module.no_log_values.update(secrets)
+
+
 def run_module(spec: ArgumentSpec, task_class: type[ProviderTask], **module_kwargs: t.Any) -> None:
     module = spec.create_ansible_module(supports_check_mode=True, **module_kwargs)
     mask_url_passwords(module)
     started = time.monotonic()
+    resolve_module_connection(module)
     early = task_class.prestart(module.params)
     # A task that never talks to the hypervisor (a restore to image files) neither loads nor connects a provider,
     # so it runs where no hypervisor library is installed.

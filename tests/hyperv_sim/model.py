@@ -225,6 +225,10 @@ class HyperVHost:
         return [{"id": v.id, "name": v.name, "state": v.state, "checkpoint_type": v.checkpoint_type,
                  "current": v.current or ""} for v in self.vms.values()]
 
+    def _run_list_vms_checkpoints(self, payload: dict[str, t.Any]) -> list[dict[str, t.Any]]:
+        return [dict(vm, checkpoints=self._run_list_checkpoints({"vm_id": vm["id"]})["checkpoints"])
+                for vm in self._run_list_vms(payload)]
+
     def _run_list_checkpoints(self, payload: dict[str, t.Any]) -> dict[str, t.Any]:
         vm = self._vm(payload)
         snaps = sorted(vm.checkpoints.values(), key=lambda s: s.created)

@@ -165,6 +165,10 @@ def test_nightly_backup_playbook_backs_up_each_vm_and_fails_only_the_missing_one
     lines = dict(line.split(": ", 1) for line in summary[0]["msg"])
     assert lines[good].startswith("full backup "), lines
     assert lines["ghost"].startswith("FAILED") and "vmsafe-no-such-vm" in lines["ghost"], lines
+    # prune + garbage collection ran once for the repository, after the backups, by the first VM of the play
+    prunes = [r for r in results if r["_task"].endswith("Prune and garbage-collect each repository once")]
+    assert [(r["_host"], r["_status"]) for r in prunes] == [(good, "ok")], prunes
+    assert f"repository pruned once, by {good}" in lines[good] and f"by {good}" in lines["ghost"], lines
     info = run_ansible("backup_info", {"repository": repo, "passphrase": PASS})
     assert [b["vm_name"] for b in info["backups"]] == [good]
     assert PASS not in json.dumps(results)

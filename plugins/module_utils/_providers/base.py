@@ -69,6 +69,13 @@ class HypervisorProvider(abc.ABC):
     def list_snapshots(self, vm: VmRef) -> list[Snapshot]:
         """Return the VM's snapshots, linked (children, depth), oldest first."""
 
+    def list_vms_with_snapshots(self) -> list[tuple[VmRef, list[Snapshot]]]:
+        """Return every VM with its snapshots, in as few requests as the hypervisor allows (inventories, reports).
+
+        vSphere reads both in its one fleet retrieval already; Hyper-V overrides this with one command.
+        """
+        return [(vm, self.list_snapshots(vm)) for vm in self.list_vms()]
+
     @abc.abstractmethod
     def create_snapshot(self, vm: VmRef, spec: SnapshotSpec, timeout: int) -> CreateResult:
         """Create a snapshot; on any failure, leave no snapshot behind."""

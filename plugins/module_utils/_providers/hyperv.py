@@ -293,6 +293,11 @@ class HypervProvider(HypervisorProvider):
         data = self.run("list_checkpoints", {"vm_id": vm.id}, f"list checkpoints of VM '{vm.name}'")
         return tree.link([self._snapshot(s, data.get("current") or "") for s in data.get("checkpoints") or []])
 
+    def list_vms_with_snapshots(self) -> list[tuple[VmRef, list[Snapshot]]]:
+        """Every VM with its checkpoints, in one WinRM command (not one per VM)."""
+        return [(self._ref(v), tree.link([self._snapshot(s, v.get("current") or "") for s in v.get("checkpoints") or []]))
+                for v in self.run("list_vms_checkpoints", {}, "list VMs and their checkpoints") or []]
+
     def create_snapshot(self, vm: VmRef, spec: SnapshotSpec, timeout: int) -> CreateResult:
         running = vm.state in ("running", "paused")
         kind = checkpoint_type(spec, running)

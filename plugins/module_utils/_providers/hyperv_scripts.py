@@ -75,6 +75,22 @@ LIST_VMS = """    $vms = @(Get-VM | ForEach-Object {
     Write-VmsafeResult $vms
 """
 
+# Every VM with its checkpoints in one command (the inventory plugin): Get-VMSnapshot -VM takes the VM objects
+# Get-VM returns, as LIST_CHECKPOINTS does for one.
+LIST_VMS_CHECKPOINTS = """    $vms = @(Get-VM | ForEach-Object {
+        $vm = $_
+        @{
+            id = [string]$vm.Id
+            name = [string]$vm.Name
+            state = [string]$vm.State
+            checkpoint_type = [string]$vm.CheckpointType
+            current = [string]$vm.ParentCheckpointId
+            checkpoints = @(Get-VMSnapshot -VM $vm | ForEach-Object { ConvertTo-VmsafeCheckpoint $_ })
+        }
+    })
+    Write-VmsafeResult $vms
+"""
+
 LIST_CHECKPOINTS = """    $vm = Get-VmsafeVm
     $snaps = @(Get-VMSnapshot -VM $vm | ForEach-Object { ConvertTo-VmsafeCheckpoint $_ })
     Write-VmsafeResult @{ current = [string]$vm.ParentCheckpointId; state = [string]$vm.State; checkpoints = $snaps }
@@ -296,6 +312,7 @@ BODIES: dict[str, str] = {
     "disk_status": DISK_STATUS,
     "list_checkpoints": LIST_CHECKPOINTS,
     "list_vms": LIST_VMS,
+    "list_vms_checkpoints": LIST_VMS_CHECKPOINTS,
     "remove_checkpoint": REMOVE_CHECKPOINT,
     "rename_checkpoint": RENAME_CHECKPOINT,
     "restore_checkpoint": RESTORE_CHECKPOINT,
