@@ -9,7 +9,7 @@ from ansible.module_utils.basic import env_fallback
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._argspec import ArgumentSpec
 
-HYPERVISORS = ["libvirt", "vmware", "hyperv"]
+HYPERVISORS = ["libvirt", "vmware", "hyperv", "virtualbox"]
 
 
 def connection_spec() -> ArgumentSpec:
@@ -36,6 +36,10 @@ def connection_spec() -> ArgumentSpec:
         "ca_path": {"type": "path"},
         "client_cert": {"type": "path"},
         "client_key": {"type": "path", "no_log": False},
+        # virtualbox only (hostname, username, password, port and validate_certs above reach it over SSH)
+        "vboxmanage": {"type": "str", "fallback": (env_fallback, ["VMSAFE_VBOXMANAGE"])},
+        "ssh_key_file": {"type": "path", "no_log": False, "fallback": (env_fallback, ["VMSAFE_SSH_KEY_FILE"])},
+        "ssh_known_hosts": {"type": "path", "fallback": (env_fallback, ["VMSAFE_SSH_KNOWN_HOSTS"])},
     })
 
 

@@ -35,6 +35,7 @@ QEMU_TO_VBOX = {"vdi": "VDI", "vmdk": "VMDK", "raw": "RAW", "qcow2": "QCOW", "vh
 VBOX_TO_QEMU = {v: k for k, v in QEMU_TO_VBOX.items()}
 CTL_TYPES = {"sata": "IntelAhci", "ide": "PIIX4", "scsi": "LsiLogic", "sas": "LsiLogicSas", "pcie": "NVMe",
              "virtio": "VirtioSCSI", "floppy": "I82078", "usb": "USB"}
+VERSION = "7.1.4r165100"  # what this fake answers to --version: the VirtualBox release its formats follow
 ONLINE = ("running", "paused", "livesnapshotting", "onlinesnapshotting")
 
 
@@ -226,6 +227,9 @@ class Fake:
         if not argv:
             raise Syntax("No command specified")
         cmd, rest = argv[0], argv[1:]
+        if cmd in ("--version", "-v", "-version", "-V"):
+            self.print(f"{VERSION}\n")
+            return 0
         handler = getattr(self, "cmd_" + cmd.replace("-", "_"), None)
         if handler is None:
             raise Syntax(f"Invalid command '{cmd}'")
