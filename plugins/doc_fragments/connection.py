@@ -111,20 +111,20 @@ options:
         full path).
       - When not set, E(VMSAFE_VBOXMANAGE) is used, then V(VBoxManage).
     type: str
-    version_added: 0.2.0
+    version_added: 0.1.0
   ssh_key_file:
     description:
       - For O(hypervisor=virtualbox) with O(hostname), the private key to log in with over SSH. When not set, the SSH
         agent and the default keys in C(~/.ssh) are tried.
       - When not set, E(VMSAFE_SSH_KEY_FILE) is used.
     type: path
-    version_added: 0.2.0
+    version_added: 0.1.0
   ssh_known_hosts:
     description:
       - For O(hypervisor=virtualbox) with O(hostname), the known_hosts file that must hold the host's key. When not set,
         E(VMSAFE_SSH_KNOWN_HOSTS), then the user's C(~/.ssh/known_hosts).
     type: path
-    version_added: 0.2.0
+    version_added: 0.1.0
 requirements:
   - libvirt-python (for O(hypervisor=libvirt)), on the host that runs the module
   - pyvmomi (for O(hypervisor=vmware)), on the host that runs the module

@@ -102,7 +102,7 @@ options:
       - When not set, E(VMSAFE_POWER_OFF) is used, then V(false).
     type: bool
     default: false
-    version_added: 0.2.0
+    version_added: 0.1.0
   timeout:
     description:
       - Seconds to wait for each hypervisor operation. When it is hit the module fails, asks the hypervisor to abort,

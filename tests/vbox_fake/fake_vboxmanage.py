@@ -509,6 +509,14 @@ class Fake:
         for uid in set(snap["attach"].values()):
             kids = self.children_of(uid)
             if not kids:
+                # i_prepareDeleteSnapshotMedium: a differencing image without children is deleted, a base kept.
+                med = self.s["media"][uid]
+                others = [v for v, snaps in self.users(uid) if uid in v["attach"].values()
+                          or any(s["uuid"] != snap["uuid"] for s in snaps)]
+                if med["parent"] is not None and not others:
+                    if os.path.exists(med["location"]):
+                        os.unlink(med["location"])
+                    del self.s["media"][uid]
                 continue
             child = kids[0]
             parent = self.s["media"][uid]
