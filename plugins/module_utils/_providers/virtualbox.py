@@ -51,6 +51,7 @@ _STATES = {"running": "running", "paused": "paused", "poweroff": "shutoff", "abo
            "deletingsnapshot": "shutoff", "restoringsnapshot": "shutoff", "settingup": "shutoff"}
 _ONLINE = ("running", "paused", "crashed")
 _NS = "{http://www.virtualbox.org/}"
+_READ_ONLY = ("showvminfo", "list", "showmediuminfo", "--version")
 # storagectl --add takes the bus; showvminfo prints the controller chip
 BUSES = {"IntelAhci": "sata", "PIIX3": "ide", "PIIX4": "ide", "ICH6": "ide", "LsiLogic": "scsi", "BusLogic": "scsi",
          "LsiLogicSas": "sas", "NVMe": "pcie", "VirtioSCSI": "virtio", "I82078": "floppy", "USB": "usb"}
@@ -89,6 +90,7 @@ class VirtualboxProvider(HypervisorProvider):
         else:
             self.remote = cli.LocalHost()
         self._media: list[dict[str, str]] | None = None
+        self._info: dict[str, dict[str, str]] = {}  # showvminfo per VM, until the next command that changes anything
 
     @property
     def host(self) -> str:
@@ -99,8 +101,9 @@ class VirtualboxProvider(HypervisorProvider):
         return isinstance(self.remote, cli.LocalHost)
 
     def connect(self) -> None:
-        if isinstance(self.remote, cli.SshHost):
-            self.remote.open()
+        if not isinstance(self.remote, cli.SshHost):
+            return  # a missing local VBoxManage is reported by the first command
+        self.remote.open()
         result = self.remote.run([self.vboxmanage, "--version"], self.timeout)
         if result.rc != 0:
             raise ConnectionFailed(f"Failed to run {self.vboxmanage} --version on virtualbox host {self.host}: "
@@ -115,6 +118,9 @@ class VirtualboxProvider(HypervisorProvider):
         """Run VBoxManage with ``args``; return stdout. Raise VmNotFound/SnapshotNotFound/ProviderError naming
         ``verb``, or OperationTimeout."""
         limit = float(timeout if timeout is not None else self.timeout)
+        if args[0] not in _READ_ONLY:
+            self._info.clear()
+            self._media = None
         try:
             result = self.remote.run([self.vboxmanage, *args], limit)
         except OperationTimeout as exc:
@@ -139,8 +145,12 @@ class VirtualboxProvider(HypervisorProvider):
     # -- VMs --------------------------------------------------------------------------------------
 
     def info(self, vm_id: str, verb: str = "") -> dict[str, str]:
-        out = self.vbox(["showvminfo", vm_id, "--machinereadable"], verb or f"read VM {vm_id}")
-        return dict(cli.parse_machinereadable(out))
+        """showvminfo --machinereadable as a dict; read once until a command changes something."""
+        if vm_id not in self._info:
+            out = self.vbox(["showvminfo", vm_id, "--machinereadable"], verb or f"read VM {vm_id}")
+            data = dict(cli.parse_machinereadable(out))
+            self._info[vm_id] = self._info[data.get("UUID", vm_id)] = data
+        return self._info[vm_id]
 
     def _ref(self, data: dict[str, str]) -> VmRef:
         state = data.get("VMState", "")
