@@ -249,7 +249,12 @@ class VirtualboxProvider(HypervisorProvider):
         args = ["snapshot", vm.id, "take", spec.name, "--description", spec.description]
         if running:
             args.append("--live")  # the VM keeps running while its RAM is saved
-        out = self.vbox(args, f"take snapshot '{spec.name}' of VM '{vm.name}'", timeout)
+        before = {s.id for s in self.list_snapshots(vm)}
+        try:
+            out = self.vbox(args, f"take snapshot '{spec.name}' of VM '{vm.name}'", timeout)
+        except (OperationTimeout, ProviderError):
+            self._drop_new(vm, spec.name, before, timeout)
+            raise
         uid = next((ln.rpartition("UUID:")[2].strip() for ln in out.splitlines() if "Snapshot taken" in ln), "")
         snaps = self.list_snapshots(vm)
         snap = next((s for s in snaps if s.id == uid), None) or next((s for s in reversed(snaps) if s.name == spec.name
@@ -263,6 +268,16 @@ class VirtualboxProvider(HypervisorProvider):
         for warning in warnings:
             self.warn(warning)
         return CreateResult(snapshot=snap, consistency=consistency, warnings=warnings)
+
+    def _drop_new(self, vm: VmRef, name: str, before: set[str], timeout: int) -> None:
+        """After a failed or timed-out take: delete a snapshot of that name that was not there before; warns."""
+        try:
+            for snap in self.list_snapshots(vm):
+                if snap.name == name and snap.id not in before:
+                    self.vbox(["snapshot", vm.id, "delete", snap.id], f"delete the half-made snapshot '{name}' of VM "
+                              f"'{vm.name}'", timeout)
+        except (OperationTimeout, ProviderError) as exc:
+            self.warn(f"Could not check for or delete a half-made snapshot '{name}' of VM '{vm.name}': {exc}")
 
     def revert_snapshot(self, vm: VmRef, snapshot: Snapshot, timeout: int) -> None:
         state = self._ref(self.info(vm.id, f"read VM '{vm.name}'")).state
