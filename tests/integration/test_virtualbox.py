@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from it_helpers import ROOT, ansible_env, run_ansible  # pylint: disable=import-error
+from it_helpers import LONG, ROOT, ansible_env, run_ansible  # pylint: disable=import-error
 
 sys.path.insert(0, os.path.join(ROOT, "tests", "vbox_fake"))
 import vboxlab  # noqa: E402  pylint: disable=wrong-import-position,import-error
@@ -38,6 +38,11 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[vboxlab.SSHServ
     finally:
         proc.kill()
         proc.wait()
+
+
+# Every test runs locally and over SSH; the SSH runs of the snapshot-tree tests (same provider code, only the
+# transport differs, and the revert and backup tests cover that transport by default) come with --long.
+SSH_LONG = pytest.param("ssh", marks=pytest.mark.skipif(not LONG, reason="over SSH too: set VMSAFE_LONG_TESTS=1"))
 
 
 @pytest.fixture(params=["local", "ssh"])
@@ -80,13 +85,22 @@ def test_revert_restores_content_powering_off_only_when_asked_with_odd_names(vbo
     assert lab.content(vm) == before
     assert lab.state(vm) == "running"  # the snapshot held the RAM: started again, resuming there
 
+    # back to it from a later snapshot: restore by UUID (the one just restored went through restorecurrent)
+    run("vm_snapshot", conn, vm_name=vm, snapshot_name="later")
+    lab.write(vm, 2 * MiB, 0x5B)
+    again = run("vm_snapshot", conn, vm_name=vm, snapshot_name=ODD, state="reverted", power_off=True)
+    assert again["changed"] and lab.content(vm) == before and lab.state(vm) == "running", again
+
     calls = lab.argv_log()
+    assert ["snapshot", made["vm"]["id"], "restorecurrent"] in calls
+    assert ["snapshot", made["vm"]["id"], "restore", made["snapshot"]["id"]] in calls
     take = next(c for c in calls if c[:1] == ["snapshot"] and c[2:3] == ["take"])
     assert take[3] == ODD and take[take.index("--description") + 1] == ODD and "--live" in take
     assert ["controlvm", made["vm"]["id"], "poweroff"] in calls
     assert not any(os.path.exists(os.path.join(d, "vmsafe-pwned")) for d in (os.getcwd(), os.path.expanduser("~")))
 
 
+@pytest.mark.parametrize("vbox", ["local", SSH_LONG], indirect=True)
 def test_duplicate_names_need_the_uuid_and_absent_removes_that_one(vbox):
     lab, conn = vbox
     vm = name("dup")
@@ -106,6 +120,7 @@ def test_duplicate_names_need_the_uuid_and_absent_removes_that_one(vbox):
     assert run("vm_snapshot", conn, vm_name=vm, snapshot_id=first["id"], state="absent")["changed"] is False
 
 
+@pytest.mark.parametrize("vbox", ["local", SSH_LONG], indirect=True)
 def test_policy_removes_the_exact_set_and_a_deep_chain_and_an_orphan_are_reported(vbox):
     lab, conn = vbox
     vm = name("policy")

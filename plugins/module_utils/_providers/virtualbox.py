@@ -291,8 +291,9 @@ class VirtualboxProvider(HypervisorProvider):
                     f"shut the guest down.")
             self.vbox(["controlvm", vm.id, "poweroff"], f"power off VM '{vm.name}'", timeout)
             powered_off = True
-        self.vbox(["snapshot", vm.id, "restore", snapshot.id], f"restore snapshot '{snapshot.name}' of VM "
-                  f"'{vm.name}'", timeout)
+        # restorecurrent when it is the current snapshot: the same operation, without a name lookup
+        restore = ["restorecurrent"] if snapshot.current else ["restore", snapshot.id]
+        self.vbox(["snapshot", vm.id, *restore], f"restore snapshot '{snapshot.name}' of VM '{vm.name}'", timeout)
         if powered_off and snapshot.memory:
             # The snapshot saved the running guest's RAM: starting resumes it where the snapshot was taken.
             self.vbox(["startvm", vm.id, "--type", "headless"], f"start VM '{vm.name}' from snapshot "

@@ -151,9 +151,7 @@ class SshHost:
             return t.cast(bytes, fh.read())
 
     def open_read(self, path: str) -> t.BinaryIO:
-        fh = self.sftp.open(path, "rb")
-        fh.prefetch()
-        return t.cast(t.BinaryIO, fh)
+        return t.cast(t.BinaryIO, _SftpReader(self.sftp.open(path, "rb")))
 
     def remove(self, path: str) -> None:
         try:
@@ -172,6 +170,26 @@ class SshHost:
                 except (OSError, EOFError):
                     pass
         self._sftp = self.client = None
+
+
+class _SftpReader:
+    """Sequential reads of a remote file, each one pipelined (readv) without buffering the whole file as prefetch()
+    would: memory stays at one piece however large the disk."""
+
+    def __init__(self, fh: t.Any) -> None:
+        self.fh = fh
+        self.pos = 0
+
+    def read(self, size: int) -> bytes:
+        data = b"".join(self.fh.readv([(self.pos, size)]))
+        self.pos += len(data)
+        return data
+
+    def __enter__(self) -> _SftpReader:
+        return self
+
+    def __exit__(self, *exc: t.Any) -> None:
+        self.fh.close()
 
 
 # -- parsing ----------------------------------------------------------------------------------------
@@ -221,8 +239,8 @@ def parse_machinereadable(text: str) -> list[tuple[str, str]]:
         else:
             key, sep, rest = line.partition("=")
             if not sep or not key or any(c.isspace() for c in key):
-                if pairs:
-                    pairs[-1] = (pairs[-1][0], pairs[-1][1] + "\n" + line)
+                if pairs:  # the value's closing quote ends its last line
+                    pairs[-1] = (pairs[-1][0], pairs[-1][1] + "\n" + (line[:-1] if line.endswith('"') else line))
                 continue
         if key.startswith(_RAW_KEYS):
             value = rest[1:-1] if len(rest) >= 2 and rest[0] == '"' and rest[-1] == '"' else rest.strip('"')
