@@ -227,13 +227,12 @@ def test_safe_patch_reverts_a_failed_patch_and_nightly_backup_backs_up(tmp_path)
                            {"safe_patch_tasks": str(patch), "safe_patch_validate_tasks": str(fail)})
     assert rc != 0
     outcome = [r for r in results if r["_task"] == "One line per guest"]
-    assert outcome and outcome[0]["msg"] == f"{vm}: reverted", [(r["_task"], r["_status"], r.get("msg"))
-                                                                 for r in results][-8:]
+    tail = [(r["_task"], r["_status"], r.get("msg")) for r in results][-8:]
+    assert outcome and outcome[0]["msg"] == f"{vm}: reverted", tail
     patched = [r for r in results if r["_task"] == "Patch writes to the disk"]
     assert patched and patched[0]["changed"] and patched[0]["rc"] == 0
     assert lab.content(vm) == before and lab.state(vm) == "running"
-    assert "snapshots" not in lab.vb("snapshot", vm, "list", "--machinereadable", check=False).stdout or \
-        lab.vb("snapshot", vm, "list", check=False).returncode == 1
+    assert lab.vb("snapshot", vm, "list", check=False).returncode == 1  # the rollback point was removed
 
     repo = str(tmp_path / "repo")
     rc, results = playbook(lab, tmp_path, "nightly_backup.yml", f"[backup_targets]\n{vm}\n",

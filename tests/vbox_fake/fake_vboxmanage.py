@@ -72,6 +72,7 @@ def image_info(path: str) -> dict[str, t.Any]:
 
 def machine_readable(name: str, value: str, quote_name: bool = False) -> str:
     """One ``name="value"`` line, escaped as VBoxManageInfo.cpp's outputMachineReadableString does."""
+
     def esc(s: str) -> str:
         return s.replace("\\", "\\\\").replace('"', '\\"')
     quote_name = quote_name or "=" in name
@@ -137,6 +138,7 @@ class Fake:
     def _snapshots_in_order(self, vm: dict) -> list[dict]:
         """Depth first from the root, children in creation order (how IMachine.findSnapshot walks)."""
         found: list[dict] = []
+
         def walk(sid: str) -> None:
             snap = vm["snapshots"][sid]
             found.append(snap)
@@ -159,7 +161,7 @@ class Fake:
             return self.open_medium(path)
         raise Fail(f"Could not find file for the medium '{path}' (VERR_FILE_NOT_FOUND)",
                    code="VBOX_E_FILE_ERROR (0x80bb0004)", component="MediumWrap", interface="IMedium",
-                   context=f"OpenMedium(Bstr(pszFilenameOrUuid).raw(), enmDevType, enmAccessMode, "
+                   context="OpenMedium(Bstr(pszFilenameOrUuid).raw(), enmDevType, enmAccessMode, "
                            f"fForceNewUuidOnOpen, pMedium.asOutParam())")
 
     def open_medium(self, path: str) -> dict:
@@ -243,7 +245,7 @@ class Fake:
         i = 0
         while i < len(args):
             arg = args[i]
-            name, _, inline = arg.partition("=")
+            name, _eq, inline = arg.partition("=")
             if name in spec:
                 if spec[name]:
                     if inline:
@@ -273,6 +275,7 @@ class Fake:
                     self.print(f'"{vm["name"]}" {{{vm["uuid"]}}}\n')
         elif what == "hdds":
             long = bool(opts.get("--long") or opts.get("-l"))
+
             def walk(med: dict, parent: str) -> None:
                 self.print_medium(med, parent, long)
                 self.print("\n")
@@ -318,7 +321,7 @@ class Fake:
         self.print("".join(lines))
 
     def cmd_showmediuminfo(self, args: list[str]) -> int:
-        _, pos = self.options(args, {})
+        _opts, pos = self.options(args, {})
         if pos and pos[0] in ("disk", "dvd", "floppy"):
             pos = pos[1:]
         if len(pos) != 1:
@@ -375,6 +378,7 @@ class Fake:
     def snapshot_lines(self, vm: dict) -> str:
         """showSnapshots() in machine-readable form: names and descriptions printed without escaping."""
         lines: list[str] = []
+
         def walk(sid: str, prefix: str) -> None:
             snap = vm["snapshots"][sid]
             lines.append(f'SnapshotName{prefix}="{snap["name"]}"\n')
@@ -425,7 +429,7 @@ class Fake:
         if sub == "edit":
             return self.snapshot_edit(vm, rest)
         if sub == "list":
-            opts, _ = self.options(rest, {"--details": False, "--machinereadable": False})
+            opts, _pos = self.options(rest, {"--details": False, "--machinereadable": False})
             if not vm["snapshots"]:
                 self.print("This machine does not have any snapshots\n")
                 return 1
@@ -687,7 +691,7 @@ class Fake:
         return 0
 
     def cmd_registervm(self, args: list[str]) -> int:
-        _, pos = self.options(args, {"--password": True})
+        _opts, pos = self.options(args, {"--password": True})
         if len(pos) != 1:
             raise Syntax("Incorrect number of parameters")
         cfg = os.path.abspath(pos[0])
@@ -793,7 +797,7 @@ class Fake:
             vm["attach"].pop(key, None)
         else:
             med = self.medium(medium)
-            used = [v for v, _ in self.users(med["uuid"]) if v["uuid"] != vm["uuid"]]
+            used = [v for v, _snaps in self.users(med["uuid"]) if v["uuid"] != vm["uuid"]]
             if used and med["type"] == "normal":
                 raise Fail(f"Medium '{med['location']}' is already attached to another virtual machine",
                            code="VBOX_E_OBJECT_IN_USE (0x80bb000c)", component="SessionMachine", interface="IMachine")

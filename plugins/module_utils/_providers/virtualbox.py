@@ -327,7 +327,7 @@ class VirtualboxProvider(HypervisorProvider):
             for ctl in controllers:
                 prefix = f"{ctl}-ImageUUID-"
                 if key.startswith(prefix):
-                    port, _, device = key[len(prefix):].partition("-")
+                    port, _dash, device = key[len(prefix):].partition("-")
                     found.append((f"{ctl}-{port}-{device}", ctl, int(port), int(device), value))
         return found
 
@@ -423,4 +423,3 @@ def _mbytes(value: str | None) -> int | None:
         return int(value.split()[0]) << 20
     except ValueError:
         return None
-

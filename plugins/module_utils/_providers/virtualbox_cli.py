@@ -286,7 +286,7 @@ def parse_vm_list(text: str) -> list[tuple[str, str]]:
         line = line.rstrip()
         if not line.startswith('"') or not line.endswith("}") or '" {' not in line:
             continue
-        name, _, rest = line[1:].rpartition('" {')
+        name, _sep, rest = line[1:].rpartition('" {')
         if name != "<inaccessible>":
             found.append((name, rest[:-1]))
     return found
