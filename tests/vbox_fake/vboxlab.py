@@ -19,6 +19,8 @@ import typing as t
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+# the provider's parser reads showvminfo here too (tests/conftest.py links the checkout there)
+sys.path.append(os.environ.get("VMSAFE_COLLECTIONS_PATH") or os.path.join(HERE, "..", "..", ".lab", "collections"))
 
 import fake_vboxmanage  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
