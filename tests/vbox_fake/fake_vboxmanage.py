@@ -162,7 +162,7 @@ class Fake:
         raise Fail(f"Could not find file for the medium '{path}' (VERR_FILE_NOT_FOUND)",
                    code="VBOX_E_FILE_ERROR (0x80bb0004)", component="MediumWrap", interface="IMedium",
                    context="OpenMedium(Bstr(pszFilenameOrUuid).raw(), enmDevType, enmAccessMode, "
-                           f"fForceNewUuidOnOpen, pMedium.asOutParam())")
+                           "fForceNewUuidOnOpen, pMedium.asOutParam())")
 
     def open_medium(self, path: str) -> dict:
         info = image_info(path)
