@@ -14,7 +14,7 @@ options:
       - Can also be set with the E(VMSAFE_HYPERVISOR) environment variable.
     type: str
     default: libvirt
-    choices: [libvirt, vmware, hyperv]
+    choices: [libvirt, vmware, hyperv, virtualbox]
     version_added: 0.1.0
   uri:
     description:
@@ -33,13 +33,16 @@ options:
     description:
       - The host to connect to, for O(hypervisor=vmware) the vCenter or ESXi host, for O(hypervisor=hyperv) the Hyper-V
         host whose WinRM HTTPS listener is used.
+      - For O(hypervisor=virtualbox), the VirtualBox host reached over SSH; when not set, C(VBoxManage) runs on the host
+        that runs the module.
       - When not set, E(VMWARE_HOST) (for O(hypervisor=vmware) only) or E(VMSAFE_HYPERV_HOST) (for
         O(hypervisor=hyperv) only) is used, then E(VMSAFE_HOST).
     type: str
     version_added: 0.1.0
   username:
     description:
-      - The account to log in with (vSphere user; for Hyper-V V(DOMAIN\\user) or V(user@domain)).
+      - The account to log in with (vSphere user; for Hyper-V V(DOMAIN\\user) or V(user@domain); for VirtualBox the SSH
+        user, who must be the user owning the VMs).
       - When not set, E(VMWARE_USER) (for O(hypervisor=vmware) only) or E(VMSAFE_HYPERV_USER) (for
         O(hypervisor=hyperv) only) is used, then E(VMSAFE_USER).
     type: str
@@ -48,6 +51,7 @@ options:
   password:
     description:
       - The password of O(username). It is never logged or returned.
+      - For O(hypervisor=virtualbox), the SSH password, or the passphrase of O(ssh_key_file).
       - When not set, E(VMWARE_PASSWORD) (for O(hypervisor=vmware) only) or E(VMSAFE_HYPERV_PASSWORD) (for
         O(hypervisor=hyperv) only) is used, then E(VMSAFE_PASSWORD). A password read from the environment is masked
         in the output too.
@@ -58,13 +62,15 @@ options:
     description:
       - The TCP port to connect to. When not set, E(VMWARE_PORT) (for O(hypervisor=vmware) only) or
         E(VMSAFE_HYPERV_PORT) (for O(hypervisor=hyperv) only), then E(VMSAFE_PORT), then V(443) for
-        O(hypervisor=vmware) and V(5986) (WinRM HTTPS) for O(hypervisor=hyperv).
+        O(hypervisor=vmware), V(5986) (WinRM HTTPS) for O(hypervisor=hyperv) and V(22) (SSH) for
+        O(hypervisor=virtualbox).
     type: int
     version_added: 0.1.0
   validate_certs:
     description:
       - Whether to verify the host's TLS certificate. Set V(false) only for lab hosts with self-signed certificates;
         the connection is then open to impersonation.
+      - For O(hypervisor=virtualbox) over SSH, V(false) accepts a host key that is not in O(ssh_known_hosts).
       - When not set, E(VMWARE_VALIDATE_CERTS) (for O(hypervisor=vmware) only) or E(VMSAFE_HYPERV_VALIDATE_CERTS)
         (for O(hypervisor=hyperv) only), then E(VMSAFE_VALIDATE_CERTS), then V(true).
       - The E(VMWARE_*) variables are never read for another hypervisor, so a vSphere setting cannot send vCenter
@@ -106,9 +112,31 @@ options:
       - For O(hypervisor=hyperv) and O(transport=certificate), the private key of O(client_cert) (PEM).
     type: path
     version_added: 0.1.0
+  vboxmanage:
+    description:
+      - For O(hypervisor=virtualbox), the C(VBoxManage) command on the VirtualBox host (a name looked up in C(PATH), or a
+        full path).
+      - When not set, E(VMSAFE_VBOXMANAGE) is used, then V(VBoxManage).
+    type: str
+    version_added: 0.1.0
+  ssh_key_file:
+    description:
+      - For O(hypervisor=virtualbox) with O(hostname), the private key to log in with over SSH. When not set, the SSH
+        agent and the default keys in C(~/.ssh) are tried.
+      - When not set, E(VMSAFE_SSH_KEY_FILE) is used.
+    type: path
+    version_added: 0.1.0
+  ssh_known_hosts:
+    description:
+      - For O(hypervisor=virtualbox) with O(hostname), the known_hosts file that must hold the host's key. When not set,
+        E(VMSAFE_SSH_KNOWN_HOSTS), then the user's C(~/.ssh/known_hosts).
+    type: path
+    version_added: 0.1.0
 requirements:
   - libvirt-python (for O(hypervisor=libvirt)), on the host that runs the module
   - pyvmomi (for O(hypervisor=vmware)), on the host that runs the module
   - pywinrm (for O(hypervisor=hyperv)), on the host that runs the module; requests-kerberos or requests-credssp
     for those transports
+  - paramiko (for O(hypervisor=virtualbox) with O(hostname)), on the host that runs the module; VirtualBox's
+    C(VBoxManage) on the VirtualBox host
 """

@@ -13,7 +13,7 @@ from ansible.module_utils.parsing.convert_bool import boolean
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._argspec import ArgumentSpec
 
-HYPERVISORS = ["libvirt", "vmware", "hyperv"]
+HYPERVISORS = ["libvirt", "vmware", "hyperv", "virtualbox"]
 
 # Environment fallbacks of the options that reach vCenter or a Hyper-V host, in the order they are read: the
 # hypervisor's own variables first, then VMSAFE_* for every hypervisor. They are resolved after the hypervisor is
@@ -56,6 +56,10 @@ def connection_spec() -> ArgumentSpec:
         "ca_path": {"type": "path"},
         "client_cert": {"type": "path"},
         "client_key": {"type": "path", "no_log": False},
+        # virtualbox only (hostname, username, password, port and validate_certs above reach it over SSH)
+        "vboxmanage": {"type": "str", "fallback": (env_fallback, ["VMSAFE_VBOXMANAGE"])},
+        "ssh_key_file": {"type": "path", "no_log": False, "fallback": (env_fallback, ["VMSAFE_SSH_KEY_FILE"])},
+        "ssh_known_hosts": {"type": "path", "fallback": (env_fallback, ["VMSAFE_SSH_KNOWN_HOSTS"])},
     })
 
 

@@ -85,6 +85,9 @@ notes:
   - When neither O(max_age) nor O(keep_last) is given, no snapshot is removed; only leftovers are repaired.
   - The size of an internal libvirt snapshot is the saved RAM only (its disk clusters are shared with the image),
     so the C(bytes_reclaimed) of RV(summary) is a lower bound.
+  - On VirtualBox, leftovers come from the media registry. C(orphaned_medium) is a differencing image in the VM's folder
+    that nothing uses (deleted), C(inaccessible_medium) a missing image nothing uses (unregistered). A missing image
+    the VM still uses is only reported. Verified against the project's fake VBoxManage only (see docs/virtualbox.md).
 seealso:
   - module: vmsafe.protect.vm_snapshot_info
   - module: vmsafe.protect.vm_snapshot

@@ -98,6 +98,10 @@ notes:
   - On Hyper-V a Recovery checkpoint freezes the disks, which are read through a read-only mount over WinRM, a few
     MiB per command; the checkpoint then becomes the reference point of the next incremental. Tested against the
     project's WS-Management simulator only (see docs/hyperv.md).
+  - On VirtualBox there is no changed-block tracking, so every backup is a full read (RV(mode=full), RV(reason) says
+    why); the repository's deduplication stores only the chunks that changed. Each disk of a temporary snapshot is
+    cloned to a flat file next to the VM (free space the size of the disk is needed there), streamed in, and removed
+    with the snapshot. Verified against the project's fake VBoxManage only (see docs/virtualbox.md).
   - Run long backups with C(async) and C(poll); the result reports the bytes read and stored.
 seealso:
   - module: vmsafe.protect.vm_restore

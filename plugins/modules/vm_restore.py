@@ -94,6 +94,9 @@ notes:
   - On VMware, O(target=new_vm) uploads each restored disk through the datastore HTTP interface next to the new VM's
     files and creates the VM from the stored definition (new UUID and MACs). Hyper-V restores to images only
     (O(format=vhdx) gives a VHDX to attach).
+  - On VirtualBox, O(target=new_vm) writes VMDK files into O(dest) (uploaded over SFTP next to the new VM on a remote
+    host) and creates the VM with C(VBoxManage createvm), C(storagectl) and C(storageattach). O(target=original) is not
+    supported there. Verified against the project's fake VBoxManage only (see docs/virtualbox.md).
 seealso:
   - module: vmsafe.protect.vm_backup
   - module: vmsafe.protect.backup_info

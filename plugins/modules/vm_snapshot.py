@@ -98,6 +98,16 @@ options:
       - With O(state=absent), remove the snapshot's descendants too. Otherwise they are kept and re-parented.
     type: bool
     default: false
+  power_off:
+    description:
+      - With O(state=reverted) on VirtualBox, power off a running VM before restoring the snapshot (VirtualBox restores
+        only a VM that is powered off or saved); what the guest did not write to disk is lost. When the snapshot holds
+        the VM's RAM, the VM is started again and resumes where the snapshot was taken.
+      - Without it, reverting a running VirtualBox VM fails and says so. Other hypervisors ignore it.
+      - When not set, E(VMSAFE_POWER_OFF) is used, then V(false).
+    type: bool
+    default: false
+    version_added: 0.1.0
   timeout:
     description:
       - Seconds to wait for each hypervisor operation. When it is hit the module fails, asks the hypervisor to abort,
@@ -115,6 +125,10 @@ notes:
   - On VMware (O(hypervisor=vmware)), several snapshots may share a name; the id is the snapshot's managed object id
     (for example V(snapshot-42)). O(disk_only=true) means a snapshot without memory, and O(quiesce) needs VMware Tools
     running in the guest.
+  - On VirtualBox (O(hypervisor=virtualbox)), names may repeat and the id is the snapshot's UUID. A snapshot of a running
+    VM always saves its RAM (taken with C(--live)), O(disk_only) is not supported and O(quiesce) is not possible
+    through VBoxManage. Reverting a running VM needs O(power_off=true). Verified against the project's fake VBoxManage
+    only (see docs/virtualbox.md).
 seealso:
   - module: vmsafe.protect.vm_snapshot_info
   - module: vmsafe.protect.snapshot_consolidate
@@ -228,6 +242,8 @@ applied:
 """
 
 import typing as t
+
+from ansible.module_utils.basic import env_fallback
 
 from ansible_collections.vmsafe.protect.plugins.module_utils import _snapshot_tree as tree
 from ansible_collections.vmsafe.protect.plugins.module_utils._connection import vm_argument_spec
@@ -356,6 +372,7 @@ def main() -> None:
         quiesce_fallback={"type": "str", "default": "fail", "choices": ["fail", "crash_consistent"]},
         disk_only={"type": "bool", "default": False},
         remove_children={"type": "bool", "default": False},
+        power_off={"type": "bool", "default": False, "fallback": (env_fallback, ["VMSAFE_POWER_OFF"])},
         timeout={"type": "int", "default": 600},
     ).update(
         mutually_exclusive=[["snapshot_name", "snapshot_id"], ["memory", "disk_only"]],

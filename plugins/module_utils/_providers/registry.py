@@ -36,9 +36,16 @@ def _vmware() -> Loaded:
     return vmware.VmwareProvider, vmware.load_sdk()
 
 
+def _virtualbox() -> Loaded:
+    from ansible_collections.vmsafe.protect.plugins.module_utils._providers import virtualbox  # pylint: disable=import-outside-toplevel
+
+    return virtualbox.VirtualboxProvider, virtualbox.load_sdk()
+
+
 # name -> (loader returning the provider class and its SDK import traceback, pip package it needs)
 PROVIDERS: dict[str, tuple[t.Callable[[], Loaded], str]] = {
     "hyperv": (_hyperv, "pywinrm"),
     "libvirt": (_libvirt, "libvirt-python"),
+    "virtualbox": (_virtualbox, "paramiko"),
     "vmware": (_vmware, "pyvmomi"),
 }
