@@ -9,7 +9,8 @@ from ansible.module_utils.basic import env_fallback
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._argspec import ArgumentSpec
 
-HYPERVISORS = ["libvirt", "vmware", "hyperv"]
+HYPERVISORS = ["libvirt", "vmware", "hyperv", "azure"]
+AZURE_CLOUDS = ["AzureCloud", "AzureChinaCloud", "AzureUSGovernment"]
 
 
 def connection_spec() -> ArgumentSpec:
@@ -36,6 +37,19 @@ def connection_spec() -> ArgumentSpec:
         "ca_path": {"type": "path"},
         "client_cert": {"type": "path"},
         "client_key": {"type": "path", "no_log": False},
+        # azure only; names and AZURE_* variables as in azure.azcollection (and azure-identity's own)
+        "auth_source": {"type": "str", "default": "auto", "choices": ["auto", "cli", "credential_file", "env", "msi"],
+                        "fallback": (env_fallback, ["ANSIBLE_AZURE_AUTH_SOURCE"])},
+        "profile": {"type": "str", "fallback": (env_fallback, ["AZURE_PROFILE"])},
+        "subscription_id": {"type": "str", "fallback": (env_fallback, ["AZURE_SUBSCRIPTION_ID"])},
+        "client_id": {"type": "str", "fallback": (env_fallback, ["AZURE_CLIENT_ID"])},
+        "secret": {"type": "str", "no_log": True, "fallback": (env_fallback, ["AZURE_SECRET", "AZURE_CLIENT_SECRET"])},
+        "tenant": {"type": "str", "fallback": (env_fallback, ["AZURE_TENANT", "AZURE_TENANT_ID"])},
+        "cloud_environment": {"type": "str", "default": "AzureCloud", "choices": AZURE_CLOUDS,
+                              "fallback": (env_fallback, ["AZURE_CLOUD_ENVIRONMENT"])},
+        "base_url": {"type": "str"},
+        "authority_host": {"type": "str", "fallback": (env_fallback, ["AZURE_AUTHORITY_HOST"])},
+        "resource_group": {"type": "str"},
     })
 
 

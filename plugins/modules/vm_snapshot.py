@@ -88,6 +88,13 @@ options:
         but libvirt 9 cannot revert it; remove it (merging the overlay) with O(state=absent).
     type: bool
     default: false
+  copy_to_location:
+    description:
+      - For O(hypervisor=azure) and O(state=present), also copy each snapshot of the new set to this Azure region
+        (incremental snapshot copy, C(CopyStart)) and wait until the copies are complete, within O(timeout).
+      - The copies carry the set's tags: they are listed with the set and removed with it.
+    type: str
+    version_added: 0.1.0
   remove_children:
     description:
       - With O(state=absent), remove the snapshot's descendants too. Otherwise they are kept and re-parented.
@@ -110,6 +117,11 @@ notes:
   - On VMware (O(hypervisor=vmware)), several snapshots may share a name; the id is the snapshot's managed object id
     (for example V(snapshot-42)). O(disk_only=true) means a snapshot without memory, and O(quiesce) needs VMware Tools
     running in the guest.
+  - On Azure (O(hypervisor=azure)), a snapshot is a set of incremental managed-disk snapshots, one per disk, tagged
+    with the set's name; the id is the set's id. A revert creates new disks from the set and swaps them in (the VM is
+    deallocated for it and started again if it ran); the replaced disks are kept and reported by
+    M(vmsafe.protect.snapshot_consolidate), which removes them. Sets hold no memory (O(memory) gives a warning) and
+    are crash consistent (see docs/azure.md).
 seealso:
   - module: vmsafe.protect.vm_snapshot_info
   - module: vmsafe.protect.snapshot_consolidate
@@ -339,6 +351,7 @@ def main() -> None:
         quiesce_fallback={"type": "str", "default": "fail", "choices": ["fail", "crash_consistent"]},
         disk_only={"type": "bool", "default": False},
         remove_children={"type": "bool", "default": False},
+        copy_to_location={"type": "str"},
         timeout={"type": "int", "default": 600},
     ).update(
         mutually_exclusive=[["snapshot_name", "snapshot_id"], ["memory", "disk_only"]],
