@@ -134,9 +134,11 @@ class Cloud:
     # -- seeding (what a test sets up) ---------------------------------------------------------------
 
     def add_disk(self, group: str, name: str, size_gb: int = 1, os_type: str | None = None, zones: list[str] | None = None,
-                 sku: str = "Premium_LRS", encryption_set: str | None = None, generation: str = "V2") -> dict[str, t.Any]:
+                 sku: str = "Premium_LRS", encryption_set: str | None = None, generation: str = "V2",
+                 size_bytes: int | None = None) -> dict[str, t.Any]:
+        """A disk; ``size_bytes`` makes it smaller than Azure's 1 GiB minimum, to keep byte comparisons cheap."""
         disk_id = self.rid(group, "disks", name)
-        size = size_gb * 1024 ** 3
+        size = size_bytes or size_gb * 1024 ** 3
         props: dict[str, t.Any] = {
             "creationData": {"createOption": "Empty"}, "diskSizeGB": size_gb, "diskSizeBytes": size,
             "uniqueId": str(uuid.uuid4()), "provisioningState": "Succeeded", "diskState": "Unattached",
@@ -156,11 +158,12 @@ class Cloud:
         return disk
 
     def add_vm(self, group: str, name: str, os_type: str = "Linux", data_luns: t.Sequence[int] = (0,), size_gb: int = 1,
-               zones: list[str] | None = None, power: str = "running", encryption_set: str | None = None) -> dict[str, t.Any]:
+               zones: list[str] | None = None, power: str = "running", encryption_set: str | None = None,
+               size_bytes: int = 64 * 1024 * 1024) -> dict[str, t.Any]:
         os_disk = self.add_disk(group, f"{name}_OsDisk_1", size_gb, os_type=os_type, zones=zones,
-                                encryption_set=encryption_set)
-        data = [self.add_disk(group, f"{name}_DataDisk_{lun}", size_gb, zones=zones, encryption_set=encryption_set)
-                for lun in data_luns]
+                                encryption_set=encryption_set, size_bytes=size_bytes)
+        data = [self.add_disk(group, f"{name}_DataDisk_{lun}", size_gb, zones=zones, encryption_set=encryption_set,
+                              size_bytes=size_bytes) for lun in data_luns]
         vm_id = self.rid(group, "virtualMachines", name)
         vm = {
             "id": vm_id, "name": name, "type": "Microsoft.Compute/virtualMachines", "location": self.location,
@@ -494,7 +497,41 @@ class Cloud:
                 vm["properties"]["provisioningState"] = "Succeeded"
         return complete
 
+    def put_vm(self, vm_id: str, body: dict[str, t.Any]) -> tuple[dict[str, t.Any], t.Callable[[], t.Any]]:
+        """Create a VM on existing managed disks (createOption Attach)."""
+        props = copy.deepcopy(body.get("properties") or {})
+        nics = (props.get("networkProfile") or {}).get("networkInterfaces") or []
+        if not nics:
+            raise ArmError(400, "InvalidParameter", "A VM needs at least one network interface (networkProfile).")
+        for nic in nics:
+            for other in self.vms.values():
+                used = [n["id"].lower() for n in other["properties"]["networkProfile"]["networkInterfaces"]]
+                if nic["id"].lower() in used:
+                    raise ArmError(400, "NicInUse", f"Network interface {nic['id']} is used by VM {other['id']}.")
+        vm = {"id": vm_id, "name": vm_id.rsplit("/", 1)[1], "type": "Microsoft.Compute/virtualMachines",
+              "location": body.get("location") or self.location, "tags": dict(body.get("tags") or {}),
+              "properties": props, "_power": "running"}
+        if body.get("zones"):
+            vm["zones"] = list(body["zones"])
+        profile = props["storageProfile"]
+        disks = [self.find(self.disks, profile["osDisk"]["managedDisk"]["id"], "disk")]
+        self._check_swap(vm, disks[0], os_type=profile["osDisk"].get("osType"))
+        for entry in profile.get("dataDisks") or []:
+            disks.append(self.find(self.disks, entry["managedDisk"]["id"], "disk"))
+            self._check_swap(vm, disks[-1], os_type=None)
+        props.update(vmId=str(uuid.uuid4()), provisioningState="Creating", timeCreated=now_iso())
+
+        def complete() -> None:
+            with self.lock:
+                props["provisioningState"] = "Succeeded"
+                self.vms[self.key(vm_id)] = vm
+                for disk in disks:
+                    self._attach(disk, vm)
+        return vm, complete
+
     def _check_swap(self, vm: dict[str, t.Any], disk: dict[str, t.Any], os_type: str | None) -> None:
+        if disk["properties"].get("diskState") in ("ReadyToUpload", "ActiveUpload", "ActiveSAS"):
+            raise ArmError(409, "OperationNotAllowed", f"Disk {disk['name']} is {disk['properties']['diskState']}.")
         if disk.get("managedBy") and self.key(disk["managedBy"]) != self.key(vm["id"]):
             raise ArmError(409, "OperationNotAllowed", f"Disk {disk['name']} is attached to VM {disk['managedBy']}.")
         if disk["location"].replace(" ", "").lower() != vm["location"].replace(" ", "").lower():

@@ -202,6 +202,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _vm(self, rid: str, action: str | None, method: str, body: dict[str, t.Any], fault: t.Any) -> None:
         cloud = self.cloud
+        if action is None and method == "PUT" and cloud.key(rid) not in cloud.vms:
+            with cloud.lock:
+                vm, complete = cloud.put_vm(rid, body)
+            answer = cloud.public(vm)
+            self._lro(cloud.start_op(complete, fault), 201, answer, location=False)
+            return
         vm = cloud.find(cloud.vms, rid, "VM")
         if action is None and method == "GET":
             answer = cloud.public(vm)

@@ -85,6 +85,11 @@ def load_sdk() -> str | None:
     return None
 
 
+def text(value: t.Any) -> str:
+    """The string of an SDK enum member (or of a plain string); '' for None."""
+    return "" if value is None else str(getattr(value, "value", value))
+
+
 def parse_id(resource_id: str) -> dict[str, str]:
     """Split an ARM id into subscription, group, type and name (lower-case keys)."""
     parts = resource_id.strip("/").split("/")
@@ -240,7 +245,7 @@ class AzureProvider(HypervisorProvider):
                     f"the Retry-After it asked for. Run fewer tasks at once (forks, serial) or try again later.")
         elif isinstance(exc, exceptions.ClientAuthenticationError):
             hint = "The service principal was refused: check its role assignment on the resource group."
-        return ProviderError(f"Failed to {verb} on azure host {self.host}: {cause}.{' ' + hint if hint else ''}")
+        return ProviderError(f"Failed to {verb} on azure host {self.host}: {cause.rstrip('.')}.{' ' + hint if hint else ''}")
 
     def call(self, verb: str, func: t.Callable[..., t.Any], *args: t.Any, **kwargs: t.Any) -> t.Any:
         """Run one SDK call; SDK errors become ProviderError naming ``verb``."""
@@ -265,12 +270,12 @@ class AzureProvider(HypervisorProvider):
         failure: ProviderError | None = None
         running: list[str] = []
         for verb, poller in pollers:
-            poller.wait(max(0.0, deadline - time.monotonic()))
-            if not poller.done():
-                running.append(verb)
-                results.append(None)
-                continue
             try:
+                poller.wait(max(0.0, deadline - time.monotonic()))  # re-raises what failed the polling thread
+                if not poller.done():
+                    running.append(verb)
+                    results.append(None)
+                    continue
                 results.append(poller.result())
             except exceptions.AzureError as exc:
                 results.append(None)
@@ -408,15 +413,20 @@ class AzureProvider(HypervisorProvider):
         all_tags = {**tags, TAG_SET_ID: set_id, TAG_VM: model.vm_id, TAG_DISKS: ",".join(slots)}
         names = {slot: resource_name(model.name[:40], slot, set_id) for slot in slots}
         pollers = []
-        for slot, disk in slots.items():
-            body = {"location": model.location, "tags": {**all_tags, TAG_DISK: slot},
-                    "properties": {"incremental": True,
-                                   "creationData": {"createOption": "Copy", "sourceResourceId": disk.managed_disk.id}}}
-            pollers.append(self.begin(f"{verb}: snapshot disk {slot} ({disk.name}) of VM '{vm.name}'",
-                                      self.client.snapshots.begin_create_or_update, group, names[slot], body))
         try:
+            for slot, disk in slots.items():
+                body = {"location": model.location, "tags": {**all_tags, TAG_DISK: slot},
+                        "properties": {"incremental": True,
+                                       "creationData": {"createOption": "Copy", "sourceResourceId": disk.managed_disk.id}}}
+                pollers.append(self.begin(f"{verb}: snapshot disk {slot} ({disk.name}) of VM '{vm.name}'",
+                                          self.client.snapshots.begin_create_or_update, group, names[slot], body))
             return self.wait(pollers, deadline)
         except (ProviderError, OperationTimeout):
+            if len(pollers) < len(names):  # a request was refused: let those already started finish first
+                try:
+                    self.wait(pollers, deadline)
+                except (ProviderError, OperationTimeout):
+                    pass
             self._remove_quietly(group, list(names.values()), "snapshots")
             raise
 
@@ -434,8 +444,8 @@ class AzureProvider(HypervisorProvider):
                           f"Remove it by hand.")
         deadline = time.monotonic() + max(60, int(self.params.get("connect_timeout") or 30))
         for name, poller in pollers:
-            poller.wait(max(0.0, deadline - time.monotonic()))
             try:
+                poller.wait(max(0.0, deadline - time.monotonic()))
                 if poller.done():
                     poller.result()
                 else:

@@ -97,14 +97,14 @@ class Revert:
             if snap_ade != disk_ade:
                 raise self.fail(f"Azure Disk Encryption is {'on' if snap_ade else 'off'} in snapshot {snap.name} but "
                                 f"{'on' if disk_ade else 'off'} on disk {disk.name}; Azure refuses to mix them.")
-        os_snap, os_type = members["os"], model.storage_profile.os_disk.os_type
-        if (os_snap.os_type or "").lower() != (os_type or "").lower():
-            raise self.fail(f"the OS type of the set's OS disk ({os_snap.os_type or 'none'}) is not the VM's "
-                            f"({os_type}); Azure swaps an OS disk only for one of the same OS type.")
-        gen_now = getattr(current["os"], "hyper_v_generation", None)
-        if os_snap.hyper_v_generation and gen_now and os_snap.hyper_v_generation != gen_now:
-            raise self.fail(f"the set's OS disk is Hyper-V generation {os_snap.hyper_v_generation}, the VM's "
-                            f"{gen_now}.")
+        os_snap = members["os"]
+        snap_os, vm_os = az.text(os_snap.os_type), az.text(model.storage_profile.os_disk.os_type)
+        if snap_os.lower() != vm_os.lower():
+            raise self.fail(f"the OS type of the set's OS disk ({snap_os or 'none'}) is not the VM's ({vm_os}); Azure "
+                            f"swaps an OS disk only for one of the same OS type.")
+        gen_snap, gen_now = az.text(os_snap.hyper_v_generation), az.text(getattr(current["os"], "hyper_v_generation", None))
+        if gen_snap and gen_now and gen_snap != gen_now:
+            raise self.fail(f"the set's OS disk is Hyper-V generation {gen_snap}, the VM's {gen_now}.")
         extra = sorted(set(current) - set(members))
         if extra:
             self.p.warn(f"VM '{self.vm.name}' has disk(s) {', '.join(extra)} that snapshot '{self.snapshot.name}' does "
@@ -112,7 +112,8 @@ class Revert:
 
     def create_disks(self, model: t.Any, members: dict[str | None, t.Any], current: dict[str, t.Any]) -> dict[str, t.Any]:
         p = self.p
-        pollers = []
+        pollers: list[tuple[str, t.Any]] = []
+        requests: list[tuple[str, t.Any, dict[str, t.Any]]] = []
         slots = sorted(s for s in members if s)
         for slot in slots:
             snap = members[slot]
@@ -130,12 +131,19 @@ class Revert:
             if encryption is not None and getattr(encryption, "disk_encryption_set_id", None):
                 body["properties"]["encryption"] = {"type": encryption.type,
                                                     "diskEncryptionSetId": encryption.disk_encryption_set_id}
-            self.created.append(name)
-            pollers.append(p.begin(f"{self.verb}: create disk {name} from snapshot {snap.name}",
-                                   p.client.disks.begin_create_or_update, self.group, name, body))
+            requests.append((name, snap, body))
         try:
+            for name, snap, body in requests:
+                self.created.append(name)
+                pollers.append(p.begin(f"{self.verb}: create disk {name} from snapshot {snap.name}",
+                                       p.client.disks.begin_create_or_update, self.group, name, body))
             made = p.wait(pollers, self.deadline, "The VM was not changed.")
         except (ProviderError, OperationTimeout):
+            if len(pollers) < len(requests):
+                try:
+                    p.wait(pollers, self.deadline)
+                except (ProviderError, OperationTimeout):
+                    pass
             self.cleanup()
             raise
         disks = dict(zip(slots, made))
