@@ -115,6 +115,7 @@ class Cloud:
         self.retry_after = 0  # Retry-After on 202 answers and operation polls
         self.log: list[str] = []  # "METHOD /path" of every request
         self.throttled = 0
+        self.bytes_served = 0  # disk bytes read through SAS URLs
 
     # -- ids ----------------------------------------------------------------------------------------
 

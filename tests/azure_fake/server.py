@@ -336,6 +336,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             data = blob.read(first, max(0, min(last + 1, blob.size) - first)) if first < blob.size else b""
             if last >= blob.size:
                 data += _VHD_FOOTER[max(0, first - blob.size):last + 1 - blob.size]
+            with cloud.lock:
+                cloud.bytes_served += len(data)
             headers = {**common, "Content-Range": f"bytes {first}-{last}/{total}"} if status == 206 else common
             self._send(status, data, headers, content_type="application/octet-stream")
             return
