@@ -156,6 +156,7 @@ options:
     description:
       - For O(hypervisor=azure), another Azure Resource Manager endpoint than the cloud's (Azure Stack Hub, a private
         endpoint, or a test fake), for example V(https://management.local.azurestack.external).
+      - E(VMSAFE_AZURE_BASE_URL) when not set.
     type: str
     version_added: 0.1.0
   authority_host:

@@ -47,7 +47,7 @@ def connection_spec() -> ArgumentSpec:
         "tenant": {"type": "str", "fallback": (env_fallback, ["AZURE_TENANT", "AZURE_TENANT_ID"])},
         "cloud_environment": {"type": "str", "default": "AzureCloud", "choices": AZURE_CLOUDS,
                               "fallback": (env_fallback, ["AZURE_CLOUD_ENVIRONMENT"])},
-        "base_url": {"type": "str"},
+        "base_url": {"type": "str", "fallback": (env_fallback, ["VMSAFE_AZURE_BASE_URL"])},
         "authority_host": {"type": "str", "fallback": (env_fallback, ["AZURE_AUTHORITY_HOST"])},
         "resource_group": {"type": "str"},
     })

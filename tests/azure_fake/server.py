@@ -99,6 +99,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self._identity(url.path, body)
             elif url.path.startswith("/md-"):
                 self._blob(url.path, query, body)
+            elif url.path.startswith("/_guest/"):
+                self._guest(url.path, query, body)
             else:
                 self._check_token()
                 fault = self.cloud.check_faults(line)
@@ -260,6 +262,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._lro(cloud.start_op(cloud.revoke(table, rid), fault), 202, None)
         else:
             raise ArmError(405, "MethodNotAllowed", f"{method} {action or ''} is not served by this fake.")
+
+    # -- what a guest does (a test control, not an Azure endpoint) -----------------------------------
+
+    def _guest(self, path: str, query: dict[str, str], body: bytes) -> None:
+        """``POST /_guest/<group>/<vm>/write?slot=os&offset=N``: the guest writes ``body`` to that disk."""
+        _, _, group, name, verb = path.split("/")
+        vm = self.cloud.vm(group, name)
+        if verb != "write" or vm["_power"] != "running":
+            raise ArmError(409, "Conflict", f"VM {name} is {vm['_power']}: its guest writes nothing.")
+        data = body.ljust(-(-len(body) // PAGE) * PAGE, b"\0")
+        self.cloud.write(self.cloud.vm_disk_ids(vm)[query.get("slot", "os")], int(query.get("offset", 0)), data)
+        self._send(204)
 
     # -- page blobs behind SAS URLs --------------------------------------------------------------------
 
