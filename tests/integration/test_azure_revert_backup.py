@@ -237,3 +237,33 @@ def test_backup_after_a_revert_is_full_and_a_failed_read_keeps_the_base(ansible,
     prov = provider(fake)
     since, why = prov.backup_base(prov.find_vm(VmSelector(name="web01")), last)
     assert since is None and "another managed disk" in why
+
+
+def test_restore_to_a_new_vm_uploads_new_managed_disks(ansible, fake, tmp_path):
+    rng = random.Random(3)
+    cloud = fake.cloud
+    cloud.add_vm(GROUP, "web01", data_luns=(1,), zones=["2"])
+    ids = {"os": disk_id(cloud, "web01", "os"), "lun1": disk_id(cloud, "web01", "lun1")}
+    cloud.write(ids["os"], MiB, rng.randbytes(2 * MiB))
+    cloud.write(ids["lun1"], 0, rng.randbytes(4096))
+    expected = {slot: whole(cloud, i) for slot, i in ids.items()}
+    repo = str(tmp_path / "repo")
+    backup = ansible("vm_backup", fake.connection(vm_name="web01", repository=repo, passphrase=PASS, init=True))
+    assert backup["_status"] == "ok", backup.get("msg")
+    args = fake.connection(repository=repo, passphrase=PASS, backup_id=backup["backup_id"], target="new_vm",
+                           new_vm_name="web01-restored", dest=str(tmp_path))
+    in_use = ansible("vm_restore", args)  # the original VM still holds its network interface
+    assert in_use["_status"] == "failed" and "NicInUse" in in_use["msg"], in_use.get("msg")
+    assert "network interfaces, which must be free" in in_use["msg"]
+    for path in tmp_path.glob("web01-restored-*"):
+        path.unlink()
+    for name in [d["name"] for d in cloud.disks.values() if d["name"].startswith("web01-restored")]:
+        cloud.disks.pop(cloud.key(cloud.rid(GROUP, "disks", name)))
+    cloud.vms.pop(cloud.key(cloud.rid(GROUP, "virtualMachines", "web01")))  # the disaster: the VM is gone
+    result = ansible("vm_restore", args)
+    assert result["_status"] == "ok", result.get("msg")
+    new = cloud.vm(GROUP, "web01-restored")
+    assert new["zones"] == ["2"] and new["_power"] == "deallocated"
+    for slot, disk in cloud.vm_disk_ids(new).items():
+        assert whole(cloud, disk) == expected[slot], slot
+        assert cloud.disks[cloud.key(disk)]["properties"]["creationData"]["createOption"] == "Upload"

@@ -320,10 +320,14 @@ def define_restored_vm(p: az.AzureProvider, definition: str, name: str, disk_fil
     }
     if zones:
         body["zones"] = zones
-    p.wait([p.begin(f"create VM '{name}'", p.client.virtual_machines.begin_create_or_update, group, name, body)],
-           deadline, f"Its disks were uploaded as {', '.join(d.name for d in made.values())}; the new VM reuses the "
-                     f"backed-up VM's network interfaces, which must be free (that VM deleted). Otherwise create the "
-                     f"VM from these disks yourself (for example azure.azcollection.azure_rm_virtualmachine).")
+    hint = (f"Its disks were uploaded as {', '.join(d.name for d in made.values())}; the new VM reuses the "
+            f"backed-up VM's network interfaces, which must be free (that VM deleted). Otherwise create the VM from "
+            f"these disks yourself (for example azure.azcollection.azure_rm_virtualmachine).")
+    try:
+        creating = p.begin(f"create VM '{name}'", p.client.virtual_machines.begin_create_or_update, group, name, body)
+    except ProviderError as exc:
+        raise ProviderError(f"{exc} {hint}") from exc
+    p.wait([creating], deadline, hint)
     vm = p.find_vm(VmSelector(name=name))
     if not start and vm.state == "running":
         p.wait([p.begin(f"deallocate VM '{name}'", p.client.virtual_machines.begin_deallocate, group, name)], deadline)
