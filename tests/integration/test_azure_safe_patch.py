@@ -57,7 +57,7 @@ def task_results(proc: subprocess.CompletedProcess) -> dict[str, dict[str, t.Any
     found: dict[str, dict[str, t.Any]] = {}
     for result in json.loads(proc.stdout.strip().splitlines()[-1]):
         if result["_host"] == "web01" and "include_args" not in result:
-            found[result["_task"]] = result
+            found[result["_task"].split(" : ")[-1]] = result  # a role's task is "<role> : <name>"
     return found
 
 
