@@ -63,6 +63,8 @@ options:
     description:
       - Merge overlays that belong to no snapshot, and drop snapshot records whose overlays are gone from the disk.
       - Block jobs that vmsafe did not start are reported, never taken over.
+      - On Azure, remove snapshot sets that lack a disk's snapshot (partial sets) and delete the disks a revert took
+        out of the VM (kept until then as the way back; run in check mode first to see them).
     type: bool
     default: true
   timeout:
@@ -74,6 +76,8 @@ notes:
   - When neither O(max_age) nor O(keep_last) is given, no snapshot is removed; only leftovers are repaired.
   - The size of an internal libvirt snapshot is the saved RAM only (its disk clusters are shared with the image),
     so the C(bytes_reclaimed) of RV(summary) is a lower bound.
+  - On Azure the size of a set is the provisioned size of its disks (Azure does not report what an incremental
+    snapshot really stores), and a replaced disk counts with its provisioned size.
 seealso:
   - module: vmsafe.protect.vm_snapshot_info
   - module: vmsafe.protect.vm_snapshot

@@ -90,6 +90,9 @@ notes:
   - On VMware, O(target=new_vm) uploads each restored disk through the datastore HTTP interface next to the new VM's
     files and creates the VM from the stored definition (new UUID and MACs). Hyper-V restores to images only
     (O(format=vhdx) gives a VHDX to attach).
+  - On Azure, O(target=new_vm) uploads each disk as a fixed VHD to a new managed disk in the backed-up VM's region
+    and zone and creates the VM on them; it reuses the backed-up VM's network interfaces, which Azure allows only
+    once that VM is gone, and otherwise fails naming the uploaded disks. O(target=original) is not supported there.
 seealso:
   - module: vmsafe.protect.vm_backup
   - module: vmsafe.protect.backup_info

@@ -92,7 +92,7 @@ options:
     description:
       - For O(hypervisor=azure) and O(state=present), also copy each snapshot of the new set to this Azure region
         (incremental snapshot copy, C(CopyStart)) and wait until the copies are complete, within O(timeout).
-      - The copies carry the set's tags: they are listed with the set and removed with it.
+      - The copies carry the set's tags, so they are listed with the set and removed with it.
     type: str
     version_added: 0.1.0
   remove_children:

@@ -473,8 +473,8 @@ class Cloud:
                         disk = self.find(self.disks, wanted, "disk")
                         self._check_swap(vm, disk, os_type=None)
                         changes.append((f"lun{entry['lun']}", disk))
-                        new = copy.deepcopy(old) if old else {"lun": entry["lun"], "caching": "None",
-                                                               "createOption": "Attach", "managedDisk": {}}
+                        blank = {"lun": entry["lun"], "caching": "None", "createOption": "Attach", "managedDisk": {}}
+                        new = copy.deepcopy(old) if old else blank
                         new["managedDisk"]["id"] = disk["id"]
                         new["name"] = disk["name"]
                         result.append(new)

@@ -267,7 +267,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def _guest(self, path: str, query: dict[str, str], body: bytes) -> None:
         """``POST /_guest/<group>/<vm>/write?slot=os&offset=N``: the guest writes ``body`` to that disk."""
-        _, _, group, name, verb = path.split("/")
+        group, name, verb = path.split("/")[2:5]
         vm = self.cloud.vm(group, name)
         if verb != "write" or vm["_power"] != "running":
             raise ArmError(409, "Conflict", f"VM {name} is {vm['_power']}: its guest writes nothing.")
@@ -314,10 +314,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return
         if self.command in ("GET", "HEAD") and query.get("comp") == "pagelist":
             previous = self.headers.get("x-ms-previous-snapshot-url")
-            pages = {n for n in blob.pages}
+            pages = set(blob.pages)
             clear: set[int] = set()
             if previous:
-                prev_key, _ = self._resolve_sas({}, previous)
+                prev_key = self._resolve_sas({}, previous)[0]
                 snaps = cloud.snapshots
                 mine, theirs = snaps.get(key), snaps.get(prev_key)
                 if mine is None or theirs is None or (mine["properties"].get("incrementalSnapshotFamilyId")

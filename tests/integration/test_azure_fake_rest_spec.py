@@ -34,16 +34,17 @@ def _snap_body(source: str, option: str = "Copy", location: str = "westeurope") 
                                                  "creationData": {"createOption": option, "sourceResourceId": source}}}
 
 
-# (operationId, example file, method, path after the resource group, api-version, body, allowed statuses,
+# Where no example covers the exact request, the closest example of the same operation is named, with how ours
+# differs. (operationId, example file, method, path after the resource group, api-version, body, allowed statuses,
 #  headers required on a 202, body keys of the example's final answer, keys under "properties")
 CASES: list[tuple[str, str, str, str, str, t.Any, set[int], set[str], set[str], set[str]]] = [
     ("VirtualMachines_Get", "VirtualMachine_Get.json", "GET", "virtualMachines/web01?$expand=instanceView", COMPUTE_RP,
      None, {200}, set(), VM_KEYS, VM_PROPS),
-    ("VirtualMachines_List", "VirtualMachine_List_ByResourceGroup", "GET", "virtualMachines", COMPUTE_RP, None, {200},
+    ("VirtualMachines_List", "VirtualMachine_List_MaximumSet_Gen.json", "GET", "virtualMachines", COMPUTE_RP, None, {200},
      set(), {"value"}, set()),
-    ("VirtualMachines_InstanceView", "VirtualMachine_InstanceView", "GET", "virtualMachines/web01/instanceView",
+    ("VirtualMachines_InstanceView", "(no example; VirtualMachines_InstanceView in ComputeRP's swagger)", "GET", "virtualMachines/web01/instanceView",
      COMPUTE_RP, None, {200}, set(), {"statuses"}, set()),
-    ("Snapshots_CreateOrUpdate", "Snapshot_Create_ByCopyingASnapshot (from a disk)", "PUT", "snapshots/mySnapshot1",
+    ("Snapshots_CreateOrUpdate", "Snapshot_Create_FromAnExistingSnapshot.json (a disk as source)", "PUT", "snapshots/mySnapshot1",
      DISK_RP, "os-disk", {200, 202}, {"Location"}, SNAPSHOT_KEYS, {"provisioningState", "creationData"}),
     ("Snapshots_CreateOrUpdate", "Snapshot_Create_FromAnExistingSnapshotInDifferentRegion.json", "PUT",
      "snapshots/mySnapshot2", DISK_RP, "copy-start", {200, 202}, {"Location"}, SNAPSHOT_KEYS,
@@ -58,13 +59,13 @@ CASES: list[tuple[str, str, str, str, str, t.Any, set[int], set[str], set[str], 
      {200, 202}, {"Location"}, set(), set()),
     ("Disks_CreateOrUpdate", "Disk_Create_ByCopyingASnapshot.json", "PUT", "disks/myDisk", DISK_RP, "from-snapshot",
      {200, 202}, {"Location"}, SNAPSHOT_KEYS, {"provisioningState", "creationData"}),
-    ("Disks_CreateOrUpdate", "Disk_Create_WithUpload (uploadSizeBytes)", "PUT", "disks/myUpload", DISK_RP, "upload",
+    ("Disks_CreateOrUpdate", "Disk_Create_UploadDisk.json", "PUT", "disks/myUpload", DISK_RP, "upload",
      {200, 202}, {"Location"}, SNAPSHOT_KEYS, {"provisioningState", "creationData"}),
-    ("Disks_Update", "Disk_Update_AddTags (tags only)", "PATCH", "disks/myDisk", DISK_RP, {"tags": {"a": "b"}},
+    ("Disks_Update", "Disk_Update_ChangeTier.json (tags instead of the tier)", "PATCH", "disks/myDisk", DISK_RP, {"tags": {"a": "b"}},
      {200, 202}, {"Location"}, SNAPSHOT_KEYS, set()),
     ("VirtualMachines_Deallocate", "VirtualMachine_Deallocate_MaximumSet_Gen.json", "POST",
      "virtualMachines/web01/deallocate", COMPUTE_RP, None, {200, 202}, {"Location"}, set(), set()),
-    ("VirtualMachines_Update", "VirtualMachine_Update_DetachDataDiskUsingToBeDetachedProperty.json (swap by id)",
+    ("VirtualMachines_Update", "VirtualMachine_Update_DetachDataDiskUsingToBeDetachedProperty.json (OS disk by id)",
      "PATCH", "virtualMachines/web01", COMPUTE_RP, "swap-os", {200, 201}, set(), VM_KEYS, {"storageProfile"}),
     ("VirtualMachines_Start", "VirtualMachine_Start_MaximumSet_Gen.json", "POST", "virtualMachines/web01/start",
      COMPUTE_RP, None, {200, 202}, {"Location"}, set(), set()),
@@ -81,7 +82,7 @@ def _finish(session: requests.Session, answer: requests.Response) -> requests.Re
     """Follow a long-running operation to its end as ARM clients do: poll Azure-AsyncOperation, then read the
     resource again (PUT, PATCH) or the Location (POST, DELETE)."""
     status_url = answer.headers.get("Azure-AsyncOperation")
-    for _ in range(20):
+    for _poll in range(20):
         if not status_url:
             break
         status = session.get(status_url).json()
@@ -119,8 +120,8 @@ def test_every_operation_the_provider_uses_answers_as_the_specification_says(fak
         "copy-start": _snap_body(cloud.rid(GROUP, "snapshots", "mySnapshot1"), "CopyStart", "northeurope"),
         "from-snapshot": {"location": "westeurope", "properties": {"creationData": {
             "createOption": "Copy", "sourceResourceId": cloud.rid(GROUP, "snapshots", "mySnapshot1")}}},
-        "upload": {"location": "westeurope", "properties": {"creationData": {"createOption": "Upload"},
-                                                             "uploadSizeBytes": 20 * 1024 * 1024 + 512}},
+        "upload": {"location": "westeurope",
+                   "properties": {"creationData": {"createOption": "Upload"}, "uploadSizeBytes": 20 * 1024 * 1024 + 512}},
         "swap-os": {"properties": {"storageProfile": {"osDisk": {"name": "myDisk", "managedDisk": {
             "id": cloud.rid(GROUP, "disks", "myDisk")}}}}},
     }

@@ -77,9 +77,9 @@ def load_sdk() -> str | None:
     """Import azure-identity and azure-mgmt-compute; return the import traceback when missing, else None."""
     global identity, compute, exceptions  # pylint: disable=global-statement
     try:
-        import azure.core.exceptions as exceptions  # pylint: disable=redefined-outer-name,import-outside-toplevel
-        import azure.identity as identity  # pylint: disable=redefined-outer-name,import-outside-toplevel
-        import azure.mgmt.compute as compute  # pylint: disable=redefined-outer-name,import-outside-toplevel
+        from azure import identity  # pylint: disable=redefined-outer-name,import-outside-toplevel
+        from azure.core import exceptions  # pylint: disable=redefined-outer-name,import-outside-toplevel
+        from azure.mgmt import compute  # pylint: disable=redefined-outer-name,import-outside-toplevel
     except ImportError:
         return traceback.format_exc()
     return None

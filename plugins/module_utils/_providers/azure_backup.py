@@ -41,7 +41,7 @@ def _blob_sdk() -> t.Any:
     global blob  # pylint: disable=global-statement
     if blob is None:
         try:
-            import azure.storage.blob as blob  # pylint: disable=redefined-outer-name,import-outside-toplevel
+            from azure.storage import blob  # pylint: disable=redefined-outer-name,import-outside-toplevel
         except ImportError as exc:
             raise ProviderError("Backups on Azure need azure-storage-blob: pip install azure-storage-blob.") from exc
     return blob
