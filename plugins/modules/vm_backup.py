@@ -91,7 +91,8 @@ notes:
     MiB per command; the checkpoint then becomes the reference point of the next incremental. Tested against the
     project's WS-Management simulator only (see docs/hyperv.md).
   - On Azure (O(hypervisor=azure)) each backup takes an incremental snapshot set and reads it through time-limited
-    SAS URLs: the written pages for a full backup, the page-range diff to the last backup's set for an incremental.
+    SAS URLs, reading the written pages for a full backup and the page-range diff to the last backup's set for an
+    incremental.
     That set is kept as the next incremental's base (tagged C(vmsafe-purpose=backup), not listed as a snapshot); the
     previous one is deleted. Crash consistent; O(quiesce) is not supported there yet. Tested against the project's
     Azure fake only (see docs/azure.md).
