@@ -162,6 +162,15 @@ EXAMPLES = r"""
     uri: qemu+ssh://root@kvm01.example.com/system
     vm_id: 0b3aba08-caf1-45d6-a9fd-0f81ba99ba45
     state: remove_all
+
+- name: Snapshot every disk of an Azure VM as one set, with a copy in the paired region
+  vmsafe.protect.vm_snapshot:
+    hypervisor: azure
+    resource_group: rg-web  # credentials from AZURE_CLIENT_ID, AZURE_SECRET, AZURE_TENANT, AZURE_SUBSCRIPTION_ID
+    vm_name: web01
+    snapshot_name: pre-patch
+    copy_to_location: northeurope
+    timeout: 1800
 """
 
 RETURN = r"""
