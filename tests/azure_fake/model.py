@@ -7,7 +7,7 @@ as far as the collection relies on them:
 - a managed disk or snapshot's content is a page blob of 512-byte pages; an incremental snapshot is a copy of the
   disk at that moment, in the disk's incremental family (the disk's uniqueId), and page-range diffs are only
   answered between two snapshots of one family;
-- an OS disk may only be swapped while the VM is stopped or deallocated, by a disk with the same OS type, the
+- an OS disk may only be swapped while the VM is deallocated, by a disk with the same OS type, the
   same Hyper-V generation, in the VM's zone and region, that is not attached elsewhere; a disk attached to a VM
   cannot be deleted; a snapshot or disk being exported (an active SAS) cannot be deleted;
 - long-running operations answer 202 (or 200/201 for VM updates) with Azure-AsyncOperation and Location headers and
@@ -455,7 +455,7 @@ class Cloud:
             if "osDisk" in profile:
                 wanted = (profile["osDisk"].get("managedDisk") or {}).get("id")
                 if wanted and self.key(wanted) != self.key(current["osDisk"]["managedDisk"]["id"]):
-                    if vm["_power"] not in ("deallocated", "stopped"):
+                    if vm["_power"] != "deallocated":
                         raise ArmError(409, "OperationNotAllowed", "The OS disk of a VM can only be swapped while the "
                                                                    "VM is stopped (deallocated).")
                     disk = self.find(self.disks, wanted, "disk")

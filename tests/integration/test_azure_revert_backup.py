@@ -334,3 +334,14 @@ def test_restore_to_a_new_vm_uploads_new_managed_disks(ansible, fake, tmp_path):
     for slot, disk in cloud.vm_disk_ids(new).items():
         assert whole(cloud, disk) == expected[slot], slot
         assert cloud.disks[cloud.key(disk)]["properties"]["creationData"]["createOption"] == "Upload"
+
+
+def test_a_stopped_vm_is_deallocated_for_the_swap_and_left_off(fake):
+    cloud = fake.cloud
+    cloud.add_vm(GROUP, "web01", data_luns=(), power="stopped")
+    prov = provider(fake)
+    vm, snap = take(prov, "pre")
+    assert vm.state == "shutoff"
+    prov.revert_snapshot(vm, snap, 60)
+    assert cloud.vm(GROUP, "web01")["_power"] == "deallocated"
+    assert disk_id(cloud, "web01", "os").endswith(f"{snap.id}-r")

@@ -293,11 +293,17 @@ class AzureProvider(HypervisorProvider):
     def _get_vm(self, group: str, name: str) -> t.Any:
         return self.call(f"read VM '{name}'", self.client.virtual_machines.get, group, name, expand="instanceView")
 
-    def _ref(self, vm: t.Any) -> VmRef:
-        state = "unknown"
+    @staticmethod
+    def power_state(vm: t.Any) -> str:
+        """Azure's own power state of an SDK VM read with its instance view (running, stopped, deallocated...)."""
         for status in getattr(vm.instance_view, "statuses", None) or []:
             if (status.code or "").startswith("PowerState/"):
-                state = _POWER.get(status.code.split("/", 1)[1], status.code.split("/", 1)[1])
+                return status.code.split("/", 1)[1]
+        return "unknown"
+
+    def _ref(self, vm: t.Any) -> VmRef:
+        power = self.power_state(vm)
+        state = _POWER.get(power, power)
         self._vms[vm.id.lower()] = vm
         return VmRef(id=vm.id, name=vm.name, state=state, host=self.host)
 

@@ -50,7 +50,8 @@ class Revert:
     def run(self) -> None:
         p = self.p
         model = p.vm_model(self.vm, fresh=True)
-        running = p._ref(model).state == "running"  # pylint: disable=protected-access
+        power = p.power_state(model)
+        running = power in ("running", "starting")
         slots = p.vm_slots(model)
         members = {(m.tags or {}).get(az.TAG_DISK): m for m in p.set_members(self.vm).get(self.snapshot.id, [])
                    if not (m.tags or {}).get(az.TAG_COPY)}
@@ -58,7 +59,7 @@ class Revert:
                    for slot, d in slots.items()}
         self.check(model, members, current)
         disks = self.create_disks(model, members, current)
-        self.swap(model, running, slots, disks)
+        self.swap(model, running, power != "deallocated", slots, disks)
         self.keep_replaced(current, slots, members)
         if running:
             try:
@@ -167,15 +168,15 @@ class Revert:
             return f" Starting it again failed too: {exc}"
         return " It was started again."
 
-    def swap(self, model: t.Any, running: bool, slots: dict[str, t.Any], disks: dict[str, t.Any]) -> None:
+    def swap(self, model: t.Any, running: bool, allocated: bool, slots: dict[str, t.Any], disks: dict[str, t.Any]) -> None:
         p = self.p
-        if running:
+        if allocated:  # a stopped VM still holds its hardware; Azure swaps an OS disk only once it is deallocated
             try:
                 p.wait([p.begin(f"{self.verb}: deallocate VM '{self.vm.name}'", p.client.virtual_machines.begin_deallocate,
                                 self.group, self.vm.name)], self.deadline)
             except (ProviderError, OperationTimeout) as exc:
                 self.cleanup()
-                raise ProviderError(f"{exc} The VM keeps its own disks.{self._start_again()}") from exc
+                raise ProviderError(f"{exc} The VM keeps its own disks.{self._start_again() if running else ''}") from exc
         os_disk = disks["os"]
         data = []
         for slot in sorted(set(slots) | set(disks), key=lambda s: (s != "os", len(s), s)):
