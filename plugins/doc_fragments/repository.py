@@ -51,7 +51,7 @@ options:
       - Can also be set with E(VMSAFE_LOCK_TIMEOUT).
     type: int
     default: 300
-    version_added: 1.1.0
+    version_added: 0.1.0
 requirements:
   - zstandard, cryptography, and paramiko for V(sftp://), on the host that runs the module
 """

@@ -69,7 +69,7 @@ options:
       - In check mode the locks are listed in RV(locks_broken) and left in place.
     type: bool
     default: false
-    version_added: 1.1.0
+    version_added: 0.1.0
 notes:
   - A policy that keeps nothing is refused.
 seealso:

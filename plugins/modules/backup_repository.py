@@ -8,7 +8,7 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: backup_repository
 short_description: Create a vmsafe backup repository, or change its passphrase
-version_added: 1.1.0
+version_added: 0.1.0
 description:
   - Makes sure the repository exists (creates it when it does not) and opens with the passphrase.
   - With O(new_passphrase), re-wraps the repository key under the new passphrase. Only the key file changes; every

@@ -50,7 +50,7 @@ options:
       - In check mode, reports what would be dropped and changes nothing.
     type: bool
     default: false
-    version_added: 1.1.0
+    version_added: 0.1.0
 seealso:
   - module: vmsafe.protect.vm_backup
   - module: vmsafe.protect.backup_info

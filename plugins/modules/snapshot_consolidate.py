@@ -74,6 +74,8 @@ options:
     description:
       - Merge overlays that belong to no snapshot, and drop snapshot records whose overlays are gone from the disk.
       - Block jobs that vmsafe did not start are reported, never taken over.
+      - On Azure, remove snapshot sets that lack a disk's snapshot (partial sets) and delete the disks a revert took
+        out of the VM (kept until then as the way back; run in check mode first to see them).
     type: bool
     default: true
   timeout:
@@ -88,6 +90,8 @@ notes:
   - On VirtualBox, leftovers come from the media registry. C(orphaned_medium) is a differencing image in the VM's folder
     that nothing uses (deleted), C(inaccessible_medium) a missing image nothing uses (unregistered). A missing image
     the VM still uses is only reported. Verified against the project's fake VBoxManage only (see docs/virtualbox.md).
+  - On Azure the size of a set is the provisioned size of its disks (Azure does not report what an incremental
+    snapshot really stores), and a replaced disk counts with its provisioned size.
 seealso:
   - module: vmsafe.protect.vm_snapshot_info
   - module: vmsafe.protect.vm_snapshot

@@ -14,7 +14,7 @@ description:
     (deduplicated, zstd-compressed, AES-256-GCM encrypted unless the repository was made with O(encryption=none)).
   - Incrementals read only the extents that changed since the previous backup, from the hypervisor's change
     tracking (libvirt checkpoints and QEMU dirty bitmaps; Hyper-V Resilient Change Tracking since the reference
-    point the last backup left), never the whole disk.
+    point the last backup left; Azure page-range diffs between incremental snapshots), never the whole disk.
   - The VM definition is stored with the backup, so M(vmsafe.protect.vm_restore) can make a new VM from it.
   - Leaves nothing on the VM but the checkpoint the next incremental needs. A failed or interrupted backup leaves the
     VM running, the repository and every earlier backup intact, and the next run working.
@@ -102,6 +102,12 @@ notes:
     why); the repository's deduplication stores only the chunks that changed. Each disk of a temporary snapshot is
     cloned to a flat file next to the VM (free space the size of the disk is needed there), streamed in, and removed
     with the snapshot. Verified against the project's fake VBoxManage only (see docs/virtualbox.md).
+  - On Azure (O(hypervisor=azure)) each backup takes an incremental snapshot set and reads it through time-limited
+    SAS URLs, reading the written pages for a full backup and the page-range diff to the last backup's set for an
+    incremental.
+    That set is kept as the next incremental's base (tagged C(vmsafe-purpose=backup), not listed as a snapshot); the
+    previous one is deleted. Crash consistent; O(quiesce) is not supported there yet. Tested against the project's
+    Azure fake only (see docs/azure.md).
   - Run long backups with C(async) and C(poll); the result reports the bytes read and stored.
 seealso:
   - module: vmsafe.protect.vm_restore

@@ -97,6 +97,9 @@ notes:
   - On VirtualBox, O(target=new_vm) writes VMDK files into O(dest) (uploaded over SFTP next to the new VM on a remote
     host) and creates the VM with C(VBoxManage createvm), C(storagectl) and C(storageattach). O(target=original) is not
     supported there. Verified against the project's fake VBoxManage only (see docs/virtualbox.md).
+  - On Azure, O(target=new_vm) uploads each disk as a fixed VHD to a new managed disk in the backed-up VM's region
+    and zone and creates the VM on them; it reuses the backed-up VM's network interfaces, which Azure allows only
+    once that VM is gone, and otherwise fails naming the uploaded disks. O(target=original) is not supported there.
 seealso:
   - module: vmsafe.protect.vm_backup
   - module: vmsafe.protect.backup_info

@@ -93,6 +93,13 @@ options:
         but libvirt 9 cannot revert it; remove it (merging the overlay) with O(state=absent).
     type: bool
     default: false
+  copy_to_location:
+    description:
+      - For O(hypervisor=azure) and O(state=present), also copy each snapshot of the new set to this Azure region
+        (incremental snapshot copy, C(CopyStart)) and wait until the copies are complete, within O(timeout).
+      - The copies carry the set's tags, so they are listed with the set and removed with it.
+    type: str
+    version_added: 0.1.0
   remove_children:
     description:
       - With O(state=absent), remove the snapshot's descendants too. Otherwise they are kept and re-parented.
@@ -129,6 +136,11 @@ notes:
     VM always saves its RAM (taken with C(--live)), O(disk_only) is not supported and O(quiesce) is not possible
     through VBoxManage. Reverting a running VM needs O(power_off=true). Verified against the project's fake VBoxManage
     only (see docs/virtualbox.md).
+  - On Azure (O(hypervisor=azure)), a snapshot is a set of incremental managed-disk snapshots, one per disk, tagged
+    with the set's name; the id is the set's id. A revert creates new disks from the set and swaps them in (the VM is
+    deallocated for it and started again if it ran); the replaced disks are kept and reported by
+    M(vmsafe.protect.snapshot_consolidate), which removes them. Sets hold no memory (O(memory) gives a warning) and
+    are crash consistent (see docs/azure.md).
 seealso:
   - module: vmsafe.protect.vm_snapshot_info
   - module: vmsafe.protect.snapshot_consolidate
@@ -169,6 +181,15 @@ EXAMPLES = r"""
     uri: qemu+ssh://root@kvm01.example.com/system
     vm_id: 0b3aba08-caf1-45d6-a9fd-0f81ba99ba45
     state: remove_all
+
+- name: Snapshot every disk of an Azure VM as one set, with a copy in the paired region
+  vmsafe.protect.vm_snapshot:
+    hypervisor: azure
+    resource_group: rg-web  # credentials from AZURE_CLIENT_ID, AZURE_SECRET, AZURE_TENANT, AZURE_SUBSCRIPTION_ID
+    vm_name: web01
+    snapshot_name: pre-patch
+    copy_to_location: northeurope
+    timeout: 1800
 """
 
 RETURN = r"""
@@ -373,6 +394,7 @@ def main() -> None:
         disk_only={"type": "bool", "default": False},
         remove_children={"type": "bool", "default": False},
         power_off={"type": "bool", "default": False, "fallback": (env_fallback, ["VMSAFE_POWER_OFF"])},
+        copy_to_location={"type": "str"},
         timeout={"type": "int", "default": 600},
     ).update(
         mutually_exclusive=[["snapshot_name", "snapshot_id"], ["memory", "disk_only"]],
