@@ -146,7 +146,10 @@ if want pytest; then
   "$ROOT/scripts/peers-venv.sh" >/dev/null
   export VMSAFE_REQUIRE_PEERS=1
   set +e
-  "$PY" -m pytest -q -p no:cacheprovider --durations=25 "${PYTEST_ARGS[@]}"
+  # Both cores: every test makes its own VMs, repositories and ports; a file's tests stay on one worker, so a
+  # session fixture (the booted guest, vcsim) starts once per file's worker. VMSAFE_PYTEST_WORKERS=0 runs serially.
+  "$PY" -m pytest -q -p no:cacheprovider --durations=25 -n "${VMSAFE_PYTEST_WORKERS:-2}" --dist loadfile \
+    "${PYTEST_ARGS[@]}"
   rc=$?
   set -e
   # pytest's 5 means no test ran: that is a failure of this script, never a pass.
