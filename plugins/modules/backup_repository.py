@@ -47,7 +47,7 @@ options:
   new_passphrase:
     description:
       - The passphrase the repository key is to be wrapped with from now on. O(passphrase) must be the current one.
-      - Update the vault variable the other jobs use in the same change: they fail with "Wrong passphrase" until then.
+      - Update the vault variable the other jobs use in the same change; they fail with "Wrong passphrase" until then.
     type: str
 notes:
   - The passphrases are never logged or returned.
