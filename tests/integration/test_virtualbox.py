@@ -41,7 +41,8 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[vboxlab.SSHServ
 
 
 # Every test runs locally and over SSH; the SSH runs of the snapshot-tree tests (same provider code, only the
-# transport differs, and the revert and backup tests cover that transport by default) come with --long.
+# transport differs, and the revert test covers that transport by default) come with --long, and so does the SSH
+# run of the backup test (the longest of the file).
 SSH_LONG = pytest.param("ssh", marks=pytest.mark.skipif(not LONG, reason="over SSH too: set VMSAFE_LONG_TESTS=1"))
 
 
@@ -155,6 +156,7 @@ def test_policy_removes_the_exact_set_and_a_deep_chain_and_an_orphan_are_reporte
     assert lab.content(vm) == content
 
 
+@pytest.mark.parametrize("vbox", ["local", SSH_LONG], indirect=True)
 def test_backup_then_restore_is_bit_identical_and_dedup_stores_only_changes(vbox, tmp_path):
     lab, conn = vbox
     vm = name("backup")
