@@ -15,7 +15,8 @@ description:
   - V(image) writes sparse image files (V(raw), V(qcow2), V(vmdk) or V(vhdx)) into O(dest). It needs no hypervisor
     library (libvirt-python, pyVmomi, pywinrm), only C(qemu-img) and C(qemu-nbd) for formats other than V(raw)
     and for checking files made by an earlier run.
-  - V(new_vm) writes qcow2 disks into O(dest) and defines a new VM from the stored definition, with a new name,
+  - V(new_vm) writes qcow2 disks into O(dest) and defines a new VM from the stored definition (refused for an
+    unencrypted repository, whose definitions are not authenticated), with a new name,
     UUID and MAC addresses, optionally started.
   - V(original) replaces the disks of the original VM, which must be shut off; it needs O(force=true).
   - Never overwrites a file it was not told to; a failed restore leaves no partial file under a final name.
@@ -238,6 +239,13 @@ class RestoreTask(ProviderTask):
                 raise InvalidArgument(f"dest must be an existing directory for target: {target}, got {p['dest']!r}.")
             if target == "new_vm" and not p["new_vm_name"]:
                 raise InvalidArgument("target: new_vm needs new_vm_name, the name of the VM to create.")
+            if target == "new_vm" and self.repo.encryption == "none":
+                # the stored definition becomes a VM on this host: in an unencrypted repository nothing authenticates
+                # it, so whoever can write the repository could plant devices, emulator paths or QEMU arguments
+                raise InvalidArgument(
+                    f"Backup {self.record.id} is in an unencrypted repository, whose VM definitions are not "
+                    "authenticated: target: new_vm would define whatever the repository holds. Restore to image "
+                    "files (target: image) and define the VM yourself, or keep backups in an encrypted repository.")
             # names from a manifest (and new_vm_name) are made safe path components: never a separator or '..'
             stem = path_component(p["new_vm_name"] if target == "new_vm" else self.record.vm_name)
             paths = {n: os.path.join(p["dest"], f"{stem}-{path_component(n)}-{self.record.id}.{EXTENSIONS[fmt]}")

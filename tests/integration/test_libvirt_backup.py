@@ -365,3 +365,34 @@ def test_backup_runs_under_async_and_reports_bytes(lab, repo, tmp_path):
     backup = results[0]
     assert backup["_status"] == "ok" and backup["finished"] == 1, backup
     assert backup["mode"] == "full" and backup["bytes_read"] >= 2 * MiB and backup["backup_id"]
+
+
+def test_new_vm_from_a_subset_of_disks_never_shares_the_originals_images(lab, ansible, repo, tmp_path):
+    """Reproduced: target: new_vm with a subset of disks left the other disks pointing at the original's images."""
+    vm = lab.vm()
+    second = str(tmp_path / f"{vm}-vdb.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", second, "16M"], check=True)
+    lab.virsh("destroy", vm)  # this machine type has no hotplug: add the disk to the definition, then start
+    lab.virsh("attach-disk", vm, second, "vdb", "--driver", "qemu", "--subdriver", "qcow2", "--targetbus", "virtio",
+              "--config")
+    lab.virsh("start", vm)
+    ansible("vm_backup", dict(repo, vm_name=vm, init=True))
+    new_name = vm + "-one"
+    lab.names.append(new_name)
+    made = ansible("vm_restore", dict(repo, vm_name=vm, target="new_vm", new_vm_name=new_name, dest=str(tmp_path),
+                                      disks=["vda"]))
+    assert made["_status"] == "ok", made
+    xml = lab.virsh("dumpxml", new_name)
+    assert second not in xml and "vdb" not in xml
+    assert any("vdb" in w and "not restored" in w for w in made.get("warnings", []))
+
+
+def test_new_vm_from_an_unencrypted_repository_is_refused(lab, ansible, tmp_path):
+    """Reproduced: with encryption none a forged manifest's domain XML was defined by target: new_vm."""
+    vm = lab.vm()
+    plain = {"repository": str(tmp_path / "plain")}
+    backup = ansible("vm_backup", dict(plain, vm_name=vm, init=True, encryption="none"))
+    assert backup["_status"] == "ok", backup
+    refused = ansible("vm_restore", dict(plain, vm_name=vm, target="new_vm", new_vm_name=vm + "-x", dest=str(tmp_path)))
+    assert refused["_status"] == "failed" and "not authenticated" in refused["msg"] and "target: image" in refused["msg"]
+    assert vm + "-x" not in lab.virsh("list", "--all", "--name").split()

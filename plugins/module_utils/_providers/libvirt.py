@@ -783,9 +783,16 @@ class LibvirtProvider(HypervisorProvider):
         for iface in root.findall("./devices/interface"):
             for mac in iface.findall("mac"):
                 iface.remove(mac)  # libvirt generates a new MAC, so the copy never clashes with the original
+        devices = root.find("devices")
         for node in root.findall("./devices/disk"):
             target = node.find("target")
             if target is None or target.get("dev") not in disk_files:
+                if node.get("device", "disk") == "disk" and node.find("source") is not None and devices is not None:
+                    # a disk that was not restored must not stay in the copy: it would point at the original VM's
+                    # image, and two VMs would write one disk
+                    devices.remove(node)
+                    self.warn(f"Disk {target.get('dev') if target is not None else '?'} of the backed-up VM was not "
+                              f"restored (not in disks), so the new VM '{name}' does not have it.")
                 continue
             path, fmt = disk_files[target.get("dev")]
             source = node.find("source")
