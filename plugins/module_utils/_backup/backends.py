@@ -60,8 +60,12 @@ class ObjectWriter(abc.ABC):
         """Append data. Raises BackendError."""
 
     @abc.abstractmethod
-    def commit(self) -> None:
-        """Flush to stable storage and publish under the final name. Raises BackendError."""
+    def commit(self, exclusive: bool = False) -> None:
+        """Flush to stable storage and publish under the final name. Raises BackendError.
+
+        With ``exclusive``, publish only when no object of that name exists: FileExistsError otherwise, and the
+        existing object is left as it was.
+        """
 
     @abc.abstractmethod
     def abort(self) -> None:
@@ -86,23 +90,23 @@ class Backend(abc.ABC):
     def open_writer(self, name: str) -> ObjectWriter:
         """Start a streamed atomic write of ``name``."""
 
-    def write_atomic(self, name: str, data: bytes) -> None:
-        """Write a whole object atomically and durably."""
+    def write_atomic(self, name: str, data: bytes, exclusive: bool = False) -> None:
+        """Write a whole object atomically and durably (with ``exclusive``, see create_exclusive)."""
         writer = self.open_writer(name)
         try:
             writer.write(data)
-            writer.commit()
+            writer.commit(exclusive=exclusive)
         except BaseException:
             writer.abort()
             raise
 
-    @abc.abstractmethod
     def create_exclusive(self, name: str, data: bytes) -> None:
         """Write a whole object durably under ``name`` only if no object of that name exists.
 
         Raises FileExistsError when it exists (the existing object is never replaced), BackendError on I/O errors.
         This is what makes ``init`` and key changes safe against a second writer: a replacing rename is not.
         """
+        self.write_atomic(name, data, exclusive=True)
 
     @abc.abstractmethod
     def mtime(self, name: str) -> float:
@@ -274,15 +278,6 @@ class LocalBackend(Backend):
 
     def open_writer(self, name: str) -> ObjectWriter:
         return _LocalWriter(self, name)
-
-    def create_exclusive(self, name: str, data: bytes) -> None:
-        writer = _LocalWriter(self, name)
-        try:
-            writer.write(data)
-            writer.commit(exclusive=True)
-        except BaseException:
-            writer.abort()
-            raise
 
     def mtime(self, name: str) -> float:
         return os.stat(self._path(name)).st_mtime
@@ -603,15 +598,6 @@ class SFTPBackend(Backend):
 
     def open_writer(self, name: str) -> ObjectWriter:
         return _SFTPWriter(self, name)
-
-    def create_exclusive(self, name: str, data: bytes) -> None:
-        writer = _SFTPWriter(self, name)
-        try:
-            writer.write(data)
-            writer.commit(exclusive=True)
-        except BaseException:
-            writer.abort()
-            raise
 
     def mtime(self, name: str) -> float:
         with self.lock:
