@@ -31,6 +31,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 #             | ("hash", {key: (node, type)}) | ("ref", inner type) | None (unknown)
 Type = t.Optional[tuple]
 
+# PowerShell type accelerators -> the MOF type a value cast to them arrives as.
+CAST_TO_MOF = {"byte": "uint8", "sbyte": "sint8", "uint16": "uint16", "int16": "sint16", "uint32": "uint32",
+               "int": "sint32", "int32": "sint32", "uint64": "uint64", "long": "sint64", "int64": "sint64",
+               "string": "string", "bool": "boolean", "datetime": "datetime"}
 # Cmdlets that pass their input objects through unchanged (a filter or a sort).
 PASS_THROUGH = {"Where-Object", "Sort-Object", "Select-Object"}
 # Cmdlets whose script-block arguments see the incoming pipeline object as $_.
@@ -567,9 +571,12 @@ class Checker:
             prop = values.get("Property")
             if cls and prop and prop[0] == "hash":
                 for key, (label, value_node, _vtype) in prop[1].items():
-                    if self.cim_property(cls, key) is None:
+                    declared = self.cim_property(cls, key)
+                    if declared is None:
                         self.report("unknown-property", value_node, f"New-CimInstance -Property: '{label}' is not a "
                                     f"property of CIM class {cls}")
+                    else:
+                        self.cast_fits(value_node, declared["type"], f"{cls}.{label}")
             return ("cim", cls) if cls else None
         if name == "Invoke-CimMethod":
             return self.invoke_cim(given, values, node)
@@ -664,6 +671,20 @@ class Checker:
                 self.report("cim-ref-argument", node, f"{where} wants a {param['type']} reference, not {vtype[0]}")
         elif vtype and vtype[0] in ("cim", "ref"):
             self.report("cim-argument", node, f"{where} is a {param['type']} value, not a CIM reference")
+        else:
+            self.cast_fits(node, param["type"] + ("[]" if param["array"] else ""), where)
+
+    def cast_fits(self, node: t.Any, mof_type: str, where: str) -> None:
+        """A value cast to a .NET type must arrive as the MOF type the reference declares."""
+        while node is not None and node.type != "cast_expression" and len(self.named(node)) == 1:
+            node = self.named(node)[0]
+        if node is None or node.type != "cast_expression":
+            return
+        cast = self.text(self.named(node)[0]).strip("[]").lower()
+        want = mof_type.lower()
+        if cast in CAST_TO_MOF and not want.endswith("[]") and CAST_TO_MOF[cast] != want:
+            self.report("cim-argument", node, f"{where} is {mof_type}; the script casts it to [{cast}] "
+                        f"({CAST_TO_MOF[cast]})")
 
 
 def check_script(text: str) -> list[Finding]:
