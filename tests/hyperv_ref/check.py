@@ -57,7 +57,7 @@ class Finding:
 
 KINDS = ("unknown-command", "unknown-parameter", "ambiguous-parameter", "parameter-set", "missing-mandatory",
          "positional", "accepted-value", "unknown-property", "unknown-cim-class", "unknown-cim-method",
-         "cim-argument", "cim-ref-argument", "cim-namespace")
+         "cim-argument", "cim-ref-argument", "cim-namespace", "property-value")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +252,8 @@ class Checker:
             return self.command(node, env, None, True)
         if kind == "member_access":
             return self.member(node, env)
+        if kind == "comparison_expression":
+            return self.comparison(node, env)
         if kind == "cast_expression":
             children = self.named(node)
             inner = self.expr(children[-1], env)
@@ -285,6 +287,36 @@ class Checker:
             return self.expr(children[0], env)
         for child in children:  # operators, conditions, loops: visit for their findings; no traceable type
             self.expr(child, env)
+        return None
+
+    def comparison(self, node: t.Any, env: dict[str, Type]) -> Type:
+        """``$x.Prop -eq <literal>``: the literal must be one of the values the reference lists for Prop."""
+        children = self.named(node)
+        if len(children) == 1:  # the grammar wraps every expression in a one-child comparison_expression
+            return self.expr(children[0], env)
+        for child in children:
+            self.expr(child, env)
+        if len(children) != 3 or self.text(children[1]).lower() not in ("-eq", "-ne", "-ieq", "-ine", "-ceq", "-cne"):
+            return None
+        left = children[0]
+        while left.type != "member_access" and len(self.named(left)) == 1:
+            left = self.named(left)[0]
+        if left.type != "member_access":
+            return None
+        base = self.expr(self.named(left)[0], env)
+        if not base or base[0] != "cim":
+            return None
+        name = self.text(self.named(left)[-1])
+        values = (self.cim_property(base[1], name) or {}).get("values")
+        right = children[2]
+        while len(self.named(right)) == 1 and right.type not in ("string_literal", "integer_literal"):
+            right = self.named(right)[0]
+        if not values or right.type not in ("string_literal", "integer_literal"):
+            return None
+        literal: str | int = self.text(right)[1:-1] if right.type == "string_literal" else int(self.text(right))
+        if not any(str(v).lower() == str(literal).lower() for v in values):
+            self.report("property-value", right, f"{base[1]}.{name} is compared with {literal!r}, which is not one "
+                        f"of its documented values ({', '.join(str(v) for v in values)})")
         return None
 
     def assignment(self, node: t.Any, env: dict[str, Type]) -> Type:

@@ -92,6 +92,10 @@ def test_every_shipped_script_agrees_with_the_reference(name):
                  "cim-ref-argument", id="ref-argument-of-wrong-class"),
     pytest.param("backup_begin", "$ns = 'root\\virtualization\\v2'", "$ns = 'root\\virtualization'", "cim-namespace",
                  id="wrong-cim-namespace"),
+    pytest.param("backup_begin", "'Microsoft:Hyper-V:Snapshot:Recovery'", "'Microsoft:Hyper-V:Snapshot:Recover'",
+                 "property-value", id="undocumented-property-value"),
+    pytest.param("backup_begin", "$_.ResourceType -eq 31", "$_.ResourceType -eq 131", "property-value",
+                 id="undocumented-resource-type"),
     pytest.param("backup_changes", "$result.ProcessedByteLength", "$result.ProcessedBytes", "unknown-property",
                  id="unknown-cim-out-parameter"),
     pytest.param("backup_begin", "$job.JobState", "$job.State", "unknown-property", id="unknown-cim-property"),
@@ -104,7 +108,7 @@ def test_each_kind_of_drift_is_caught(name, old, new, kind):
 def test_every_finding_kind_has_a_broken_copy():
     covered = {"unknown-parameter", "unknown-property", "parameter-set", "ambiguous-parameter", "missing-mandatory",
                "accepted-value", "unknown-command", "unknown-cim-class", "unknown-cim-method", "cim-argument",
-               "cim-ref-argument", "cim-namespace"}
+               "cim-ref-argument", "cim-namespace", "property-value"}
     assert set(KINDS) - covered == {"positional"}
 
 
