@@ -183,6 +183,9 @@ def parse_class(text: str) -> dict[str, t.Any]:
     declaration = rf"^\s*({_MOF_TYPE})\s+(REF\s+)?(\w+)(\[\])?\s*(?:=[^;]*)?;"
     for ptype, pref, pname, parray in re.findall(declaration, block, re.M):
         properties[pname] = {"type": ptype + (" REF" if pref else "") + ("[]" if parray else "")}
+        values = documented_values(text, pname)
+        if values:
+            properties[pname]["values"] = values
     listing = re.search(r"^### Methods$(.*?)^###? ", text, re.S | re.M)
     listing_text = listing.group(1) if listing else ""
     links = re.findall(r"\[\*\*(\w+)\*\*\]\(([\w-]+\.md)\)", listing_text)
@@ -190,6 +193,22 @@ def parse_class(text: str) -> dict[str, t.Any]:
     namespace = re.search(r"^\|\s*Namespace(?:<br/>)?\s*\|\s*([^|<]+?)\s*(?:<br/>)?\s*\|", text, re.M)
     return {"name": head.group(1), "base": head.group(2), "properties": properties, "method_pages": dict(links),
             "namespace": namespace.group(1).replace("\\\\", "\\") if namespace else None}
+
+
+def documented_values(text: str, name: str) -> list[str | int] | None:
+    """The values a property's section lists (quoted strings, or 'Name (N)' numbers), when the list is closed.
+
+    None when the section lists none, or allows a range (``(32768..65535)``, ``(..)``): then any value may occur.
+    """
+    section = re.search(rf"^\*\*{name}\*\*\s*$(.*?)(?=^\*\*\w+\*\*\s*$|^## )", text, re.S | re.M)
+    if not section:
+        return None
+    body = "\n".join(line for line in section.group(1).splitlines() if "Qualifiers" not in line)
+    if re.search(r"\(\s*\d*\s*\.\.\s*\d*\s*\)", body):
+        return None
+    strings = re.findall(r"<dt>\s*\"([^\"]+)\"\s*</dt>", body)
+    numbers = [int(n) for n in re.findall(r"\*\*[^*\n]+\*\*\s*\((\d+)\)", body)]
+    return strings or numbers or None
 
 
 def parse_method(text: str) -> list[dict[str, t.Any]]:

@@ -31,6 +31,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 #             | ("hash", {key: (node, type)}) | ("ref", inner type) | None (unknown)
 Type = t.Optional[tuple]
 
+# PowerShell type accelerators -> the MOF type a value cast to them arrives as.
+CAST_TO_MOF = {"byte": "uint8", "sbyte": "sint8", "uint16": "uint16", "int16": "sint16", "uint32": "uint32",
+               "int": "sint32", "int32": "sint32", "uint64": "uint64", "long": "sint64", "int64": "sint64",
+               "string": "string", "bool": "boolean", "datetime": "datetime"}
 # Cmdlets that pass their input objects through unchanged (a filter or a sort).
 PASS_THROUGH = {"Where-Object", "Sort-Object", "Select-Object"}
 # Cmdlets whose script-block arguments see the incoming pipeline object as $_.
@@ -53,7 +57,7 @@ class Finding:
 
 KINDS = ("unknown-command", "unknown-parameter", "ambiguous-parameter", "parameter-set", "missing-mandatory",
          "positional", "accepted-value", "unknown-property", "unknown-cim-class", "unknown-cim-method",
-         "cim-argument", "cim-ref-argument", "cim-namespace")
+         "cim-argument", "cim-ref-argument", "cim-namespace", "property-value")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,6 +252,8 @@ class Checker:
             return self.command(node, env, None, True)
         if kind == "member_access":
             return self.member(node, env)
+        if kind == "comparison_expression":
+            return self.comparison(node, env)
         if kind == "cast_expression":
             children = self.named(node)
             inner = self.expr(children[-1], env)
@@ -281,6 +287,36 @@ class Checker:
             return self.expr(children[0], env)
         for child in children:  # operators, conditions, loops: visit for their findings; no traceable type
             self.expr(child, env)
+        return None
+
+    def comparison(self, node: t.Any, env: dict[str, Type]) -> Type:
+        """``$x.Prop -eq <literal>``: the literal must be one of the values the reference lists for Prop."""
+        children = self.named(node)
+        if len(children) == 1:  # the grammar wraps every expression in a one-child comparison_expression
+            return self.expr(children[0], env)
+        for child in children:
+            self.expr(child, env)
+        if len(children) != 3 or self.text(children[1]).lower() not in ("-eq", "-ne", "-ieq", "-ine", "-ceq", "-cne"):
+            return None
+        left = children[0]
+        while left.type != "member_access" and len(self.named(left)) == 1:
+            left = self.named(left)[0]
+        if left.type != "member_access":
+            return None
+        base = self.expr(self.named(left)[0], env)
+        if not base or base[0] != "cim":
+            return None
+        name = self.text(self.named(left)[-1])
+        values = (self.cim_property(base[1], name) or {}).get("values")
+        right = children[2]
+        while len(self.named(right)) == 1 and right.type not in ("string_literal", "integer_literal"):
+            right = self.named(right)[0]
+        if not values or right.type not in ("string_literal", "integer_literal"):
+            return None
+        literal: str | int = self.text(right)[1:-1] if right.type == "string_literal" else int(self.text(right))
+        if not any(str(v).lower() == str(literal).lower() for v in values):
+            self.report("property-value", right, f"{base[1]}.{name} is compared with {literal!r}, which is not one "
+                        f"of its documented values ({', '.join(str(v) for v in values)})")
         return None
 
     def assignment(self, node: t.Any, env: dict[str, Type]) -> Type:
@@ -567,9 +603,12 @@ class Checker:
             prop = values.get("Property")
             if cls and prop and prop[0] == "hash":
                 for key, (label, value_node, _vtype) in prop[1].items():
-                    if self.cim_property(cls, key) is None:
+                    declared = self.cim_property(cls, key)
+                    if declared is None:
                         self.report("unknown-property", value_node, f"New-CimInstance -Property: '{label}' is not a "
                                     f"property of CIM class {cls}")
+                    else:
+                        self.cast_fits(value_node, declared["type"], f"{cls}.{label}")
             return ("cim", cls) if cls else None
         if name == "Invoke-CimMethod":
             return self.invoke_cim(given, values, node)
@@ -664,6 +703,20 @@ class Checker:
                 self.report("cim-ref-argument", node, f"{where} wants a {param['type']} reference, not {vtype[0]}")
         elif vtype and vtype[0] in ("cim", "ref"):
             self.report("cim-argument", node, f"{where} is a {param['type']} value, not a CIM reference")
+        else:
+            self.cast_fits(node, param["type"] + ("[]" if param["array"] else ""), where)
+
+    def cast_fits(self, node: t.Any, mof_type: str, where: str) -> None:
+        """A value cast to a .NET type must arrive as the MOF type the reference declares."""
+        while node is not None and node.type != "cast_expression" and len(self.named(node)) == 1:
+            node = self.named(node)[0]
+        if node is None or node.type != "cast_expression":
+            return
+        cast = self.text(self.named(node)[0]).strip("[]").lower()
+        want = mof_type.lower()
+        if cast in CAST_TO_MOF and not want.endswith("[]") and CAST_TO_MOF[cast] != want:
+            self.report("cim-argument", node, f"{where} is {mof_type}; the script casts it to [{cast}] "
+                        f"({CAST_TO_MOF[cast]})")
 
 
 def check_script(text: str) -> list[Finding]:

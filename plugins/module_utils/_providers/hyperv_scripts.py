@@ -187,8 +187,9 @@ LIST_REFERENCE_POINTS = BACKUP_HELPERS + """    $disks = @(Get-VMHardDiskDrive -
 # ConsistencyLevel 1 = application consistent (VSS / fsfreeze through the integration services), 2 = crash consistent.
 # REF parameters of a CIM method get the CimInstance itself: with -InputObject, Invoke-CimMethod converts each argument
 # to the type the method declares, and a PowerShell [ref] is not a CimInstance. The snapshot's settings
-# (Msvm_VirtualSystemSettingData) have no ConsistencyLevel, so the level reported is the one CreateSnapshot completed
-# with (a level it cannot give fails the call; see backup_begin in hyperv.py).
+# (Msvm_VirtualSystemSettingData) have no ConsistencyLevel, so the level reported is the one CreateSnapshot was asked
+# for and completed with. Whether a host can complete level 1 at level 2 without failing is not documented; the
+# reference point made from the checkpoint (Msvm_VirtualSystemReferencePoint.ConsistencyLevel) would show it.
 BACKUP_BEGIN = BACKUP_HELPERS + """    $settings = Get-CimClass -Namespace $ns -ClassName Msvm_VirtualSystemSnapshotSettingData |
         New-CimInstance -ClientOnly -Property @{
             ConsistencyLevel = [byte]$payload.consistency_level

@@ -82,12 +82,20 @@ def test_every_shipped_script_agrees_with_the_reference(name):
                  "unknown-cim-method", id="unknown-cim-method"),
     pytest.param("backup_changes", "ByteLength = [uint64]", "Length = [uint64]", "cim-argument",
                  id="unknown-cim-argument"),
+    pytest.param("backup_begin", "SnapshotType = [uint16]32768", "SnapshotType = [uint32]32768", "cim-argument",
+                 id="cim-argument-of-wrong-width"),
+    pytest.param("backup_begin", "ConsistencyLevel = [byte]", "ConsistencyLevel = [string]", "cim-argument",
+                 id="cim-property-of-wrong-type"),
     pytest.param("backup_convert", "AffectedSnapshot = $snap", "AffectedSnapshot = [ref]$snap", "cim-ref-argument",
                  id="ref-argument-as-psreference"),
     pytest.param("backup_drop", "AffectedReferencePoint = $item", "AffectedReferencePoint = $vmCim",
                  "cim-ref-argument", id="ref-argument-of-wrong-class"),
     pytest.param("backup_begin", "$ns = 'root\\virtualization\\v2'", "$ns = 'root\\virtualization'", "cim-namespace",
                  id="wrong-cim-namespace"),
+    pytest.param("backup_begin", "'Microsoft:Hyper-V:Snapshot:Recovery'", "'Microsoft:Hyper-V:Snapshot:Recover'",
+                 "property-value", id="undocumented-property-value"),
+    pytest.param("backup_begin", "$_.ResourceType -eq 31", "$_.ResourceType -eq 131", "property-value",
+                 id="undocumented-resource-type"),
     pytest.param("backup_changes", "$result.ProcessedByteLength", "$result.ProcessedBytes", "unknown-property",
                  id="unknown-cim-out-parameter"),
     pytest.param("backup_begin", "$job.JobState", "$job.State", "unknown-property", id="unknown-cim-property"),
@@ -100,7 +108,7 @@ def test_each_kind_of_drift_is_caught(name, old, new, kind):
 def test_every_finding_kind_has_a_broken_copy():
     covered = {"unknown-parameter", "unknown-property", "parameter-set", "ambiguous-parameter", "missing-mandatory",
                "accepted-value", "unknown-command", "unknown-cim-class", "unknown-cim-method", "cim-argument",
-               "cim-ref-argument", "cim-namespace"}
+               "cim-ref-argument", "cim-namespace", "property-value"}
     assert set(KINDS) - covered == {"positional"}
 
 
