@@ -252,7 +252,15 @@ class LibvirtProvider(HypervisorProvider):
         return self._ref(dom)
 
     def list_vms(self) -> list[VmRef]:
-        return sorted((self._ref(d) for d in self.conn.listAllDomains()), key=lambda v: v.name)
+        refs = []
+        for dom in self.conn.listAllDomains():
+            try:
+                refs.append(self._ref(dom))
+            except libvirt.libvirtError as exc:
+                if _err_code(exc) != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                # undefined between the listing and this look: a VM that is gone is not part of the fleet
+        return sorted(refs, key=lambda v: v.name)
 
     # -- disks ------------------------------------------------------------------------------------
 
