@@ -88,7 +88,7 @@ class VirtualboxProvider(HypervisorProvider):
                 params.get("ssh_key_file"), params.get("ssh_known_hosts"), bool(params.get("validate_certs", True)),
                 self.timeout)
         else:
-            self.remote = cli.LocalHost()
+            self.remote = cli.LocalHost(lambda: self.run_command)
         self._media: list[dict[str, str]] | None = None
         self._info: dict[str, dict[str, str]] = {}  # showvminfo per VM, until the next command that changes anything
 

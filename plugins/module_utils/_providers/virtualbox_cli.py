@@ -13,7 +13,6 @@ import dataclasses
 import os
 import shlex
 import socket
-import subprocess
 import typing as t
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._errors import ConnectionFailed, OperationTimeout
@@ -47,20 +46,29 @@ class Host(t.Protocol):
 
 
 class LocalHost:
-    """VBoxManage on the machine that runs the module."""
+    """VBoxManage on the machine that runs the module, through the module's run_command (argv lists, no shell)."""
 
     label = "localhost"
 
+    def __init__(self, run_command: t.Callable[[], t.Any]) -> None:
+        # a getter: the runner hands the provider its run_command after the provider was made
+        self._run_command = run_command
+
     def run(self, argv: list[str], timeout: float) -> Result:
-        env = dict(os.environ, LC_ALL="C")  # VBoxManage translates its messages; ours parse the English ones
-        try:
-            proc = subprocess.run(argv, capture_output=True, timeout=timeout, env=env, check=False)
-        except subprocess.TimeoutExpired as exc:
-            raise OperationTimeout(f"no answer after {timeout:g} s") from exc
-        except FileNotFoundError as exc:
+        run_command = self._run_command()
+        if run_command is None:
+            raise ConnectionFailed("Internal error: this provider was made without the module's run_command.")
+        # coreutils timeout bounds the call (run_command has no timeout); VBoxManage translates its messages and
+        # ours parse the English ones
+        limit = ["timeout", "-k", "10", f"{max(1.0, timeout):g}"]
+        rc, out, err = run_command(limit + argv, check_rc=False, environ_update={"LC_ALL": "C"},
+                                   expand_user_and_vars=False)
+        if rc == 124:
+            raise OperationTimeout(f"no answer after {timeout:g} s")
+        if rc == 127:
             raise ConnectionFailed(f"{argv[0]} was not found on localhost: install VirtualBox there, or set the "
-                                   f"vboxmanage option to the full path of VBoxManage.") from exc
-        return Result(proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace"))
+                                   f"vboxmanage option to the full path of VBoxManage.")
+        return Result(rc, out, err)
 
     def read(self, path: str) -> bytes:
         with open(path, "rb") as fh:
