@@ -428,7 +428,8 @@ class AzureProvider(HypervisorProvider):
                                        "creationData": {"createOption": "Copy", "sourceResourceId": disk.managed_disk.id}}}
                 pollers.append(self.begin(f"{verb}: snapshot disk {slot} ({disk.name}) of VM '{vm.name}'",
                                           self.client.snapshots.begin_create_or_update, group, names[slot], body))
-            return self.wait(pollers, deadline)
+            return self.wait(pollers, deadline, f"The snapshots carry the tag {TAG_SET_ID}={set_id}: what appears "
+                                                f"later shows as a partial set, which snapshot_consolidate removes.")
         except (ProviderError, OperationTimeout):
             if len(pollers) < len(names):  # a request was refused: let those already started finish first
                 try:
