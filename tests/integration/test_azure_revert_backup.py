@@ -394,3 +394,20 @@ def test_restore_point_without_a_frozen_guest_follows_quiesce_fallback(fake, fal
         made = prov.create_snapshot(vm, spec, 60)
         assert made.consistency == "crash_consistent" and any("crash-consistent set" in w for w in made.warnings)
         assert [s.quiesced for s in provider(fake).list_snapshots(vm)] == [False]
+
+
+def test_an_aborted_read_stops_and_the_failed_run_removes_its_set(fake):
+    cloud = fake.cloud
+    cloud.add_vm(GROUP, "web01", data_luns=())
+    cloud.write(disk_id(cloud, "web01", "os"), 0, random.Random(5).randbytes(32 * MiB))
+    prov = provider(fake)
+    session = prov.backup_begin(prov.find_vm(VmSelector(name="web01")), None, False, "fail")
+    reader = session.disks[0].extents()
+    first = next(reader)
+    assert first[0] == 0 and len(first[2]) == 4 * MiB
+    session.abort()  # what vm_backup's timeout watchdog does
+    with pytest.raises(ProviderError, match="was aborted"):
+        list(reader)
+    assert cloud.bytes_served < 32 * MiB
+    session.close(False)
+    assert cloud.snapshots == {} and cloud.sas == {}
