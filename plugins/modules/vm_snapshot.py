@@ -140,7 +140,8 @@ notes:
     with the set's name; the id is the set's id. A revert creates new disks from the set and swaps them in (the VM is
     deallocated for it and started again if it ran); the replaced disks are kept and reported by
     M(vmsafe.protect.snapshot_consolidate), which removes them. Sets hold no memory (O(memory) gives a warning) and
-    are crash consistent (see docs/azure.md).
+    are crash consistent; with O(quiesce) on a running VM the set is an Azure restore point, application consistent
+    when the VM agent can freeze the guest (see docs/azure.md).
 seealso:
   - module: vmsafe.protect.vm_snapshot_info
   - module: vmsafe.protect.snapshot_consolidate

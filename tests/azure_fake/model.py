@@ -107,6 +107,9 @@ class Cloud:
         self.vms: dict[str, dict[str, t.Any]] = {}  # lower-case ARM id -> resource (with private "_power")
         self.disks: dict[str, dict[str, t.Any]] = {}
         self.snapshots: dict[str, dict[str, t.Any]] = {}
+        self.collections: dict[str, dict[str, t.Any]] = {}  # restorePointCollections, restore points inside
+        self.disk_points: dict[str, dict[str, t.Any]] = {}  # diskRestorePoints, by lower-case id
+        self.app_consistent = True  # whether the VM agent can freeze the guest for a restore point
         self.blobs: dict[str, Blob] = {}  # lower-case ARM id -> pages
         self.sas: dict[str, tuple[str, str]] = {}  # signature -> (lower-case ARM id, access)
         self.ops: dict[str, Op] = {}
@@ -333,9 +336,14 @@ class Cloud:
         new: dict[str, t.Any] = {"provisioningState": "Updating", "uniqueId": str(uuid.uuid4()), "timeCreated": now_iso(),
                                  "creationData": dict(data), "hyperVGeneration": props.get("hyperVGeneration") or "V2"}
         pages: dict[int, tuple[int, bytes]] = {}
-        if option == "Copy":
+        if option in ("Copy", "Restore"):
             source_id = data.get("sourceResourceId") or ""
-            source = self.find(self.snapshots if "/snapshots/" in source_id.lower() else self.disks, source_id, "source")
+            is_point = "/diskrestorepoints/" in source_id.lower()
+            if is_point != (option == "Restore"):
+                raise ArmError(400, "InvalidParameter", "A disk is made from a disk restore point with createOption "
+                                                        "Restore, and from a disk or snapshot with Copy.")
+            table = self.disk_points if is_point else self.snapshots if "/snapshots/" in source_id.lower() else self.disks
+            source = self.find(table, source_id, "source")
             if location.replace(" ", "").lower() != source["location"].replace(" ", "").lower():
                 raise ArmError(409, "BadRequest", f"Source '{source_id}' is in region {source['location']}, the disk "
                                                   f"in {location}: copy the snapshot to that region first (CopyStart).")
@@ -546,6 +554,68 @@ class Cloud:
                 raise ArmError(409, "OperationNotAllowed",
                                f"The OS type of disk {disk['name']} ({disk['properties'].get('osType') or 'none'}) does "
                                f"not match the OS type of VM {vm['name']} ({os_type}).")
+
+    # -- restore points -----------------------------------------------------------------------------
+
+    def put_collection(self, rpc_id: str, body: dict[str, t.Any]) -> tuple[int, dict[str, t.Any]]:
+        source = ((body.get("properties") or {}).get("source") or {}).get("id")
+        vm = self.find(self.vms, source or "", "VM")
+        existing = self.collections.get(self.key(rpc_id))
+        rpc = existing or {"id": rpc_id, "name": rpc_id.rsplit("/", 1)[1], "type": "Microsoft.Compute/restorePointCollections",
+                           "location": body.get("location") or vm["location"], "restorePoints": {},
+                           "properties": {"source": {"id": vm["id"], "location": vm["location"]},
+                                          "restorePointCollectionId": str(uuid.uuid4()), "provisioningState": "Succeeded"}}
+        rpc["tags"] = dict(body.get("tags") or {})
+        self.collections[self.key(rpc_id)] = rpc
+        return (200 if existing else 201), rpc
+
+    def put_restore_point(self, rpc_id: str, name: str) -> tuple[dict[str, t.Any], t.Callable[[], t.Any]]:
+        rpc = self.find(self.collections, rpc_id, "restore point collection")
+        vm = self.find(self.vms, rpc["properties"]["source"]["id"], "VM")
+        rp_id = f"{rpc['id']}/restorePoints/{name}"
+        point = {"id": rp_id, "name": name, "properties": {"provisioningState": "Creating"}}
+
+        def complete() -> None:
+            with self.lock:
+                profile = copy.deepcopy(vm["properties"]["storageProfile"])
+                for entry in [profile["osDisk"]] + profile["dataDisks"]:
+                    disk = self.find(self.disks, entry["managedDisk"]["id"], "disk")
+                    dp_id = f"{rp_id}/diskRestorePoints/{disk['name']}_{uuid.uuid4()}"
+                    entry["diskRestorePoint"] = {"id": dp_id}
+                    self.disk_points[self.key(dp_id)] = {"id": dp_id, "name": dp_id.rsplit("/", 1)[1],
+                                                         "location": vm["location"], "properties": {
+                                                             "osType": disk["properties"].get("osType"),
+                                                             "provisioningState": "Succeeded",
+                                                             "diskSizeGB": disk["properties"]["diskSizeGB"],
+                                                             "diskSizeBytes": disk["properties"]["diskSizeBytes"],
+                                                             "uniqueId": str(uuid.uuid4()),
+                                                             "hyperVGeneration": disk["properties"].get("hyperVGeneration"),
+                                                             "encryption": disk["properties"].get("encryption")}}
+                    self.blobs[self.key(dp_id)] = Blob(disk["properties"]["diskSizeBytes"],
+                                                       dict(self.blobs[self.key(disk["id"])].pages))
+                frozen = vm["_power"] == "running" and self.app_consistent
+                point["properties"] = {
+                    "sourceMetadata": {"vmId": vm["properties"]["vmId"], "storageProfile": profile,
+                                       "hardwareProfile": vm["properties"]["hardwareProfile"], "location": vm["location"]},
+                    "provisioningState": "Succeeded", "timeCreated": now_iso(),
+                    "consistencyMode": "ApplicationConsistent" if frozen or vm["_power"] != "running" else "CrashConsistent"}
+                rpc["restorePoints"][name.lower()] = point
+        return point, complete
+
+    def delete_restore_point(self, rpc_id: str, name: str) -> t.Callable[[], t.Any] | None:
+        rpc = self.collections.get(self.key(rpc_id))
+        if rpc is None or name.lower() not in rpc["restorePoints"]:
+            return None
+
+        def complete() -> None:
+            with self.lock:
+                point = rpc["restorePoints"].pop(name.lower())
+                profile = point["properties"]["sourceMetadata"]["storageProfile"]
+                for entry in [profile["osDisk"]] + profile["dataDisks"]:
+                    key = self.key(entry["diskRestorePoint"]["id"])
+                    self.disk_points.pop(key, None)
+                    self.blobs.pop(key, None)
+        return complete
 
     def instance_view(self, vm: dict[str, t.Any]) -> dict[str, t.Any]:
         power = vm["_power"]

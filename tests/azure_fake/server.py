@@ -180,6 +180,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 answer["properties"] = {"output": op.result}
             self._send(200, answer, {"Retry-After": str(cloud.retry_after)} if op.status == "InProgress" else None)
             return
+        if rest[0].lower() == "restorepointcollections":
+            self._restore_points(group, rest, method, body, fault)
+            return
         kind = rest[0]
         tables = {"virtualmachines": cloud.vms, "disks": cloud.disks, "snapshots": cloud.snapshots}
         table = tables.get(kind.lower())
@@ -201,6 +204,47 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._vm(rid, action, method, body, fault)
         else:
             self._disk_or_snapshot(table, rid, action, method, body, fault)
+
+    def _restore_points(self, group: str | None, rest: list[str], method: str, body: dict[str, t.Any],
+                        fault: t.Any) -> None:
+        cloud = self.cloud
+        if group is None or len(rest) < 2:
+            raise ArmError(404, "NotFound", "Restore point collections are addressed within a resource group.")
+        rpc_id = cloud.rid(group, "restorePointCollections", rest[1])
+        if len(rest) == 2 and method == "PUT":
+            with cloud.lock:
+                status, rpc = cloud.put_collection(rpc_id, body)
+            self._send(status, self._collection(rpc, False))
+        elif len(rest) == 2 and method == "GET":
+            rpc = cloud.find(cloud.collections, rpc_id, "restore point collection")
+            expand = "restorePoints" in urllib.parse.urlsplit(self.path).query
+            self._send(200, self._collection(rpc, expand))
+        elif len(rest) == 4 and method == "PUT":
+            with cloud.lock:
+                point, complete = cloud.put_restore_point(rpc_id, rest[3])
+            self._lro(cloud.start_op(complete, fault), 201, point, location=False)
+        elif len(rest) == 4 and method == "DELETE":
+            complete = cloud.delete_restore_point(rpc_id, rest[3])
+            if complete is None:
+                self._send(204)
+            else:
+                self._lro(cloud.start_op(complete, fault), 202, None)
+        elif len(rest) == 4 and method == "GET":
+            rpc = cloud.find(cloud.collections, rpc_id, "restore point collection")
+            point = rpc["restorePoints"].get(rest[3].lower())
+            if point is None:
+                raise ArmError(404, "NotFound", f"Restore point {rest[3]} was not found.")
+            self._send(200, point)
+        else:
+            raise ArmError(405, "MethodNotAllowed", f"{method} is not served for restore points by this fake.")
+
+    @staticmethod
+    def _collection(rpc: dict[str, t.Any], expand: bool) -> dict[str, t.Any]:
+        answer = {k: v for k, v in rpc.items() if k != "restorePoints"}
+        answer["properties"] = dict(rpc["properties"])
+        if expand:
+            answer["properties"]["restorePoints"] = list(rpc["restorePoints"].values())
+        return answer
 
     def _vm(self, rid: str, action: str | None, method: str, body: dict[str, t.Any], fault: t.Any) -> None:
         cloud = self.cloud

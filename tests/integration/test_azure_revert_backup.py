@@ -24,6 +24,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.backends im
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import DiskSource, Repository
 from ansible_collections.vmsafe.protect.plugins.module_utils._errors import (
     ProviderError,
+    QuiesceFailed,
     UnsupportedOperation,
 )
 from ansible_collections.vmsafe.protect.plugins.module_utils._models import SnapshotSpec, VmSelector
@@ -345,3 +346,68 @@ def test_a_stopped_vm_is_deallocated_for_the_swap_and_left_off(fake):
     prov.revert_snapshot(vm, snap, 60)
     assert cloud.vm(GROUP, "web01")["_power"] == "deallocated"
     assert disk_id(cloud, "web01", "os").endswith(f"{snap.id}-r")
+
+
+def test_quiesce_makes_a_restore_point_that_reverts_and_is_removed(fake):
+    cloud = fake.cloud
+    cloud.add_vm(GROUP, "web01", data_luns=(0,))
+    os_id, data_id = disk_id(cloud, "web01", "os"), disk_id(cloud, "web01", "lun0")
+    cloud.write(os_id, 0, page(b"frozen OS"))
+    cloud.write(data_id, 0, page(b"frozen data"))
+    prov = provider(fake)
+    vm = prov.find_vm(VmSelector(name="web01"))
+    made = prov.create_snapshot(vm, SnapshotSpec(name="app", quiesce=True), 60)
+    assert made.consistency == "quiesced" and made.snapshot.quiesced is True
+    assert cloud.snapshots == {}  # no loose disk snapshots: the restore point holds the disks
+    cloud.write(os_id, 0, page(b"changed OS"))
+    cloud.write(data_id, 0, page(b"changed data"))
+    (listed,) = provider(fake).list_snapshots(vm)
+    assert (listed.name, listed.id, listed.quiesced) == ("app", made.snapshot.id, True)
+    prov = provider(fake)
+    prov.revert_snapshot(vm, listed, 60)
+    disks = cloud.vm_disk_ids(cloud.vm(GROUP, "web01"))
+    assert cloud.read(disks["os"], 0, 4096) == page(b"frozen OS")
+    assert cloud.read(disks["lun0"], 0, 4096) == page(b"frozen data")
+    assert cloud.disks[cloud.key(disks["os"])]["properties"]["creationData"]["createOption"] == "Restore"
+    prov = provider(fake)
+    (listed,) = prov.list_snapshots(vm)
+    assert listed.current is True
+    prov.delete_snapshot(vm, listed, False, 60)
+    assert provider(fake).list_snapshots(vm) == [] and cloud.disk_points == {}
+    (collection,) = cloud.collections.values()
+    assert not [k for k in collection["tags"] if k.startswith("vmsafe-set-")]
+
+
+@pytest.mark.parametrize("fallback", ["fail", "crash_consistent"])
+def test_restore_point_without_a_frozen_guest_follows_quiesce_fallback(fake, fallback):
+    cloud = fake.cloud
+    cloud.add_vm(GROUP, "web01", data_luns=())
+    cloud.app_consistent = False  # the VM agent cannot freeze this guest
+    prov = provider(fake)
+    vm = prov.find_vm(VmSelector(name="web01"))
+    spec = SnapshotSpec(name="app", quiesce=True, quiesce_fallback=fallback)
+    if fallback == "fail":
+        with pytest.raises(QuiesceFailed, match="CrashConsistent.*It was removed"):
+            prov.create_snapshot(vm, spec, 60)
+        assert provider(fake).list_snapshots(vm) == [] and cloud.disk_points == {}
+    else:
+        made = prov.create_snapshot(vm, spec, 60)
+        assert made.consistency == "crash_consistent" and any("crash-consistent set" in w for w in made.warnings)
+        assert [s.quiesced for s in provider(fake).list_snapshots(vm)] == [False]
+
+
+def test_an_aborted_read_stops_and_the_failed_run_removes_its_set(fake):
+    cloud = fake.cloud
+    cloud.add_vm(GROUP, "web01", data_luns=())
+    cloud.write(disk_id(cloud, "web01", "os"), 0, random.Random(5).randbytes(32 * MiB))
+    prov = provider(fake)
+    session = prov.backup_begin(prov.find_vm(VmSelector(name="web01")), None, False, "fail")
+    reader = session.disks[0].extents()
+    first = next(reader)
+    assert first[0] == 0 and len(first[2]) == 4 * MiB
+    session.abort()  # what vm_backup's timeout watchdog does
+    with pytest.raises(ProviderError, match="was aborted"):
+        list(reader)
+    assert cloud.bytes_served < 32 * MiB
+    session.close(False)
+    assert cloud.snapshots == {} and cloud.sas == {}

@@ -29,7 +29,6 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._errors import (
     InvalidArgument,
     OperationTimeout,
     ProviderError,
-    QuiesceFailed,
     UnsupportedOperation,
     VmNotFound,
 )
@@ -399,8 +398,11 @@ class AzureProvider(HypervisorProvider):
         )
 
     def list_snapshots(self, vm: VmRef) -> list[Snapshot]:
+        from ansible_collections.vmsafe.protect.plugins.module_utils._providers import azure_restore_point  # pylint: disable=import-outside-toplevel
+
         current = (self.vm_model(vm).tags or {}).get(TAG_CURRENT)
         found = [self._as_snapshot(k, v, current) for k, v in self.set_members(vm).items()]
+        found += azure_restore_point.list_sets(self, vm, current)
         return tree.link(sorted(found, key=lambda s: (s.created, s.id)))
 
     @staticmethod
@@ -426,7 +428,8 @@ class AzureProvider(HypervisorProvider):
                                        "creationData": {"createOption": "Copy", "sourceResourceId": disk.managed_disk.id}}}
                 pollers.append(self.begin(f"{verb}: snapshot disk {slot} ({disk.name}) of VM '{vm.name}'",
                                           self.client.snapshots.begin_create_or_update, group, names[slot], body))
-            return self.wait(pollers, deadline)
+            return self.wait(pollers, deadline, f"The snapshots carry the tag {TAG_SET_ID}={set_id}: what appears "
+                                                f"later shows as a partial set, which snapshot_consolidate removes.")
         except (ProviderError, OperationTimeout):
             if len(pollers) < len(names):  # a request was refused: let those already started finish first
                 try:
@@ -466,13 +469,12 @@ class AzureProvider(HypervisorProvider):
             warnings.append("Azure managed-disk snapshots keep no memory; the set is crash consistent (a revert boots "
                             "the VM from its disks).")
         if spec.quiesce and running:
-            if spec.quiesce_fallback == "fail":
-                raise QuiesceFailed(f"Failed to create snapshot '{spec.name}' of VM '{vm.name}' on azure host "
-                                    f"{self.host}: application-consistent sets (restore points) are not supported by "
-                                    f"this collection yet. Set quiesce_fallback=crash_consistent, or deallocate the VM "
-                                    f"first for an offline set.")
-            warnings.append("Application-consistent sets (restore points) are not supported yet; the set is crash "
-                            "consistent.")
+            from ansible_collections.vmsafe.protect.plugins.module_utils._providers import azure_restore_point  # pylint: disable=import-outside-toplevel
+
+            if self.params.get("copy_to_location"):
+                raise InvalidArgument("copy_to_location copies snapshot sets; it does not apply to restore points "
+                                      "(quiesce=true).")
+            return azure_restore_point.create(self, vm, spec, timeout)
         deadline = time.monotonic() + timeout
         set_id = self.new_set_id()
         created = datetime.datetime.now(datetime.timezone.utc)
@@ -516,6 +518,11 @@ class AzureProvider(HypervisorProvider):
                 copy = self.call(f"read snapshot '{copy.name}'", self.client.snapshots.get, group, copy.name)
 
     def delete_snapshot(self, vm: VmRef, snapshot: Snapshot, children: bool, timeout: int) -> None:
+        from ansible_collections.vmsafe.protect.plugins.module_utils._providers import azure_restore_point  # pylint: disable=import-outside-toplevel
+
+        if azure_restore_point.is_restore_point(snapshot):
+            azure_restore_point.delete(self, vm, snapshot, timeout)
+            return
         self.delete_set(vm, snapshot.files, f"remove snapshot '{snapshot.name}' of VM '{vm.name}'",
                         time.monotonic() + timeout)
 

@@ -7,13 +7,16 @@ One run: ``backup_begin`` takes a snapshot set tagged ``vmsafe-purpose: backup``
 a read SAS on each snapshot (BeginGetAccess). A full backup reads the pages Azure reports as written
 (``list_page_ranges``); an incremental opens a SAS on the previous backup's snapshot of the same disk too and reads
 only what ``get_page_range_diff_for_managed_disk`` reports changed between the two (cleared ranges become zeros).
-Page lists are asked window by window, so a large fragmented disk never needs one huge answer. ``close`` revokes
+Page lists are asked window by window, so a large fragmented disk never needs one huge answer; a few ranged GETs
+per disk are in flight at once. ``close`` revokes
 every SAS (EndGetAccess), then drops the previous backup set on success - the new one is the next incremental's
 base - or the new set on failure, so the previous base stays valid.
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import json
 import threading
@@ -31,6 +34,7 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from ansible_collections.vmsafe.protect.plugins.module_utils._models import VmRef
 
 READ_PIECE = 4 * 1024 * 1024  # bytes per ranged GET (and per page upload: Azure's maximum)
+READERS = 4  # ranged GETs in flight per disk
 DIFF_WINDOW = 4 * 1024 ** 3  # bytes of the disk asked per page-list call
 SAS_SECONDS = 6 * 3600
 BEGIN_SECONDS = 3600  # taking the backup set and opening its SAS URLs
@@ -103,22 +107,43 @@ class AzureDisk:
                 clipped.append((offset, length, data))
         return clipped
 
+    def pieces(self, client: t.Any) -> t.Iterator[tuple[int, int, bool]]:
+        """The ranges cut into reads of at most READ_PIECE bytes."""
+        for offset, length, data in self.ranges(client):
+            end = offset + length
+            while offset < end:
+                step = min(READ_PIECE, end - offset)
+                yield offset, step, data
+                offset += step
+
+    def _read(self, client: t.Any, offset: int, step: int) -> bytes:
+        if self.stopped.is_set():
+            raise ProviderError(f"The backup of disk {self.target} was aborted.")
+        piece = client.download_blob(offset=offset, length=step).readall()
+        if len(piece) != step:
+            raise ProviderError(f"Reading disk {self.target} at {offset} returned {len(piece)} bytes instead of {step}.")
+        return piece
+
     def extents(self) -> t.Iterator[tuple[int, int, bytes]]:
+        """Yield (offset, length, data) in offset order; READERS ranged GETs are in flight at a time."""
         client = self.client()
+        pool = concurrent.futures.ThreadPoolExecutor(READERS, thread_name_prefix="vmsafe-sas")
+        pending: collections.deque[tuple[int, int, concurrent.futures.Future | None]] = collections.deque()
+
+        def take() -> tuple[int, int, bytes]:
+            offset, step, future = pending.popleft()
+            return offset, step, future.result() if future is not None else bytes(step)
         try:
-            for offset, length, data in self.ranges(client):
-                end = offset + length
-                while offset < end:
-                    if self.stopped.is_set():
-                        raise ProviderError(f"The backup of disk {self.target} was aborted.")
-                    step = min(READ_PIECE, end - offset)
-                    piece = client.download_blob(offset=offset, length=step).readall() if data else bytes(step)
-                    if len(piece) != step:
-                        raise ProviderError(f"Reading disk {self.target} at {offset} returned {len(piece)} bytes "
-                                            f"instead of {step}.")
-                    yield offset, step, piece
-                    offset += step
+            for offset, step, data in self.pieces(client):
+                if self.stopped.is_set():
+                    raise ProviderError(f"The backup of disk {self.target} was aborted.")
+                pending.append((offset, step, pool.submit(self._read, client, offset, step) if data else None))
+                while len(pending) > READERS:
+                    yield take()
+            while pending:
+                yield take()
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)
             client.close()
 
 

@@ -27,6 +27,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._errors import (
     UnsupportedOperation,
 )
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers import azure as az
+from ansible_collections.vmsafe.protect.plugins.module_utils._providers import azure_restore_point
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from ansible_collections.vmsafe.protect.plugins.module_utils._models import Snapshot, VmRef
@@ -53,8 +54,11 @@ class Revert:
         power = p.power_state(model)
         running = power in ("running", "starting")
         slots = p.vm_slots(model)
-        members = {(m.tags or {}).get(az.TAG_DISK): m for m in p.set_members(self.vm).get(self.snapshot.id, [])
-                   if not (m.tags or {}).get(az.TAG_COPY)}
+        if azure_restore_point.is_restore_point(self.snapshot):
+            members = azure_restore_point.members(p, self.vm, self.snapshot)
+        else:
+            members = {(m.tags or {}).get(az.TAG_DISK): m for m in p.set_members(self.vm).get(self.snapshot.id, [])
+                       if not (m.tags or {}).get(az.TAG_COPY)}
         current = {slot: p.call(f"read disk {d.name}", p.client.disks.get, *self._where(d.managed_disk.id))
                    for slot, d in slots.items()}
         self.check(model, members, current)
@@ -124,7 +128,9 @@ class Revert:
                 "location": model.location,
                 "sku": {"name": like.sku.name if like is not None and like.sku else "Premium_LRS"},
                 "tags": {az.TAG_VM: model.vm_id, "vmsafe-restored-from-set": self.snapshot.id, az.TAG_SET: self.snapshot.name},
-                "properties": {"creationData": {"createOption": "Copy", "sourceResourceId": snap.id}},
+                # a disk restore point is restored from, a snapshot copied
+                "properties": {"creationData": {"createOption": "Restore" if "/diskrestorepoints/" in snap.id.lower()
+                                                else "Copy", "sourceResourceId": snap.id}},
             }
             if model.zones:
                 body["zones"] = list(model.zones)
