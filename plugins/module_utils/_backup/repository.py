@@ -5,13 +5,12 @@ their units (backup.py, restore.py, check.py, prune.py).
 
 PRIVATE to this collection; no compatibility guarantees.
 
-See docs/repository-format.md for the on-storage format, and below for the API. Writes are ordered for crash safety: packs (fsynced, renamed) before the
-index file that lists them, the index before the manifest that uses them. A crashed
-run leaves at worst packs and index entries no manifest uses; GC removes them.
+See docs/repository-format.md for the on-storage format, and below for the API. Writes are ordered for crash
+safety: packs (fsynced, renamed) before the index file that lists them, the index before the manifest that uses
+them. A crashed run leaves at worst packs and index entries no manifest uses; GC removes them.
 
-The engine as a whole (here, not in the package's __init__.py, which ansible-core 2.17 wants empty):
-deduplicated, compressed, encrypted, crash-safe. Pure Python (no Ansible imports); the ``vm_backup`` module calls it. The on-storage
-format is described in ``docs/repository-format.md``.
+The engine as a whole (here, not in the package's __init__.py, which ansible-core 2.17 wants empty): deduplicated,
+compressed, encrypted, crash-safe, pure Python (no Ansible imports); the ``vm_backup`` module calls it.
 
 Shape (as restic's): ``repository.py`` is the core (config, key, locks, index, the commit protocol, the chunk map
 check); ``backup.py``, ``restore.py``, ``check.py`` (verify, rebuild_index, repair) and ``prune.py`` (retention and
