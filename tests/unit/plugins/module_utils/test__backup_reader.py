@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import stat
 import subprocess
 import typing as t
 
@@ -84,12 +85,15 @@ def test_the_reader_holds_off_prune_until_closed(backups: t.Any) -> None:
 
 def test_a_damaged_chunk_is_eio_naming_the_disk_and_other_reads_go_on(backups: t.Any) -> None:
     repo, ids, images = backups
-    path = repo.backend.local_path("packs")
-    packs = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs)
-    with open(packs[0], "r+b") as handle:  # the first pack holds the full backup's first chunks
-        handle.seek(200)
+    with BackupDiskReader(repo, ids[0], "vda") as probe:  # where the first data chunk is stored
+        segments = (probe._segment(n) for n in range(len(probe.disk.segments)))  # pylint: disable=protected-access
+        _chunk, blob_id, _sha, _length = next(item for seg in segments if seg for item in seg.iter_stored())
+        loc = probe._index.get(blob_id)  # pylint: disable=protected-access
+    from ansible_collections.vmsafe.protect.plugins.module_utils._backup.packs import pack_object_name  # pylint: disable=import-outside-toplevel
+    with open(repo.backend.local_path(pack_object_name(loc.pack)), "r+b") as handle:
+        handle.seek(loc.offset + loc.length // 2)
         byte = handle.read(1)
-        handle.seek(200)
+        handle.seek(loc.offset + loc.length // 2)
         handle.write(bytes([byte[0] ^ 0xFF]))
     with BackupDiskReader(repo, ids[0], "vda") as reader:
         failed = 0
@@ -109,3 +113,19 @@ def test_unknown_disk_and_backup(backups: t.Any) -> None:
     with pytest.raises(backup_errors.BackupNotFoundError):
         BackupDiskReader(repo, "20200101T000000Z-00000000", "vda")
     assert repo.backend.list("locks") == []  # no lock left behind by the failed opens
+
+
+def test_backup_files_serves_the_disk_on_a_private_socket_and_removes_it(backups: t.Any) -> None:
+    from ansible_collections.vmsafe.protect.plugins.module_utils import _file_restore  # pylint: disable=import-outside-toplevel
+    from ansible_collections.vmsafe.protect.plugins.module_utils._nbd import NbdClient  # pylint: disable=import-outside-toplevel
+
+    repo, ids, images = backups
+    with _file_restore.serve_disk(repo, repo.get(ids[1]), "vda", "/backup") as sock:
+        assert stat.S_IMODE(os.stat(os.path.dirname(sock)).st_mode) == 0o700
+        with NbdClient.connect_unix(sock, "vda") as client:
+            assert client.read(0, SIZE) == images[1]
+        assert len(repo.backend.list("locks")) == 1  # the shared lock while it serves
+    assert not os.path.exists(os.path.dirname(sock)) and repo.backend.list("locks") == []
+    with pytest.raises(_file_restore.FileRestoreError, match="Repository /backup: failed to open disk sdz of backup"):
+        with _file_restore.serve_disk(repo, repo.get(ids[1]), "sdz", "/backup"):
+            pass

@@ -44,6 +44,7 @@ class FakeGuestFS:
 
     # lifecycle
     def add_drive_opts(self, filename: str, **opts: t.Any) -> None:
+        assert opts == {"format": "raw", "readonly": True, "protocol": "nbd", "server": ["unix:/run/x/nbd.sock"]}
         self.drives.append((filename, opts))
 
     def launch(self) -> None:
@@ -153,7 +154,7 @@ def guest(tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def request(**kwargs: t.Any) -> dict[str, t.Any]:
-    base = {"image": "/scratch/vda.raw", "format": "raw", "filesystem": None, "paths": [], "dest": None, "force": False}
+    base = {"nbd_socket": "/run/x/nbd.sock", "export": "vda", "filesystem": None, "paths": [], "dest": None, "force": False}
     base.update(kwargs)
     return base
 
