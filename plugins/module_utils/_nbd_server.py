@@ -63,7 +63,8 @@ class Reader(t.Protocol):
 
     size: int
 
-    def pread(self, offset: int, length: int) -> bytes: ...
+    def pread(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset``; raises OSError when the data cannot be read."""
 
 
 class FileReader:

@@ -53,7 +53,7 @@ def test_random_reads_equal_the_image_at_each_point_in_time(backups: t.Any, tmp_
         assert restored.read_bytes() == image  # the reference: the engine's own restore
         with BackupDiskReader(repo, backup_id, "vda") as reader:
             assert reader.size == SIZE
-            for _ in range(300):
+            for _round in range(300):
                 offset = rng.randrange(SIZE)
                 length = rng.choice([1, 512, 4096, 4097, 33_000, 70_000])
                 assert reader.pread(offset, length) == image[offset:offset + length], (offset, length)

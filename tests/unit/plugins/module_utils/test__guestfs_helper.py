@@ -262,7 +262,10 @@ def test_unusable_kvm_falls_back_to_tcg_once(guest: str) -> None:
 
 def test_launch_failure_with_tcg_is_an_error(guest: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
-    monkeypatch.setattr(FakeGuestFS, "launch", lambda self: (_ for _ in ()).throw(RuntimeError("qemu died\nmore")))
+    def launch(self: FakeGuestFS) -> None:
+        raise RuntimeError("qemu died\nmore")
+
+    monkeypatch.setattr(FakeGuestFS, "launch", launch)
     with pytest.raises(helper.HelperError, match=r"could not start its appliance \(qemu died\); run libguestfs-test"):
         helper.run(request(paths=["/etc"]))
 
@@ -280,8 +283,8 @@ def test_the_helpers_json_protocol(guest: str, capsys: pytest.CaptureFixture[str
     monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(read=lambda *a: json.dumps(request(paths=["/etc/app"]))))
     assert helper.main() == 0
     assert json.loads(capsys.readouterr().out)["entries"][0]["path"] == "/etc/app"
-    monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(read=lambda *a: json.dumps(request(paths=["/x"],
-                                                                                                 filesystem="/dev/no"))))
+    bad = json.dumps(request(paths=["/x"], filesystem="/dev/no"))
+    monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(read=lambda *a: bad))
     assert helper.main() == 1
     assert "no filesystem /dev/no" in json.loads(capsys.readouterr().out)["error"]
 
