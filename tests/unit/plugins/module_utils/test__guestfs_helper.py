@@ -262,6 +262,7 @@ def test_unusable_kvm_falls_back_to_tcg_once(guest: str) -> None:
 
 def test_launch_failure_with_tcg_is_an_error(guest: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
+
     def launch(self: FakeGuestFS) -> None:
         raise RuntimeError("qemu died\nmore")
 
