@@ -1,12 +1,12 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 # Copyright (c) 2026 vmsafe.protect contributors
 # PRIVATE to this collection; no compatibility guarantees.
-"""File-level restore (module backup_files): a disk of a backup, opened read-only with libguestfs.
+"""File-level restore (module backup_files): a disk of a backup, read on demand by libguestfs over NBD.
 
-The disk is restored, sparse and content-checked, to a private scratch folder through the engine's public
-``Repository.restore`` and opened read-only by libguestfs, which reads ext2/3/4, XFS, Btrfs, NTFS, FAT, LVM and
-partition tables; the scratch image is deleted afterwards. Reading only the blocks libguestfs asks for (an NBD
-export of the backup) needs random reads from the engine, which it does not offer yet.
+The disk is served read-only by the collection's own NBD server (``_nbd_server.py``) from a ``BackupDiskReader``
+(``_backup_reader.py``), on a Unix socket in a private folder, and libguestfs (which reads ext2/3/4, XFS, Btrfs,
+NTFS, FAT, LVM and partition tables) reads only the blocks it needs: nothing the size of the disk is written.
+Every chunk read is authenticated and checked against its id.
 
 libguestfs runs in ``_guestfs_helper.py`` under the system Python (see there why).
 """
@@ -24,7 +24,9 @@ import typing as t
 
 from ansible_collections.vmsafe.protect.plugins.module_utils import _guestfs_helper
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup import errors as backup_errors
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup_reader import BackupDiskReader
 from ansible_collections.vmsafe.protect.plugins.module_utils._errors import InvalidArgument, OperationTimeout, VmsafeError
+from ansible_collections.vmsafe.protect.plugins.module_utils._nbd_server import NbdServer
 
 
 class FileRestoreError(VmsafeError):
@@ -43,22 +45,22 @@ def pick_disk(record: t.Any, disk: str | None) -> t.Any:
 
 
 @contextlib.contextmanager
-def scratch_image(repo: t.Any, record: t.Any, disk: str, scratch_dir: str | None,
-                  repository: str) -> t.Iterator[str]:
-    """Restore ``disk`` of ``record`` to a sparse raw file in a private folder; yield its path; delete it all."""
+def serve_disk(repo: t.Any, record: t.Any, disk: str, repository: str) -> t.Iterator[str]:
+    """Serve ``disk`` of ``record`` read-only over NBD (export name = disk name); yield the socket path."""
+    folder = tempfile.mkdtemp(prefix="vmsafe-files-")  # 0700: only this user reaches the socket
     try:
-        folder = tempfile.mkdtemp(prefix="vmsafe-files-", dir=scratch_dir)
-    except OSError as exc:
-        raise InvalidArgument(f"Cannot create a scratch folder in {scratch_dir or tempfile.gettempdir()}: "
-                              f"{exc.strerror}; set scratch_dir to a writable folder.") from exc
-    try:
-        image = os.path.join(folder, f"{disk}.raw")
         try:
-            repo.restore(record.id, disk, image, sparse=True)
+            reader = BackupDiskReader(repo, record.id, disk, operation="backup_files")
         except backup_errors.BackupError as exc:
-            raise FileRestoreError(f"Repository {repository}: failed to read disk {disk} of backup {record.id}: "
+            raise FileRestoreError(f"Repository {repository}: failed to open disk {disk} of backup {record.id}: "
                                    f"{exc}") from exc
-        yield image
+        try:
+            with NbdServer(os.path.join(folder, "nbd.sock"), disk, reader) as server:
+                yield server.path
+                if reader.last_error:  # libguestfs saw EIO; say which chunk was damaged
+                    raise FileRestoreError(f"Repository {repository}: {reader.last_error}")
+        finally:
+            reader.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -92,9 +94,9 @@ def read_files(repo: t.Any, record: t.Any, params: dict[str, t.Any], dest: str |
         raise InvalidArgument(f"path must be absolute inside the guest (/etc/hosts), got {', '.join(relative)}.")
     disk = pick_disk(record, params["disk"])
     where = f"disk {disk.name} of backup {record.id} (VM {record.vm_name})"
-    with scratch_image(repo, record, disk.name, params["scratch_dir"], params["repository"]) as image:
-        request = {"image": image, "format": "raw", "filesystem": params["filesystem"], "paths": params["path"],
-                   "dest": dest, "force": params["force"]}
+    with serve_disk(repo, record, disk.name, params["repository"]) as socket_path:
+        request = {"nbd_socket": socket_path, "export": disk.name, "filesystem": params["filesystem"],
+                   "paths": params["path"], "dest": dest, "force": params["force"]}
         try:
             answer = run_helper(request, params["guestfs_python"], params["timeout"])
         except FileRestoreError as exc:

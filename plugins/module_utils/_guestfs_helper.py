@@ -8,7 +8,7 @@ can import, while the modules may run under another Python (a venv, pyenv). So `
 file's source with that interpreter (``python3 -c SOURCE``), a JSON request on stdin and a JSON answer on stdout.
 Standard library and ``guestfs`` only.
 
-Request: ``{"image", "format", "filesystem" (device or null: the OS's filesystems, or the only one),
+Request: ``{"nbd_socket", "export" (the disk, served read-only over NBD), "filesystem" (device or null: the OS's filesystems, or the only one),
 "paths" (absolute globs), "dest" (folder, or null to list only), "force"}``.
 Answer: ``{"filesystems": {device: type}, "mounted": {mountpoint: device}, "entries": [...], "missing": [...]}`` or
 ``{"error": "..."}`` (exit status 1).
@@ -199,8 +199,8 @@ def extract(g: t.Any, paths: list[str], dest: str, force: bool) -> list[dict[str
     return written
 
 
-def launch(image: str, fmt: str) -> t.Any:
-    """A launched libguestfs handle with ``image`` attached read-only.
+def launch(socket_path: str, export: str) -> t.Any:
+    """A launched libguestfs handle with the NBD export attached read-only (raw: the export is the disk's content).
 
     Where /dev/kvm exists but QEMU cannot use it (nested virtualisation that refuses libguestfs' ``-cpu max``), the
     appliance dies at once: then it is started again with software emulation (TCG), which is slower but works.
@@ -209,7 +209,7 @@ def launch(image: str, fmt: str) -> t.Any:
     for attempt in (1, 2):
         g = guestfs.GuestFS(python_return_dict=True)
         try:
-            g.add_drive_opts(image, format=fmt, readonly=True)
+            g.add_drive_opts(export, format="raw", readonly=True, protocol="nbd", server=[f"unix:{socket_path}"])
             g.launch()
             return g
         except RuntimeError as exc:
@@ -226,7 +226,7 @@ def run(request: dict[str, t.Any]) -> dict[str, t.Any]:
     if guestfs is None:
         raise HelperError(f"{sys.executable} cannot import guestfs: install python3-guestfs and libguestfs-tools "
                           "(Debian/Ubuntu) or python3-libguestfs (Fedora/RHEL)")
-    g = launch(request["image"], request.get("format", "raw"))
+    g = launch(request["nbd_socket"], request["export"])
     try:
         found, mounted = mount(g, request.get("filesystem"))
         paths, missing = expand(g, request["paths"])
@@ -255,4 +255,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

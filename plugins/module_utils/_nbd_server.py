@@ -20,6 +20,9 @@ served in order. Protocol reference: https://github.com/NetworkBlockDevice/nbd/b
     server.start()                                     # a daemon thread accepts clients
     ...                                                # qemu: nbd+unix:///vda?socket=<socket_path>
     server.close()
+
+Known limit: qemu-img 7.2 hangs reading an export whose size is not a multiple of 512 bytes (a local raw file of that
+size converts fine, and _nbd.py reads such an export fine); virtual disk sizes always are multiples of 512.
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ class Reader(t.Protocol):
 
     size: int
 
-    def pread(self, offset: int, length: int) -> bytes: ...
+    def pread(self, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset``; raises OSError when the data cannot be read."""
 
 
 class FileReader:

@@ -56,13 +56,17 @@ import dataclasses  # noqa: E402
 import datetime  # noqa: E402
 import getpass  # noqa: E402
 import json  # noqa: E402
+import signal  # noqa: E402
 import subprocess  # noqa: E402
+import threading  # noqa: E402
 import typing as t  # noqa: E402
 import xml.etree.ElementTree as ET  # noqa: E402
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup import errors as backup_errors  # noqa: E402
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.backends import open_backend  # noqa: E402
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import Repository  # noqa: E402
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup_reader import BackupDiskReader  # noqa: E402
+from ansible_collections.vmsafe.protect.plugins.module_utils._nbd_server import NbdServer  # noqa: E402
 
 PROG = "vmsafe-recover"
 #: image formats and file extensions, as vm_restore names them (so both tools write the same file names)
@@ -333,8 +337,35 @@ def cmd_restore(repo: Repository, args: argparse.Namespace) -> int:
         if not args.json:
             _say(f"wrote the VM's libvirt definition (disks pointing at the restored files) to {args.libvirt_xml}")
     if args.json:
-        _say(json.dumps({"backup_id": record.id, "vm_name": record.vm_name, "files": files,
-                          "libvirt_xml": args.libvirt_xml}, indent=2, sort_keys=True))
+        summary = {"backup_id": record.id, "vm_name": record.vm_name, "files": files, "libvirt_xml": args.libvirt_xml}
+        _say(json.dumps(summary, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_serve(repo: Repository, args: argparse.Namespace) -> int:
+    """Serve one disk read-only over NBD until SIGINT/SIGTERM (qemu-img, qemu-nbd, guestfish, a VM's backing file)."""
+    record = pick_backup(repo, args)
+    disk = args.disk or record.disks[0].name
+    if os.path.exists(args.socket):
+        raise RecoverError(f"{args.socket} exists: remove it (a server that was killed) or choose another --socket.")
+    try:
+        reader = BackupDiskReader(repo, record.id, disk, operation="serve over NBD")
+    except backup_errors.BackupError as exc:
+        raise RecoverError(f"Failed to open disk {disk} of backup {record.id}: {exc}") from exc
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        with NbdServer(args.socket, disk, reader):
+            _say(f"serving disk {disk} of backup {record.id} ({_human(reader.size)}, read-only) on "
+                 f"nbd+unix:///{disk}?socket={os.path.abspath(args.socket)}; stop with Ctrl-C or SIGTERM")
+            sys.stdout.flush()
+            while not stop.wait(1.0):
+                pass
+    finally:
+        reader.close()
+    if reader.last_error:
+        raise RecoverError(f"Some reads failed: {reader.last_error}")
     return 0
 
 
@@ -369,7 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_break.set_defaults(func=cmd_break_lock)
 
     for name, func, text in (("restore", cmd_restore, "restore a backup's disks to image files"),
-                             ("definition", cmd_definition, "print the VM definition stored with a backup")):
+                             ("definition", cmd_definition, "print the VM definition stored with a backup"),
+                             ("serve", cmd_serve, "serve one disk of a backup read-only over NBD on a Unix socket")):
         p_cmd = sub.add_parser(name, help=text)
         which = p_cmd.add_mutually_exclusive_group(required=True)
         which.add_argument("--backup", help="the backup id (see list)")
@@ -385,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "files (same name, UUID and MACs), ready for virsh define")
             p_cmd.add_argument("--timeout", type=int, default=21600, help="seconds each image conversion may take")
             p_cmd.add_argument("--json", action="store_true", help="print JSON")
+        if name == "serve":
+            p_cmd.add_argument("--disk", help="the disk (default: the backup's first)")
+            p_cmd.add_argument("--socket", required=True, help="Unix socket to create (mode 0600)")
     return parser
 
 

@@ -18,8 +18,8 @@ description:
   - Without O(dest), lists what O(path) matches (a folder with its direct children) and writes nothing.
   - With O(dest), copies each match to O(dest) under its path in the guest (C(/etc/hosts) to C(<dest>/etc/hosts)),
     folders recursively, keeping numeric owner, group, mode and modification time (run as root to keep owners).
-  - The disk is first restored, content-checked and sparse, to a private scratch folder (see O(scratch_dir)),
-    which is deleted afterwards; it needs free space for the disk's data, not its virtual size.
+  - The disk is not restored anywhere. The module serves it read-only over NBD on a private Unix socket, and
+    libguestfs reads only the blocks it needs; each chunk read is authenticated and checked against its id.
 author: vmsafe.protect contributors (@vmsafe-protect)
 requirements:
   - libguestfs with its Python binding for the system Python (Debian/Ubuntu C(libguestfs-tools python3-guestfs),
@@ -74,10 +74,6 @@ options:
         copied.
     type: bool
     default: false
-  scratch_dir:
-    description:
-      - Folder for the temporary restored disk image. The system's temporary folder when unset.
-    type: path
   guestfs_python:
     description:
       - The Python interpreter that can import libguestfs' binding C(guestfs) (the system one; a venv cannot).
@@ -85,7 +81,7 @@ options:
     default: /usr/bin/python3
   timeout:
     description:
-      - Seconds reading the files with libguestfs may take (the disk's restore to the scratch folder not included).
+      - Seconds reading the files with libguestfs may take.
     type: int
     default: 3600
 notes:
@@ -262,7 +258,6 @@ def main() -> None:
         path={"type": "list", "elements": "str", "required": True},
         dest={"type": "path"},
         force={"type": "bool", "default": False},
-        scratch_dir={"type": "path"},
         guestfs_python={"type": "path", "default": "/usr/bin/python3"},
         timeout={"type": "int", "default": 3600},
     ).update(required_one_of=[["backup_id", "vm_name"]])

@@ -74,8 +74,8 @@ def test_extract_keeps_content_owner_mode_and_time_and_names_a_missing_path(ext4
                                               dest=str(dest)))
     assert result["_status"] == "ok" and result["changed"], result
     assert result["mounted"] == {"/": "/dev/sda"} and result["filesystems"] == {"/dev/sda": "ext4"}
-    assert [f["path"] for f in result["files"] if f["matched"]] == ["/etc/app/app.conf", "/etc/app/other.conf",
-                                                                     "/home/alice"]
+    matched = [f["path"] for f in result["files"] if f["matched"]]
+    assert matched == ["/etc/app/app.conf", "/etc/app/other.conf", "/home/alice"]
     want = ["/etc/app/app.conf", "/etc/app/other.conf", "/home/alice", "/home/alice/docs",
             "/home/alice/docs/data.bin", "/home/alice/latest"]
     assert sorted(f["path"] for f in result["files"]) == want

@@ -69,3 +69,19 @@ def test_standalone_restore_equals_vm_restore_byte_for_byte(lab, ansible, tmp_pa
     assert second.returncode == 0, second.stderr
     assert not filecmp.cmp(tmp_path / f"cli-{ids[0]}-raw" / f"{vm}-vda-{ids[0]}.img", tmp_path / f"{vm}-vda-{ids[1]}.img",
                            shallow=False)
+
+    # serve: the same backup read-only over NBD, read by QEMU, equals the restored image; SIGTERM ends it cleanly
+    sock = tmp_path / "serve.sock"
+    server = subprocess.Popen([recover_python, CLI, "serve", "--backup", ids[1], "--socket", str(sock)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=plain_env(**env))
+    try:
+        assert "serving disk vda of backup" in server.stdout.readline()
+        served = tmp_path / "served.raw"
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", f"nbd+unix:///vda?socket={sock}", str(served)],
+                       check=True, capture_output=True, timeout=300)
+        assert filecmp.cmp(served, tmp_path / f"{vm}-vda-{ids[1]}.img", shallow=False)
+    finally:
+        server.terminate()
+        _out, err = server.communicate(timeout=60)
+    assert server.returncode == 0, err
+    assert not sock.exists() and not os.listdir(os.path.join(repo["repository"], "locks"))

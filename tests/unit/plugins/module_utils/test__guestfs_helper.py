@@ -44,6 +44,7 @@ class FakeGuestFS:
 
     # lifecycle
     def add_drive_opts(self, filename: str, **opts: t.Any) -> None:
+        assert opts == {"format": "raw", "readonly": True, "protocol": "nbd", "server": ["unix:/run/x/nbd.sock"]}
         self.drives.append((filename, opts))
 
     def launch(self) -> None:
@@ -153,7 +154,7 @@ def guest(tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def request(**kwargs: t.Any) -> dict[str, t.Any]:
-    base = {"image": "/scratch/vda.raw", "format": "raw", "filesystem": None, "paths": [], "dest": None, "force": False}
+    base = {"nbd_socket": "/run/x/nbd.sock", "export": "vda", "filesystem": None, "paths": [], "dest": None, "force": False}
     base.update(kwargs)
     return base
 
@@ -261,7 +262,11 @@ def test_unusable_kvm_falls_back_to_tcg_once(guest: str) -> None:
 
 def test_launch_failure_with_tcg_is_an_error(guest: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
-    monkeypatch.setattr(FakeGuestFS, "launch", lambda self: (_ for _ in ()).throw(RuntimeError("qemu died\nmore")))
+
+    def launch(self: FakeGuestFS) -> None:
+        raise RuntimeError("qemu died\nmore")
+
+    monkeypatch.setattr(FakeGuestFS, "launch", launch)
     with pytest.raises(helper.HelperError, match=r"could not start its appliance \(qemu died\); run libguestfs-test"):
         helper.run(request(paths=["/etc"]))
 
@@ -279,8 +284,8 @@ def test_the_helpers_json_protocol(guest: str, capsys: pytest.CaptureFixture[str
     monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(read=lambda *a: json.dumps(request(paths=["/etc/app"]))))
     assert helper.main() == 0
     assert json.loads(capsys.readouterr().out)["entries"][0]["path"] == "/etc/app"
-    monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(read=lambda *a: json.dumps(request(paths=["/x"],
-                                                                                                 filesystem="/dev/no"))))
+    bad = json.dumps(request(paths=["/x"], filesystem="/dev/no"))
+    monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(read=lambda *a: bad))
     assert helper.main() == 1
     assert "no filesystem /dev/no" in json.loads(capsys.readouterr().out)["error"]
 

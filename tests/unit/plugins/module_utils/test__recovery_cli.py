@@ -115,10 +115,10 @@ def test_restore_newest_of_vm_one_disk_and_libvirt_definition(repo_path: t.Any, 
     assert root.find("./devices/interface/mac").get("address") == "52:54:00:12:34:56"
 
     rc, _out, err = run(capsys, "-r", path, "restore", "--vm", "web01", "--disk", "vda", "--dest", str(tmp_path),
-                     "--format", "raw")
+                        "--format", "raw")
     assert rc == 1 and f"Refusing to overwrite {image}" in err
     rc, _out, err = run(capsys, "-r", path, "restore", "--vm", "db01", "--dest", str(tmp_path), "--libvirt-xml",
-                     str(tmp_path / "db01.xml"))
+                        str(tmp_path / "db01.xml"))
     assert rc == 1 and "not a libvirt <domain>" in err and not list(tmp_path.glob("db01*"))
 
 
