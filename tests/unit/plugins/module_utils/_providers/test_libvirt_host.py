@@ -74,6 +74,10 @@ def test_remote_commands_use_the_uris_own_ssh_login_quoted_for_the_remote_shell(
         forward = run.calls[-1]
         assert forward[-5:] == ["-O", "forward", "-L", f"{local}:/run/vmsafe/backup-1/nbd.sock",
                                 "backup@kvm01.example.com"]
+        second = host.local_socket("/run/vmsafe/backup-1/vdb.sock")
+        host.drop_socket(local)
+        assert run.calls[-1][-4:-1] == ["cancel", "-L", f"{local}:/run/vmsafe/backup-1/nbd.sock"]
+        assert host.local_socket("/run/vmsafe/backup-1/vdc.sock") not in (local, second)  # names never reused
     finally:
         control_dir = os.path.dirname(host._control())  # pylint: disable=protected-access
         host.close()
