@@ -37,7 +37,7 @@ attributes:
     details:
       - V(image) and V(new_vm) report no change when the files they made still hold the backup (their content digest
         is checked, which reads their data once); a file holding anything else is never overwritten. For V(new_vm),
-        a VM named O(new_vm_name) that uses exactly those files is the one an earlier run made: nothing is done.
+        a VM named O(new_vm_name) that uses exactly those files is the one an earlier run made, so nothing is done.
         V(original) restores every time.
 options:
   backup_id:

@@ -174,8 +174,8 @@ def add_block_disk(vm: str, device: str, target: str = "vdc") -> None:
         conn.close()
 
 
-def test_raw_and_block_disks_are_backed_up_whole_beside_an_incremental_qcow2_disk(lab, ansible, repo, tmp_path,
-                                                                                 loop_device):
+def test_raw_and_block_disks_are_backed_up_whole_beside_an_incremental_qcow2_disk(
+        lab, ansible, repo, tmp_path, loop_device):
     """vda qcow2 (incremental), vdb a raw file, vdc a block device (a loop device standing for an LVM volume)."""
     vm = lab.vm(start=False)
     raw = add_raw_disk(vm)
