@@ -37,7 +37,8 @@ attributes:
     support: partial
     details:
       - V(image) and V(new_vm) report no change when the files they made still hold the backup (their content digest
-        is checked, which reads their data once); a file holding anything else is never overwritten.
+        is checked, which reads their data once); a file holding anything else is never overwritten. For V(new_vm),
+        a VM named O(new_vm_name) that uses exactly those files is the one an earlier run made, so nothing is done.
         V(original) restores every time.
 options:
   backup_id:
@@ -250,7 +251,13 @@ class RestoreTask(ProviderTask):
             stem = path_component(p["new_vm_name"] if target == "new_vm" else self.record.vm_name)
             paths = {n: os.path.join(p["dest"], f"{stem}-{path_component(n)}-{self.record.id}.{EXTENSIONS[fmt]}")
                      for n in names}
-        done = self._already_restored(paths, fmt) if target != "original" else set()
+        defined = target == "new_vm" and self._defined_already(paths)
+        if defined:
+            # The VM an earlier run made, on these files: they are its disks now (a running guest writes to them),
+            # so there is nothing to restore and no digest to compare.
+            done = set(names)
+        else:
+            done = self._already_restored(paths, fmt) if target != "original" else set()
         for name in names:
             disk = self.record.disk(name)
             disk_fmt = formats.get(name, fmt) if target == "original" else fmt
@@ -264,7 +271,7 @@ class RestoreTask(ProviderTask):
             # Checked first, before any disk is touched.
             changes.steps.insert(0, Step(f"check VM '{self.vm.name}' is shut off and drop its backup checkpoints",
                                          lambda: self.provider.prepare_restore_in_place(self.vm)))
-        if target == "new_vm" and not (len(done) == len(names) and self._defined_already(paths)):
+        if target == "new_vm" and not defined:
             changes.step(f"define VM '{p['new_vm_name']}' from the backup's definition"
                          f"{' and start it' if p['start'] else ''}", self._define)
 

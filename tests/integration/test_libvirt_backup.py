@@ -167,6 +167,11 @@ def test_restore_to_a_new_vm_defines_and_starts_it(lab, ansible, repo, tmp_path)
     assert made["vm"]["name"] == new_name and made["vm"]["state"] == "running"
     assert made["vm"]["id"] != lab.virsh("domuuid", vm).strip()
     assert lab.check(new_name, 0x5E, 2 * MiB, MiB)
+    # run again: the VM it made (running, on the restored file) is there, so nothing is done
+    again = ansible("vm_restore", dict(repo, vm_name=vm, target="new_vm", new_vm_name=new_name, dest=str(tmp_path),
+                                       start=True))
+    assert again["_status"] == "ok" and again["changed"] is False, again.get("msg")
+    assert again["vm"]["id"] == made["vm"]["id"] and again["plan"] == []
 
 
 def test_restore_over_the_original_needs_force_and_a_shut_off_vm(lab, ansible, repo):

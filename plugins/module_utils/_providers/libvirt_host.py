@@ -62,6 +62,7 @@ class KvmHost:
         self._target = ""
         self._control_dir: str | None = None
         self._forwards: list[tuple[str, str]] = []
+        self._forward_count = 0
         if self.remote and ssh_uri(uri):
             parsed = urllib.parse.urlparse(uri)
             query = dict(urllib.parse.parse_qsl(parsed.query))
@@ -226,8 +227,9 @@ class KvmHost:
         """A path here that reaches the Unix socket ``path`` on the host (a forward for a remote host)."""
         if not self.remote:
             return path
+        self._forward_count += 1  # never reuse a name: an earlier forward may still be open
         local = os.path.join(t.cast(str, self._control_dir or os.path.dirname(self._control())),
-                             f"f{len(self._forwards)}")
+                             f"f{self._forward_count}")
         spec = f"{local}:{path}"
         self._run_ssh_control("forward", spec)
         self._forwards.append((local, spec))

@@ -50,9 +50,11 @@ class ImageExport:
             except ProviderError:
                 pass
         # A qemu-nbd that never got its client would wait for ever: end it (no-op when it is gone already).
-        # Wait for it to be gone: its image lock must be released before anything writes the image (bitmaps).
+        # Wait for it to be gone: its image lock must be released before anything writes the image (bitmaps). A
+        # zombie has released it already (and --fork leaves it to whoever reaps orphans, which may take seconds).
         self.host.try_run(["sh", "-c", 'pid=$(cat "$0" 2>/dev/null) && { kill "$pid" 2>/dev/null; '
-                           'while kill -0 "$pid" 2>/dev/null; do sleep 0.02; done; }; rm -f "$0" "$1"; true',
+                           'while [ -e "/proc/$pid" ] && ! grep -q "^State:[[:space:]]*Z" "/proc/$pid/status" '
+                           '2>/dev/null; do sleep 0.02; done; }; rm -f "$0" "$1"; true',
                            self.pid_file, self.socket], 30)
 
 

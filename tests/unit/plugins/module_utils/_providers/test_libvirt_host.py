@@ -74,6 +74,10 @@ def test_remote_commands_use_the_uris_own_ssh_login_quoted_for_the_remote_shell(
         forward = run.calls[-1]
         assert forward[-5:] == ["-O", "forward", "-L", f"{local}:/run/vmsafe/backup-1/nbd.sock",
                                 "backup@kvm01.example.com"]
+        second = host.local_socket("/run/vmsafe/backup-1/vdb.sock")
+        host.drop_socket(local)
+        assert run.calls[-1][-4:-1] == ["cancel", "-L", f"{local}:/run/vmsafe/backup-1/nbd.sock"]
+        assert host.local_socket("/run/vmsafe/backup-1/vdc.sock") not in (local, second)  # names never reused
     finally:
         control_dir = os.path.dirname(host._control())  # pylint: disable=protected-access
         host.close()
@@ -177,3 +181,50 @@ def test_image_digest_is_the_repositorys_content_digest(tmp_path, fmt):
     assert got_size == size
     assert digest == disk_digest(str(raw), 65536, 8)
     assert os.listdir(folder) == []  # qemu-nbd gone, its socket and pid file removed
+
+
+class JobDomain:
+    """A domain with a pull-mode backup job whose socket is in a folder of ours on the KVM host."""
+
+    def __init__(self) -> None:
+        self.aborted = 0
+
+    def backupGetXMLDesc(self, flags: int) -> str:  # noqa: N802  pylint: disable=unused-argument
+        return "<domainbackup mode='pull'><server transport='unix' socket='/run/vmsafe/backup-1/nbd.sock'/></domainbackup>"
+
+    def abortJob(self) -> None:  # noqa: N802
+        self.aborted += 1
+
+    def checkpointLookupByName(self, name: str, flags: int) -> t.Any:  # noqa: N802  pylint: disable=unused-argument
+        raise libvirt_backup.libvirt.libvirtError("gone")
+
+
+@pytest.mark.skipif(libvirt_backup.libvirt is None, reason="libvirt-python is missing")
+@pytest.mark.parametrize("owner, ended", [
+    ({"pid": 2 ** 22 + 7, "controller": "this-controller"}, True),  # our controller, its process is gone
+    ({"pid": os.getpid(), "controller": "this-controller"}, False),  # still running here
+    ({"pid": 2 ** 22 + 7, "controller": "another-controller"}, False),  # only that controller can tell
+])
+def test_an_abandoned_remote_job_is_ended_only_by_the_controller_that_ran_it(monkeypatch, owner, ended):
+    import json  # pylint: disable=import-outside-toplevel
+    import socket  # pylint: disable=import-outside-toplevel
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "this-controller")
+    run = RecordingRun({"cat": (0, json.dumps(dict(owner, checkpoint="vmsafe-x", scratch=["/i/.s"])), "")})
+    host = KvmHost("qemu+ssh://root@kvm01/system", run)
+    dom = JobDomain()
+    warnings: list[str] = []
+    try:
+        assert libvirt_backup.recover_abandoned(dom, _vm(), warnings.append, host) is ended
+    finally:
+        host.close()
+    assert dom.aborted == (1 if ended else 0)
+    removed = [c for c in run.calls if any("rm -f" in a for a in c)]
+    assert bool(removed) is ended  # the job's folder and scratch file, on the KVM host
+    assert bool(warnings) is ended
+
+
+def _vm() -> t.Any:
+    from ansible_collections.vmsafe.protect.plugins.module_utils._models import VmRef  # pylint: disable=import-outside-toplevel
+
+    return VmRef(id="0123456789abcdef", name="web01", state="running")
