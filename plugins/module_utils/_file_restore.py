@@ -18,7 +18,6 @@ import inspect
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import typing as t
 
@@ -65,17 +64,25 @@ def serve_disk(repo: t.Any, record: t.Any, disk: str, repository: str) -> t.Iter
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def run_helper(request: dict[str, t.Any], python: str, timeout: int) -> dict[str, t.Any]:
-    """Run the libguestfs helper under ``python``; return its answer. Raises FileRestoreError, OperationTimeout."""
+class _Done(t.NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_helper(request: dict[str, t.Any], python: str, timeout: int, run_command: t.Callable[..., t.Any]
+               ) -> dict[str, t.Any]:
+    """Run the libguestfs helper under ``python`` through the module's ``run_command`` (argv list, coreutils
+    ``timeout``); return its answer. Raises FileRestoreError, OperationTimeout."""
     source = inspect.getsource(_guestfs_helper)
-    try:
-        proc = subprocess.run([python, "-c", source], input=json.dumps(request), capture_output=True, text=True,
-                              timeout=timeout, check=False)
-    except FileNotFoundError as exc:
+    rc, out, err = run_command(["timeout", "-k", "10", str(max(1, int(timeout))), python, "-c", source],
+                               data=json.dumps(request), check_rc=False, expand_user_and_vars=False)
+    if rc == 124:
+        raise OperationTimeout(f"Reading files with libguestfs took longer than {timeout} s; raise timeout.")
+    if rc in (126, 127):
         raise FileRestoreError(f"{python} not found: set guestfs_python to a Python that can import guestfs "
-                               "(Debian/Ubuntu: apt-get install libguestfs-tools python3-guestfs).") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise OperationTimeout(f"Reading files with libguestfs took longer than {timeout} s; raise timeout.") from exc
+                               "(Debian/Ubuntu: apt-get install libguestfs-tools python3-guestfs).")
+    proc = _Done(rc, out, err)
     try:
         answer = json.loads(proc.stdout)
     except json.JSONDecodeError:
@@ -86,7 +93,8 @@ def run_helper(request: dict[str, t.Any], python: str, timeout: int) -> dict[str
     return answer
 
 
-def read_files(repo: t.Any, record: t.Any, params: dict[str, t.Any], dest: str | None) -> dict[str, t.Any]:
+def read_files(repo: t.Any, record: t.Any, params: dict[str, t.Any], dest: str | None,
+               run_command: t.Callable[..., t.Any] | None = None) -> dict[str, t.Any]:
     """List (``dest`` None) or extract ``params['path']`` of one disk of ``record``. Returns the module's result
     keys. Raises InvalidArgument for paths that match nothing, FileRestoreError and OperationTimeout."""
     relative = [p for p in params["path"] if not p.startswith("/")]
@@ -98,7 +106,9 @@ def read_files(repo: t.Any, record: t.Any, params: dict[str, t.Any], dest: str |
         request = {"nbd_socket": socket_path, "export": disk.name, "filesystem": params["filesystem"],
                    "paths": params["path"], "dest": dest, "force": params["force"]}
         try:
-            answer = run_helper(request, params["guestfs_python"], params["timeout"])
+            if run_command is None:
+                raise FileRestoreError("Internal error: the libguestfs helper needs the module's run_command.")
+            answer = run_helper(request, params["guestfs_python"], params["timeout"], run_command)
         except FileRestoreError as exc:
             raise FileRestoreError(f"Failed to read files from {where}: {exc}") from exc
     mounted = ", ".join(f"{dev} ({answer['filesystems'].get(dev, '?')}) on {point}"

@@ -239,12 +239,12 @@ def work(module: t.Any, repo: t.Any, now: t.Any) -> dict[str, t.Any]:  # pylint:
     except backup_errors.BackupError as exc:
         raise wrap(exc, p["repository"]) from exc
     if dest is None or module.check_mode:
-        result = read_files(repo, record, p, None)
+        result = read_files(repo, record, p, None, module.run_command)
         if dest is not None and not p["force"]:
             refuse_existing(dest, [f["path"] for f in result["files"] if f["matched"]])
         result["changed"] = dest is not None
         return result
-    result = read_files(repo, record, p, dest)
+    result = read_files(repo, record, p, dest, module.run_command)
     result["changed"] = True
     return result
 

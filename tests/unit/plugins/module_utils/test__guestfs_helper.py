@@ -271,12 +271,19 @@ def test_launch_failure_with_tcg_is_an_error(guest: str, monkeypatch: pytest.Mon
         helper.run(request(paths=["/etc"]))
 
 
+def run_command(args: list[str], data: str | None = None, **_options: t.Any) -> tuple[int, str, str]:
+    """What AnsibleModule.run_command returns, for the helper's runner outside a module."""
+    proc = subprocess.run(args, input=None if data is None else data + "\n", capture_output=True, text=True,
+                          check=False)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
 def test_the_helper_as_run_by_the_module_names_a_python_without_guestfs() -> None:
     """_file_restore runs the helper's source with another interpreter: this one has no guestfs module."""
     with pytest.raises(_file_restore.FileRestoreError, match="cannot import guestfs: install python3-guestfs"):
-        _file_restore.run_helper(request(paths=["/etc"]), sys.executable, 60)
+        _file_restore.run_helper(request(paths=["/etc"]), sys.executable, 60, run_command)
     with pytest.raises(_file_restore.FileRestoreError, match="set guestfs_python"):
-        _file_restore.run_helper(request(paths=["/etc"]), "/nonexistent/python3", 60)
+        _file_restore.run_helper(request(paths=["/etc"]), "/nonexistent/python3", 60, run_command)
 
 
 def test_the_helpers_json_protocol(guest: str, capsys: pytest.CaptureFixture[str],
