@@ -11,7 +11,7 @@ options:
   repository:
     description:
       - Where the backup repository is, a local path (V(/backup/vmsafe)) or V(sftp://user@host[:port]/path).
-      - A password in the URL is refused (and masked in the task's output): use O(repository_password) or, better,
+      - A password in the URL is refused (and masked in the task's output). Use O(repository_password) or, better,
         O(repository_key_file). SFTP operations time out after 30 seconds without an answer.
       - Can also be set with E(VMSAFE_REPOSITORY).
       - Keep it on other storage than the VMs; a backup on the same disk dies with it.
@@ -36,7 +36,7 @@ options:
     type: path
   repository_host_key_checking:
     description:
-      - Refuse an SFTP server whose host key is unknown. Set V(false) only to accept a new server's key once: it is
+      - Refuse an SFTP server whose host key is unknown. Set V(false) only to accept a new server's key once. It is
         then recorded (pinned) in O(repository_known_hosts) (or the user's C(~/.ssh/known_hosts)), and a later,
         different key is refused. The task fails if the key cannot be recorded.
       - A key that differs from the recorded one is always refused.
@@ -51,7 +51,7 @@ options:
       - Can also be set with E(VMSAFE_LOCK_TIMEOUT).
     type: int
     default: 300
-    version_added: 1.1.0
+    version_added: 0.1.0
 requirements:
   - zstandard, cryptography, and paramiko for V(sftp://), on the host that runs the module
 """

@@ -17,9 +17,10 @@ options:
     version_added: 0.1.0
   vm_id:
     description:
-      - UUID of the VM.
+      - UUID of the VM. On VMware, also its managed object id (MoID, for example V(vm-42)) or instance UUID.
+      - O(moid) is the name C(vmware.vmware) and C(community.vmware) use for the MoID.
       - Mutually exclusive with O(vm_name).
     type: str
-    aliases: [uuid]
+    aliases: [uuid, moid]
     version_added: 0.1.0
 """

@@ -13,7 +13,7 @@ from ansible.module_utils.parsing.convert_bool import boolean
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._argspec import ArgumentSpec
 
-HYPERVISORS = ["libvirt", "vmware", "hyperv"]
+HYPERVISORS = ["libvirt", "vmware", "hyperv", "virtualbox", "azure"]
 
 # Environment fallbacks of the options that reach vCenter or a Hyper-V host, in the order they are read: the
 # hypervisor's own variables first, then VMSAFE_* for every hypervisor. They are resolved after the hypervisor is
@@ -30,6 +30,7 @@ ENV_FALLBACKS: dict[str, dict[str, list[str]]] = {
 }
 # What an option is when neither the task nor the environment set it.
 DEFAULTS: dict[str, t.Any] = {"validate_certs": True}
+AZURE_CLOUDS = ["AzureCloud", "AzureChinaCloud", "AzureUSGovernment"]
 
 
 def connection_spec() -> ArgumentSpec:
@@ -56,6 +57,23 @@ def connection_spec() -> ArgumentSpec:
         "ca_path": {"type": "path"},
         "client_cert": {"type": "path"},
         "client_key": {"type": "path", "no_log": False},
+        # virtualbox only (hostname, username, password, port and validate_certs above reach it over SSH)
+        "vboxmanage": {"type": "str", "fallback": (env_fallback, ["VMSAFE_VBOXMANAGE"])},
+        "ssh_key_file": {"type": "path", "no_log": False, "fallback": (env_fallback, ["VMSAFE_SSH_KEY_FILE"])},
+        "ssh_known_hosts": {"type": "path", "fallback": (env_fallback, ["VMSAFE_SSH_KNOWN_HOSTS"])},
+        # azure only; names and AZURE_* variables as in azure.azcollection (and azure-identity's own)
+        "auth_source": {"type": "str", "default": "auto", "choices": ["auto", "cli", "credential_file", "env", "msi"],
+                        "fallback": (env_fallback, ["ANSIBLE_AZURE_AUTH_SOURCE"])},
+        "profile": {"type": "str", "fallback": (env_fallback, ["AZURE_PROFILE"])},
+        "subscription_id": {"type": "str", "fallback": (env_fallback, ["AZURE_SUBSCRIPTION_ID"])},
+        "client_id": {"type": "str", "fallback": (env_fallback, ["AZURE_CLIENT_ID"])},
+        "secret": {"type": "str", "no_log": True, "fallback": (env_fallback, ["AZURE_SECRET", "AZURE_CLIENT_SECRET"])},
+        "tenant": {"type": "str", "fallback": (env_fallback, ["AZURE_TENANT", "AZURE_TENANT_ID"])},
+        "cloud_environment": {"type": "str", "default": "AzureCloud", "choices": AZURE_CLOUDS,
+                              "fallback": (env_fallback, ["AZURE_CLOUD_ENVIRONMENT"])},
+        "base_url": {"type": "str", "fallback": (env_fallback, ["VMSAFE_AZURE_BASE_URL"])},
+        "authority_host": {"type": "str", "fallback": (env_fallback, ["AZURE_AUTHORITY_HOST"])},
+        "resource_group": {"type": "str"},
     })
 
 

@@ -61,6 +61,8 @@ class Snapshot:
     depth: int = 1  # 1 for a root snapshot
     vm_state: str = ""  # state of the VM when the snapshot was taken
     files: list[str] = dataclasses.field(default_factory=list)  # external overlays created by it
+    # vSphere's per-VM integer snapshot id (what vmware.vmware and community.vmware call snapshot_id); None elsewhere
+    number: int | None = None
 
     def age_seconds(self, now: datetime.datetime) -> int:
         return max(0, int((now - self.created).total_seconds()))

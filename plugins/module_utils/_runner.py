@@ -19,7 +19,7 @@ from ansible.module_utils.basic import missing_required_lib
 from ansible_collections.vmsafe.protect.plugins.module_utils._argspec import mask_url_passwords
 from ansible_collections.vmsafe.protect.plugins.module_utils._changes import ChangeSet
 from ansible_collections.vmsafe.protect.plugins.module_utils._connection import resolve_connection
-from ansible_collections.vmsafe.protect.plugins.module_utils._errors import VmsafeError
+from ansible_collections.vmsafe.protect.plugins.module_utils._errors import VmNotFound, VmsafeError
 from ansible_collections.vmsafe.protect.plugins.module_utils._models import VmRef, VmSelector
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers.registry import PROVIDERS
 
@@ -27,16 +27,18 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from ansible.module_utils.basic import AnsibleModule
 
     from ansible_collections.vmsafe.protect.plugins.module_utils._argspec import ArgumentSpec
+    from ansible_collections.vmsafe.protect.plugins.module_utils._models import ConsolidationStatus, Snapshot
     from ansible_collections.vmsafe.protect.plugins.module_utils._providers.base import HypervisorProvider
 
 
 class ProviderTask:
     """Base of every module's task. Subclasses implement plan() and result()."""
 
-    def __init__(self, module: AnsibleModule, provider: HypervisorProvider) -> None:
+    def __init__(self, module: AnsibleModule, provider: HypervisorProvider | None) -> None:
         self.module = module
         self.params: dict[str, t.Any] = module.params
-        self.provider = provider
+        # None only for tasks whose needs_provider() said no; they never touch it.
+        self.provider = t.cast("HypervisorProvider", provider)
         self.check_mode: bool = module.check_mode
         self.now = datetime.datetime.now(datetime.timezone.utc)
         self.partial: dict[str, t.Any] = {}  # returned with fail_json when a step fails
@@ -68,6 +70,23 @@ class ProviderTask:
         selector = self.selector()
         return [self.provider.find_vm(selector)] if selector is not None else self.provider.list_vms()
 
+    def vms_with_snapshots(self) -> t.Iterator[tuple[VmRef, list[Snapshot], ConsolidationStatus]]:
+        """Each VM of vms() with its snapshots and consolidation status.
+
+        Over a whole host, a VM deleted while the module runs is skipped with a warning (it is no failure of this
+        run); a VM the user named that is gone raises VmNotFound.
+        """
+        for vm in self.vms():
+            try:
+                snaps = self.provider.list_snapshots(vm)
+                status = self.provider.consolidation_status(vm, snaps)
+            except VmNotFound as exc:
+                if self.selector() is not None:
+                    raise
+                self.module.warn(f"Skipped VM '{vm.name}': it disappeared while the module ran ({exc}).")
+                continue
+            yield vm, snaps, status
+
     def plan(self, changes: ChangeSet) -> None:
         raise NotImplementedError
 
@@ -84,7 +103,9 @@ def create_provider(module: AnsibleModule) -> HypervisorProvider:
     cls, import_error = load()
     if import_error is not None:
         module.fail_json(msg=missing_required_lib(package), exception=import_error)
-    return cls(module.params, module.warn)
+    provider = cls(module.params, module.warn)
+    provider.run_command = module.run_command
+    return provider
 
 
 def resolve_module_connection(module: AnsibleModule) -> None:
@@ -104,11 +125,13 @@ def run_module(spec: ArgumentSpec, task_class: type[ProviderTask], **module_kwar
     started = time.monotonic()
     resolve_module_connection(module)
     early = task_class.prestart(module.params)
-    provider = create_provider(module)
+    # A task that never talks to the hypervisor (a restore to image files) neither loads nor connects a provider,
+    # so it runs where no hypervisor library is installed.
+    provider = create_provider(module) if task_class.needs_provider(module.params) else None
     task: ProviderTask | None = None
     changes = ChangeSet()
     try:
-        if task_class.needs_provider(module.params):
+        if provider is not None:
             provider.connect()
         task = task_class(module, provider)
         task.early = early
@@ -131,6 +154,7 @@ def run_module(spec: ArgumentSpec, task_class: type[ProviderTask], **module_kwar
     finally:
         if task is not None:
             task.cleanup()
-        provider.close()
+        if provider is not None:
+            provider.close()
     result["elapsed"] = round(time.monotonic() - started, 3)
     module.exit_json(**result)

@@ -39,13 +39,17 @@ def link(snapshots: list[Snapshot]) -> list[Snapshot]:
 
 def find(snapshots: list[Snapshot], name: str | None = None, snapshot_id: str | None = None,
          vm_name: str = "") -> Snapshot | None:
-    """Return the snapshot with that id, or the only one with that name, or None.
+    """Return the snapshot with that id (or vSphere integer id), or the only one with that name, or None.
 
     Raises AmbiguousSnapshot when several snapshots share the name: a silent pick could revert or delete
     the wrong one.
     """
     if snapshot_id is not None:
-        return next((s for s in snapshots if s.id == snapshot_id), None)
+        found = next((s for s in snapshots if s.id == snapshot_id), None)
+        if found is None and snapshot_id.isdigit():
+            # vmware.vmware and community.vmware take vSphere's integer snapshot id; it names one snapshot too.
+            found = next((s for s in snapshots if s.number == int(snapshot_id)), None)
+        return found
     matches = [s for s in snapshots if s.name == name]
     if len(matches) > 1:
         listing = ", ".join(f"{s.id} (created {s.created:%Y-%m-%d %H:%M:%SZ})" for s in matches)

@@ -63,6 +63,11 @@ vms:
   returned: success
   type: dict
   sample: {"web01": {"count": 9, "newest": "20261123T020000Z-3f9a1c2e", "oldest": "20261101T020000Z-0a1b2c3d", "newest_age_seconds": 3600}}
+elapsed:
+  description: Seconds the module ran.
+  returned: success
+  type: float
+  sample: 0.05
 """
 
 import typing as t

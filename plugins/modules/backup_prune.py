@@ -69,7 +69,7 @@ options:
       - In check mode the locks are listed in RV(locks_broken) and left in place.
     type: bool
     default: false
-    version_added: 1.1.0
+    version_added: 0.1.0
 notes:
   - A policy that keeps nothing is refused.
 seealso:
@@ -128,6 +128,11 @@ locks_broken:
   type: list
   elements: dict
   sample: [{"operation": "backup", "exclusive": false, "host": "kvm03", "pid": 41234}]
+elapsed:
+  description: Seconds the module ran.
+  returned: success
+  type: float
+  sample: 2.4
 """
 
 import datetime

@@ -8,13 +8,13 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 module: backup_repository
 short_description: Create a vmsafe backup repository, or change its passphrase
-version_added: 1.1.0
+version_added: 0.1.0
 description:
   - Makes sure the repository exists (creates it when it does not) and opens with the passphrase.
   - With O(new_passphrase), re-wraps the repository key under the new passphrase. Only the key file changes; every
     backup stays readable with the new passphrase. A repository made by an older release also gets its config
     authenticated then.
-  - Creation never replaces anything: several hosts running this at once create one repository, and a location
+  - Creation never replaces anything. Several hosts running this at once create one repository, and a location
     that holds a key or data without a config is refused.
 author: vmsafe.protect contributors (@vmsafe-protect)
 extends_documentation_fragment:
@@ -47,7 +47,7 @@ options:
   new_passphrase:
     description:
       - The passphrase the repository key is to be wrapped with from now on. O(passphrase) must be the current one.
-      - Update the vault variable the other jobs use in the same change: they fail with "Wrong passphrase" until then.
+      - Update the vault variable the other jobs use in the same change; they fail with "Wrong passphrase" until then.
     type: str
 notes:
   - The passphrases are never logged or returned.

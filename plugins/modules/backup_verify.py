@@ -41,7 +41,7 @@ options:
     default: false
   repair:
     description:
-      - Repair the repository instead of failing: rebuild the index from the packs, read every chunk (implies
+      - Repair the repository instead of failing. Rebuild the index from the packs, read every chunk (implies
         O(read_data)), and drop the index entries of damaged chunks, so that the next backup of a VM whose disk
         still holds that data stores it again. That also heals every older backup that uses the same chunk.
       - Takes the repository alone (waits up to O(lock_timeout) for running backups). The task reports
@@ -50,7 +50,7 @@ options:
       - In check mode, reports what would be dropped and changes nothing.
     type: bool
     default: false
-    version_added: 1.1.0
+    version_added: 0.1.0
 seealso:
   - module: vmsafe.protect.vm_backup
   - module: vmsafe.protect.backup_info
@@ -116,6 +116,11 @@ repaired:
       type: list
       elements: str
   sample: {"entries_dropped": 1, "damaged_backups": ["20261203T020000Z-0a1b2c3d"]}
+elapsed:
+  description: Seconds the module ran.
+  returned: success
+  type: float
+  sample: 3.9
 """
 
 import dataclasses
@@ -128,7 +133,6 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup import erro
 
 def work(module: t.Any, repo: t.Any, now: t.Any) -> dict[str, t.Any]:
     p = module.params
-    repaired = None
     try:
         if p["repair"] and not module.check_mode:
             outcome = repo.repair()

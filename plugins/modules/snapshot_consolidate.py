@@ -20,6 +20,7 @@ description:
 author: vmsafe.protect contributors (@vmsafe-protect)
 extends_documentation_fragment:
   - vmsafe.protect.connection
+  - vmsafe.protect.proxy
   - vmsafe.protect.vm_selector
   - vmsafe.protect.attributes
   - vmsafe.protect.attributes.ACTIONGROUP_VMSAFE
@@ -49,7 +50,17 @@ options:
   name_pattern:
     description:
       - Only snapshots whose name matches this regular expression are candidates. All, when unset.
+      - Over a whole host (no O(vm_name) or O(vm_id)) with O(max_age) or O(keep_last), either this or
+        O(all_snapshots=true) is required, so that a policy meant for one kind of snapshot never removes every
+        snapshot of every VM of a vCenter.
     type: str
+  all_snapshots:
+    description:
+      - Make every snapshot of every VM a candidate when no VM is named and no O(name_pattern) is given.
+      - Without it, such a run fails before it looks at any VM.
+    type: bool
+    default: false
+    version_added: 0.1.0
   protect_pattern:
     description:
       - Snapshots whose name matches this regular expression are never removed and do not count toward O(keep_last).
@@ -63,6 +74,8 @@ options:
     description:
       - Merge overlays that belong to no snapshot, and drop snapshot records whose overlays are gone from the disk.
       - Block jobs that vmsafe did not start are reported, never taken over.
+      - On Azure, remove snapshot sets that lack a disk's snapshot (partial sets) and delete the disks a revert took
+        out of the VM (kept until then as the way back; run in check mode first to see them).
     type: bool
     default: true
   timeout:
@@ -74,6 +87,11 @@ notes:
   - When neither O(max_age) nor O(keep_last) is given, no snapshot is removed; only leftovers are repaired.
   - The size of an internal libvirt snapshot is the saved RAM only (its disk clusters are shared with the image),
     so the C(bytes_reclaimed) of RV(summary) is a lower bound.
+  - On VirtualBox, leftovers come from the media registry. C(orphaned_medium) is a differencing image in the VM's folder
+    that nothing uses (deleted), C(inaccessible_medium) a missing image nothing uses (unregistered). A missing image
+    the VM still uses is only reported. Verified against the project's fake VBoxManage only (see docs/virtualbox.md).
+  - On Azure the size of a set is the provisioned size of its disks (Azure does not report what an incremental
+    snapshot really stores), and a replaced disk counts with its provisioned size.
 seealso:
   - module: vmsafe.protect.vm_snapshot_info
   - module: vmsafe.protect.vm_snapshot
@@ -170,6 +188,19 @@ plan:
   type: list
   elements: str
   sample: ["web01: remove snapshot 'pre-patch-1' (age 4d is over max_age 3d)"]
+elapsed:
+  description: Seconds the module ran.
+  returned: success
+  type: float
+  sample: 12.7
+applied:
+  description:
+    - When the module failed, the steps of RV(plan) that ran before the failure, one per VM with work to do. A VM
+      whose step hit an error is listed too, and its entry in RV(vms) holds the C(error).
+  returned: failure
+  type: list
+  elements: str
+  sample: ["web01: remove snapshot 'pre-patch-1' (age 4d is over max_age 3d)"]
 """
 
 import typing as t
@@ -177,8 +208,9 @@ import typing as t
 from ansible_collections.vmsafe.protect.plugins.module_utils import _snapshot_tree as tree
 from ansible_collections.vmsafe.protect.plugins.module_utils._connection import vm_argument_spec
 from ansible_collections.vmsafe.protect.plugins.module_utils._consolidate import Policy, compile_pattern, select
-from ansible_collections.vmsafe.protect.plugins.module_utils._errors import VmsafeError
+from ansible_collections.vmsafe.protect.plugins.module_utils._errors import InvalidArgument, VmsafeError
 from ansible_collections.vmsafe.protect.plugins.module_utils._models import VmSelector
+from ansible_collections.vmsafe.protect.plugins.module_utils._peer_options import with_peer_options
 from ansible_collections.vmsafe.protect.plugins.module_utils._runner import ProviderTask, run_module
 from ansible_collections.vmsafe.protect.plugins.module_utils._units import parse_duration
 
@@ -192,6 +224,13 @@ class ConsolidateTask(ProviderTask):
 
     def plan(self, changes: ChangeSet) -> None:
         p = self.params
+        removes = p["max_age"] is not None or p["keep_last"] is not None
+        if removes and self.selector() is None and not p["name_pattern"] and not p["all_snapshots"]:
+            raise InvalidArgument(
+                f"Failed to apply max_age/keep_last on {self.provider.name} host {self.provider.host}: no VM and no "
+                f"name_pattern given, so every snapshot of every VM would be a candidate. Set name_pattern (for "
+                f"example '^pre-patch') to limit the policy to your snapshots, name a VM with vm_name, or set "
+                f"all_snapshots: true if every snapshot of every VM really is a candidate.")
         if p["keep_last"] is not None and p["keep_last"] < 0:
             raise VmsafeError(f"keep_last must be 0 or more, got {p['keep_last']}.")
         policy = Policy(
@@ -202,9 +241,7 @@ class ConsolidateTask(ProviderTask):
         )
         self.entries: list[dict[str, t.Any]] = []
         befores, afters = [], []
-        for vm in self.vms():
-            snaps = self.provider.list_snapshots(vm)
-            status = self.provider.consolidation_status(vm, snaps)
+        for vm, snaps, status in self.vms_with_snapshots():
             remove, keep = select(snaps, policy, self.now)
             leftovers = [x for x in status.leftovers if x.kind != "block_job"] if p["repair_leftovers"] else []
             entry: dict[str, t.Any] = {
@@ -291,10 +328,11 @@ class ConsolidateTask(ProviderTask):
 
 
 def main() -> None:
-    spec = vm_argument_spec(vm_required=False).update_argspec(
+    spec = with_peer_options(vm_argument_spec(vm_required=False)).update_argspec(
         max_age={"type": "str"},
         keep_last={"type": "int"},
         name_pattern={"type": "str"},
+        all_snapshots={"type": "bool", "default": False},
         protect_pattern={"type": "str"},
         max_depth={"type": "int", "default": 4},
         repair_leftovers={"type": "bool", "default": True},

@@ -10,17 +10,18 @@ module: vm_backup
 short_description: Back up every disk of a VM into a deduplicated, encrypted repository
 version_added: 0.1.0
 description:
-  - Takes a full or an incremental backup of every disk of a running VM into a vmsafe backup repository
+  - Takes a full or an incremental backup of every disk of a VM into a vmsafe backup repository
     (deduplicated, zstd-compressed, AES-256-GCM encrypted unless the repository was made with O(encryption=none)).
   - Incrementals read only the extents that changed since the previous backup, from the hypervisor's change
     tracking (libvirt checkpoints and QEMU dirty bitmaps; Hyper-V Resilient Change Tracking since the reference
-    point the last backup left), never the whole disk.
+    point the last backup left; Azure page-range diffs between incremental snapshots), never the whole disk.
   - The VM definition is stored with the backup, so M(vmsafe.protect.vm_restore) can make a new VM from it.
   - Leaves nothing on the VM but the checkpoint the next incremental needs. A failed or interrupted backup leaves the
     VM running, the repository and every earlier backup intact, and the next run working.
 author: vmsafe.protect contributors (@vmsafe-protect)
 extends_documentation_fragment:
   - vmsafe.protect.connection
+  - vmsafe.protect.proxy
   - vmsafe.protect.vm_selector
   - vmsafe.protect.repository
   - vmsafe.protect.attributes
@@ -86,10 +87,27 @@ options:
     type: int
     default: 21600
 notes:
-  - On libvirt the VM must run (QEMU serves its disks over NBD to the backup), and its disks must be qcow2.
+  - On libvirt a running VM's disks are served by QEMU over NBD (a pull-mode backup job); a shut-off VM's image files
+    are read with a read-only C(qemu-nbd) on the KVM host, which keeps the VM from starting until the read ends.
+  - On libvirt disks of any format are backed up (image files and block devices such as LVM volumes); only qcow2
+    disks keep the dirty bitmaps incrementals need, so other disks are read whole in every backup. Network disks
+    (RBD, iSCSI) are skipped with a warning.
+  - On libvirt with a C(qemu+ssh://) URI the KVM host's NBD sockets and image files are reached through the URI's own
+    SSH login (user, port, C(keyfile), C(known_hosts), C(no_verify)); the host needs C(qemu-utils) and sshd's
+    stream-local forwarding (on by default). See docs/backup.md in the collection.
   - On Hyper-V a Recovery checkpoint freezes the disks, which are read through a read-only mount over WinRM, a few
     MiB per command; the checkpoint then becomes the reference point of the next incremental. Tested against the
     project's WS-Management simulator only (see docs/hyperv.md).
+  - On VirtualBox there is no changed-block tracking, so every backup is a full read (RV(mode=full), RV(reason) says
+    why); the repository's deduplication stores only the chunks that changed. Each disk of a temporary snapshot is
+    cloned to a flat file next to the VM (free space the size of the disk is needed there), streamed in, and removed
+    with the snapshot. Verified against the project's fake VBoxManage only (see docs/virtualbox.md).
+  - On Azure (O(hypervisor=azure)) each backup takes an incremental snapshot set and reads it through time-limited
+    SAS URLs, reading the written pages for a full backup and the page-range diff to the last backup's set for an
+    incremental.
+    That set is kept as the next incremental's base (tagged C(vmsafe-purpose=backup), not listed as a snapshot); the
+    previous one is deleted. Crash consistent; O(quiesce) is not supported there yet. Tested against the project's
+    Azure fake only (see docs/azure.md).
   - Run long backups with C(async) and C(poll); the result reports the bytes read and stored.
 seealso:
   - module: vmsafe.protect.vm_restore
@@ -144,12 +162,16 @@ parent:
   type: str
   sample: 20261122T020000Z-91be0d44
 checkpoint:
-  description: The hypervisor's change-tracking reference kept for the next incremental.
+  description:
+    - The hypervisor's change-tracking reference kept for the next incremental.
+    - V(null) when no disk of the VM can track changes (libvirt VMs with raw disks only).
   returned: success, not in check mode
   type: str
   sample: vmsafe-20261123T020000123456Z
 consistency:
-  description: V(quiesced) or V(crash_consistent).
+  description:
+    - V(quiesced) (the guest agent froze the file systems), V(crash_consistent), or V(shutdown) (a libvirt VM that
+      was shut down normally and backed up shut off).
   returned: success, not in check mode
   type: str
   sample: crash_consistent
@@ -186,6 +208,19 @@ vm:
   returned: success
   type: dict
   sample: {"id": "0b3aba08-caf1-45d6-a9fd-0f81ba99ba45", "name": "web01", "state": "running", "host": "qemu:///system"}
+elapsed:
+  description: Seconds the module ran.
+  returned: success
+  type: float
+  sample: 41.3
+applied:
+  description:
+    - When the module failed, the steps that had completed before the failure. The backup is one step, so this
+      is an empty list when the backup failed.
+  returned: failure
+  type: list
+  elements: str
+  sample: []
 """
 
 import concurrent.futures
@@ -197,6 +232,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup import erro
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import DiskSource
 from ansible_collections.vmsafe.protect.plugins.module_utils._connection import vm_argument_spec
 from ansible_collections.vmsafe.protect.plugins.module_utils._errors import OperationTimeout, VmsafeError
+from ansible_collections.vmsafe.protect.plugins.module_utils._peer_options import with_peer_options
 from ansible_collections.vmsafe.protect.plugins.module_utils._repository import open_repository, repository_spec, wrap
 from ansible_collections.vmsafe.protect.plugins.module_utils._runner import ProviderTask, run_module
 
@@ -330,7 +366,7 @@ class BackupTask(ProviderTask):
             stats = self.record.stats
             read, stored = int(stats.get("read_bytes", 0)), int(stats.get("new_bytes", 0))
             result.update(
-                backup_id=self.record.id, checkpoint=self.session.checkpoint, consistency=self.session.consistency,
+                backup_id=self.record.id, checkpoint=self.session.checkpoint or None, consistency=self.session.consistency,
                 bytes_read=read, bytes_stored=stored, reduction_ratio=round(read / stored, 2) if stored else None,
                 duration=self.duration,
                 disks=[{"name": d.name, "size": d.size, "digest": d.content_digest} for d in self.record.disks],
@@ -339,7 +375,7 @@ class BackupTask(ProviderTask):
 
 
 def main() -> None:
-    spec = vm_argument_spec().merge(repository_spec()).update_argspec(
+    spec = with_peer_options(vm_argument_spec()).merge(repository_spec()).update_argspec(
         mode={"type": "str", "default": "auto", "choices": ["auto", "full", "incremental"]},
         quiesce={"type": "bool", "default": False},
         quiesce_fallback={"type": "str", "default": "fail", "choices": ["fail", "crash_consistent"]},

@@ -12,8 +12,11 @@ version_added: 0.1.0
 description:
   - Restores a backup taken by M(vmsafe.protect.vm_backup). Every chunk is authenticated and hash-checked before it is
     written, and each disk's whole content is checked against the digest recorded at backup time.
-  - V(image) writes sparse image files (V(raw), V(qcow2), V(vmdk) or V(vhdx)) into O(dest).
-  - V(new_vm) writes qcow2 disks into O(dest) and defines a new VM from the stored definition, with a new name,
+  - V(image) writes sparse image files (V(raw), V(qcow2), V(vmdk) or V(vhdx)) into O(dest). It needs no hypervisor
+    library (libvirt-python, pyVmomi, pywinrm), only C(qemu-img) and C(qemu-nbd) for formats other than V(raw)
+    and for checking files made by an earlier run.
+  - V(new_vm) writes qcow2 disks into O(dest) and defines a new VM from the stored definition (refused for an
+    unencrypted repository, whose definitions are not authenticated), with a new name,
     UUID and MAC addresses, optionally started.
   - V(original) replaces the disks of the original VM, which must be shut off; it needs O(force=true).
   - Never overwrites a file it was not told to; a failed restore leaves no partial file under a final name.
@@ -33,7 +36,9 @@ attributes:
   idempotent:
     support: partial
     details:
-      - V(image) and V(new_vm) refuse to run again over what they made; V(original) restores every time.
+      - V(image) and V(new_vm) report no change when the files they made still hold the backup (their content digest
+        is checked, which reads their data once); a file holding anything else is never overwritten.
+        V(original) restores every time.
 options:
   backup_id:
     description:
@@ -90,6 +95,12 @@ notes:
   - On VMware, O(target=new_vm) uploads each restored disk through the datastore HTTP interface next to the new VM's
     files and creates the VM from the stored definition (new UUID and MACs). Hyper-V restores to images only
     (O(format=vhdx) gives a VHDX to attach).
+  - On VirtualBox, O(target=new_vm) writes VMDK files into O(dest) (uploaded over SFTP next to the new VM on a remote
+    host) and creates the VM with C(VBoxManage createvm), C(storagectl) and C(storageattach). O(target=original) is not
+    supported there. Verified against the project's fake VBoxManage only (see docs/virtualbox.md).
+  - On Azure, O(target=new_vm) uploads each disk as a fixed VHD to a new managed disk in the backed-up VM's region
+    and zone and creates the VM on them; it reuses the backed-up VM's network interfaces, which Azure allows only
+    once that VM is gone, and otherwise fails naming the uploaded disks. O(target=original) is not supported there.
 seealso:
   - module: vmsafe.protect.vm_backup
   - module: vmsafe.protect.backup_info
@@ -124,7 +135,9 @@ backup_id:
   type: str
   sample: 20261123T020000Z-3f9a1c2e
 files:
-  description: Per disk, the file written (or that would be), its format, size and the content digest it was checked against.
+  description:
+    - Per disk, the file written (or that would be), its format, size and the content digest it was checked against.
+    - C(restored) is V(false) for a file an earlier run made that still holds exactly this disk (left as it is).
   returned: success
   type: list
   elements: dict
@@ -134,6 +147,7 @@ files:
       format: vhdx
       size: 21474836480
       digest: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+      restored: true
 vm:
   description: The VM defined (O(target=new_vm)) or restored over (O(target=original)).
   returned: when O(target) is not V(image)
@@ -148,7 +162,9 @@ plan:
 """
 
 import os
-import subprocess
+import secrets
+import stat
+import tempfile
 import typing as t
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup import errors as backup_errors
@@ -157,6 +173,8 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._changes import Ste
 from ansible_collections.vmsafe.protect.plugins.module_utils._connection import connection_spec
 from ansible_collections.vmsafe.protect.plugins.module_utils._errors import InvalidArgument, OperationTimeout, VmsafeError
 from ansible_collections.vmsafe.protect.plugins.module_utils._models import VmSelector
+from ansible_collections.vmsafe.protect.plugins.module_utils._providers.libvirt_host import KvmHost
+from ansible_collections.vmsafe.protect.plugins.module_utils._providers.libvirt_image import image_digest
 from ansible_collections.vmsafe.protect.plugins.module_utils._repository import open_repository, repository_spec, wrap
 from ansible_collections.vmsafe.protect.plugins.module_utils._runner import ProviderTask, run_module
 
@@ -171,6 +189,8 @@ class RestoreTask(ProviderTask):
     """Restore one backup."""
 
     repo: t.Any = None
+    _host: KvmHost | None = None
+    _scratch_dir: str | None = None
 
     @classmethod
     def needs_provider(cls, params: dict[str, t.Any]) -> bool:
@@ -196,6 +216,7 @@ class RestoreTask(ProviderTask):
             raise InvalidArgument(f"Backup {self.record.id} has no disk {', '.join(unknown)}; it has "
                                   f"{', '.join(d.name for d in self.record.disks)}.")
         self.vm = None
+        formats: dict[str, str] = {}
         self.files: list[dict[str, t.Any]] = []
         target = p["target"]
         # a new or original VM gets the format its hypervisor takes (qcow2 for libvirt, flat images for VMware)
@@ -211,35 +232,96 @@ class RestoreTask(ProviderTask):
                 raise InvalidArgument(f"VM '{self.vm.name}' has no disk {', '.join(missing)} any more; restore to a new "
                                       f"VM instead.")
             paths = {n: current[n] for n in names}
+            # Each disk keeps its own format (a raw file or a block device stays raw).
+            formats = getattr(self.provider, "vm_disk_formats", lambda _vm: {})(self.vm)
         else:
             if not p["dest"] or not os.path.isdir(p["dest"]):
                 raise InvalidArgument(f"dest must be an existing directory for target: {target}, got {p['dest']!r}.")
             if target == "new_vm" and not p["new_vm_name"]:
                 raise InvalidArgument("target: new_vm needs new_vm_name, the name of the VM to create.")
+            if target == "new_vm" and self.repo.encryption == "none":
+                # the stored definition becomes a VM on this host: in an unencrypted repository nothing authenticates
+                # it, so whoever can write the repository could plant devices, emulator paths or QEMU arguments
+                raise InvalidArgument(
+                    f"Backup {self.record.id} is in an unencrypted repository, whose VM definitions are not "
+                    "authenticated: target: new_vm would define whatever the repository holds. Restore to image "
+                    "files (target: image) and define the VM yourself, or keep backups in an encrypted repository.")
             # names from a manifest (and new_vm_name) are made safe path components: never a separator or '..'
             stem = path_component(p["new_vm_name"] if target == "new_vm" else self.record.vm_name)
             paths = {n: os.path.join(p["dest"], f"{stem}-{path_component(n)}-{self.record.id}.{EXTENSIONS[fmt]}")
                      for n in names}
-            existing = [path for path in paths.values() if os.path.exists(path)]
-            if existing:
-                raise InvalidArgument(f"Refusing to overwrite {', '.join(existing)}: remove it or choose another dest.")
+        done = self._already_restored(paths, fmt) if target != "original" else set()
         for name in names:
             disk = self.record.disk(name)
-            entry = {"disk": name, "path": paths[name], "format": fmt, "size": disk.size, "digest": disk.content_digest}
+            disk_fmt = formats.get(name, fmt) if target == "original" else fmt
+            entry = {"disk": name, "path": paths[name], "format": disk_fmt if disk_fmt in QEMU_FORMATS else "raw",
+                     "size": disk.size, "digest": disk.content_digest, "restored": name not in done}
             self.files.append(entry)
-            changes.step(f"restore disk {name} of {self.record.id} to {paths[name]} ({fmt})",
-                         lambda e=entry: self._restore_disk(e))
+            if name not in done:
+                changes.step(f"restore disk {name} of {self.record.id} to {paths[name]} ({fmt})",
+                             lambda e=entry: self._restore_disk(e))
         if target == "original":
             # Checked first, before any disk is touched.
             changes.steps.insert(0, Step(f"check VM '{self.vm.name}' is shut off and drop its backup checkpoints",
                                          lambda: self.provider.prepare_restore_in_place(self.vm)))
-        if target == "new_vm":
+        if target == "new_vm" and not (len(done) == len(names) and self._defined_already(paths)):
             changes.step(f"define VM '{p['new_vm_name']}' from the backup's definition"
                          f"{' and start it' if p['start'] else ''}", self._define)
+
+    def _already_restored(self, paths: dict[str, str], fmt: str) -> set[str]:
+        """Disks whose file exists and holds exactly the backup's disk (same size and content digest).
+
+        A second identical run then changes nothing; a file holding anything else is never overwritten.
+        Raises InvalidArgument for such a file.
+        """
+        done = set()
+        for name, path in paths.items():
+            if not os.path.exists(path):
+                continue
+            disk = self.record.disk(name)
+            try:
+                size, digest = image_digest(self.host, path, QEMU_FORMATS[fmt], disk.chunk_size, disk.segment_chunks,
+                                            self._scratch())
+            except VmsafeError as exc:
+                raise InvalidArgument(f"Refusing to overwrite {path}: it exists and could not be read as a {fmt} "
+                                      f"image ({exc}). Remove it or choose another dest.") from exc
+            if size != disk.size or digest != disk.content_digest:
+                raise InvalidArgument(f"Refusing to overwrite {path}: it exists and does not hold disk {name} of backup "
+                                      f"{self.record.id} (content digest {digest[:16]}..., the backup's "
+                                      f"{disk.content_digest[:16]}...). Remove it or choose another dest.")
+            done.add(name)
+        return done
+
+    def _defined_already(self, paths: dict[str, str]) -> bool:
+        """Whether the VM of target: new_vm exists already, on exactly these restored files."""
+        try:
+            vm = self.provider.find_vm(VmSelector(name=self.params["new_vm_name"]))
+        except VmsafeError:
+            return False
+        if sorted(self.provider.vm_disks(vm).values()) != sorted(paths.values()):
+            raise InvalidArgument(f"A VM named '{vm.name}' exists already and does not use the restored files "
+                                  f"{', '.join(sorted(paths.values()))}; choose another new_vm_name.")
+        self.vm = vm
+        return True
+
+    @property
+    def host(self) -> KvmHost:
+        """This machine, for qemu-img and qemu-nbd (through the module's run_command)."""
+        if self._host is None:
+            self._host = KvmHost("qemu:///system", self.module.run_command)
+        return self._host
+
+    def _scratch(self) -> str:
+        if self._scratch_dir is None:
+            self._scratch_dir = tempfile.mkdtemp(prefix="vmsafe-restore-")
+        return self._scratch_dir
 
     def _restore_disk(self, entry: dict[str, t.Any]) -> None:
         final = entry["path"]
         try:
+            if entry["format"] == "raw" and os.path.exists(final) and stat.S_ISBLK(os.stat(final).st_mode):
+                self.repo.restore(self.record.id, entry["disk"], final)  # a block device (LVM): written in place
+                return
             if entry["format"] == "raw":
                 tmp = final + ".vmsafe-restore"
                 self.repo.restore(self.record.id, entry["disk"], tmp, sparse=True)
@@ -249,19 +331,17 @@ class RestoreTask(ProviderTask):
             self.repo.restore(self.record.id, entry["disk"], raw, sparse=True)
         except backup_errors.BackupError as exc:
             raise wrap(exc, self.params["repository"]) from exc
-        partial = final + ".vmsafe-partial"
+        # an unpredictable name (qemu-img would follow a link planted at a fixed one), and 0600 before the file
+        # gets its final name (qemu-img creates it with the umask's 0644)
+        partial = f"{final}.vmsafe-partial-{secrets.token_hex(6)}"
         try:
-            subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", QEMU_FORMATS[entry["format"]], raw, partial],
-                           check=True, capture_output=True, text=True, timeout=self.params["timeout"])
+            self.host.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", QEMU_FORMATS[entry["format"]], raw, partial],
+                          self.params["timeout"], f"convert disk {entry['disk']} to {entry['format']}")
+            os.chmod(partial, 0o600)
             os.replace(partial, final)
-        except subprocess.TimeoutExpired as exc:
+        except OperationTimeout as exc:
             raise OperationTimeout(f"Timed out after {self.params['timeout']} s converting disk {entry['disk']} to "
                                    f"{entry['format']}; nothing was left under {final}.") from exc
-        except subprocess.CalledProcessError as exc:
-            raise VmsafeError(f"Failed to convert disk {entry['disk']} to {entry['format']}: {exc.stderr.strip()}") from exc
-        except FileNotFoundError as exc:
-            raise VmsafeError("qemu-img is needed to write qcow2, vmdk or vhdx images: install qemu-utils "
-                              "(or use format: raw).") from exc
         finally:
             for path in (raw, partial):
                 if os.path.exists(path):
@@ -275,6 +355,10 @@ class RestoreTask(ProviderTask):
     def cleanup(self) -> None:
         if self.repo is not None:
             self.repo.close()
+        if self._scratch_dir is not None:
+            for entry in os.listdir(self._scratch_dir):
+                os.unlink(os.path.join(self._scratch_dir, entry))
+            os.rmdir(self._scratch_dir)
 
     def result(self, changes: ChangeSet) -> dict[str, t.Any]:
         result: dict[str, t.Any] = {"backup_id": self.record.id, "files": self.files, "plan": changes.plan}

@@ -19,6 +19,7 @@ description:
 author: vmsafe.protect contributors (@vmsafe-protect)
 extends_documentation_fragment:
   - vmsafe.protect.connection
+  - vmsafe.protect.proxy
   - vmsafe.protect.vm_selector
   - vmsafe.protect.attributes
   - vmsafe.protect.attributes.ACTIONGROUP_VMSAFE
@@ -40,11 +41,11 @@ options:
     description:
       - V(present) creates the snapshot if none has that name.
       - V(absent) removes the snapshot (its data is merged into what depends on it).
-      - V(reverted) reverts the VM to the snapshot.
+      - V(reverted) reverts the VM to the snapshot. V(revert) means the same (the word of C(community.vmware)).
       - V(remove_all) removes every snapshot of the VM.
     type: str
     default: present
-    choices: [present, absent, reverted, remove_all]
+    choices: [present, absent, reverted, revert, remove_all]
   snapshot_name:
     description:
       - Name of the snapshot. Required for O(state=present).
@@ -54,6 +55,8 @@ options:
   snapshot_id:
     description:
       - Id of the snapshot, as returned in the C(id) of RV(snapshot). On libvirt the id is the name.
+      - On VMware, vSphere's integer snapshot id (C(number) of RV(snapshot)) is accepted too, as C(vmware.vmware)
+        and C(community.vmware) take it in their O(snapshot_id), for example V(3).
       - Mutually exclusive with O(snapshot_name).
     type: str
   description:
@@ -64,9 +67,11 @@ options:
   memory:
     description:
       - Include the VM's RAM, so that a revert resumes the running guest where it was.
+      - O(memory_dump) is the name C(vmware.vmware) and C(community.vmware) use for it.
       - On libvirt, an internal snapshot of a running VM always needs O(memory=true) (or use O(disk_only=true)).
     type: bool
     default: false
+    aliases: [memory_dump]
   quiesce:
     description:
       - Freeze the guest file systems through the guest agent while the disks are captured.
@@ -88,11 +93,28 @@ options:
         but libvirt 9 cannot revert it; remove it (merging the overlay) with O(state=absent).
     type: bool
     default: false
+  copy_to_location:
+    description:
+      - For O(hypervisor=azure) and O(state=present), also copy each snapshot of the new set to this Azure region
+        (incremental snapshot copy, C(CopyStart)) and wait until the copies are complete, within O(timeout).
+      - The copies carry the set's tags, so they are listed with the set and removed with it.
+    type: str
+    version_added: 0.1.0
   remove_children:
     description:
       - With O(state=absent), remove the snapshot's descendants too. Otherwise they are kept and re-parented.
     type: bool
     default: false
+  power_off:
+    description:
+      - With O(state=reverted) on VirtualBox, power off a running VM before restoring the snapshot (VirtualBox restores
+        only a VM that is powered off or saved); what the guest did not write to disk is lost. When the snapshot holds
+        the VM's RAM, the VM is started again and resumes where the snapshot was taken.
+      - Without it, reverting a running VirtualBox VM fails and says so. Other hypervisors ignore it.
+      - When not set, E(VMSAFE_POWER_OFF) is used, then V(false).
+    type: bool
+    default: false
+    version_added: 0.1.0
   timeout:
     description:
       - Seconds to wait for each hypervisor operation. When it is hit the module fails, asks the hypervisor to abort,
@@ -110,6 +132,15 @@ notes:
   - On VMware (O(hypervisor=vmware)), several snapshots may share a name; the id is the snapshot's managed object id
     (for example V(snapshot-42)). O(disk_only=true) means a snapshot without memory, and O(quiesce) needs VMware Tools
     running in the guest.
+  - On VirtualBox (O(hypervisor=virtualbox)), names may repeat and the id is the snapshot's UUID. A snapshot of a running
+    VM always saves its RAM (taken with C(--live)), O(disk_only) is not supported and O(quiesce) is not possible
+    through VBoxManage. Reverting a running VM needs O(power_off=true). Verified against the project's fake VBoxManage
+    only (see docs/virtualbox.md).
+  - On Azure (O(hypervisor=azure)), a snapshot is a set of incremental managed-disk snapshots, one per disk, tagged
+    with the set's name; the id is the set's id. A revert creates new disks from the set and swaps them in (the VM is
+    deallocated for it and started again if it ran); the replaced disks are kept and reported by
+    M(vmsafe.protect.snapshot_consolidate), which removes them. Sets hold no memory (O(memory) gives a warning) and
+    are crash consistent (see docs/azure.md).
 seealso:
   - module: vmsafe.protect.vm_snapshot_info
   - module: vmsafe.protect.snapshot_consolidate
@@ -150,6 +181,15 @@ EXAMPLES = r"""
     uri: qemu+ssh://root@kvm01.example.com/system
     vm_id: 0b3aba08-caf1-45d6-a9fd-0f81ba99ba45
     state: remove_all
+
+- name: Snapshot every disk of an Azure VM as one set, with a copy in the paired region
+  vmsafe.protect.vm_snapshot:
+    hypervisor: azure
+    resource_group: rg-web  # credentials from AZURE_CLIENT_ID, AZURE_SECRET, AZURE_TENANT, AZURE_SUBSCRIPTION_ID
+    vm_name: web01
+    snapshot_name: pre-patch
+    copy_to_location: northeurope
+    timeout: 1800
 """
 
 RETURN = r"""
@@ -162,6 +202,7 @@ snapshot:
   description:
     - The snapshot that was created, found, reverted to or removed. In check mode for a new snapshot, the planned
       one (V(null) id and creation time).
+    - C(number) is vSphere's integer snapshot id on VMware (what O(snapshot_id) also accepts), V(null) elsewhere.
   returned: when O(state) is not V(remove_all)
   type: dict
   sample:
@@ -180,6 +221,7 @@ snapshot:
     depth: 1
     vm_state: running
     files: []
+    number: null
 consistency:
   description:
     - For a created snapshot, the consistency reached. V(offline) (VM shut off), V(quiesced) (file systems frozen),
@@ -210,13 +252,24 @@ elapsed:
   returned: success
   type: float
   sample: 0.41
+applied:
+  description:
+    - When the module failed part-way, the steps of RV(plan) that had completed before the failure, in order; the
+      VM is in the state they left it. An empty list when it failed before changing anything.
+  returned: failure
+  type: list
+  elements: str
+  sample: ["create snapshot 'pre-patch' of VM 'web01' (internal, with memory)"]
 """
 
 import typing as t
 
+from ansible.module_utils.basic import env_fallback
+
 from ansible_collections.vmsafe.protect.plugins.module_utils import _snapshot_tree as tree
 from ansible_collections.vmsafe.protect.plugins.module_utils._connection import vm_argument_spec
 from ansible_collections.vmsafe.protect.plugins.module_utils._models import Snapshot, SnapshotSpec
+from ansible_collections.vmsafe.protect.plugins.module_utils._peer_options import with_peer_options
 from ansible_collections.vmsafe.protect.plugins.module_utils._runner import ProviderTask, run_module
 
 if t.TYPE_CHECKING:  # pragma: no cover
@@ -235,7 +288,7 @@ class SnapshotTask(ProviderTask):
         self.removed: list[str] = []
         self.consistency: str | None = None
         self.created = None
-        state = p["state"]
+        state = "reverted" if p["state"] == "revert" else p["state"]
         timeout = p["timeout"]
         after = self.before
         if state == "remove_all":
@@ -329,16 +382,19 @@ class SnapshotTask(ProviderTask):
 
 
 def main() -> None:
-    spec = vm_argument_spec().update_argspec(
-        state={"type": "str", "default": "present", "choices": ["present", "absent", "reverted", "remove_all"]},
+    spec = with_peer_options(vm_argument_spec()).update_argspec(
+        state={"type": "str", "default": "present",
+               "choices": ["present", "absent", "reverted", "revert", "remove_all"]},
         snapshot_name={"type": "str", "aliases": ["snapshot"]},
         snapshot_id={"type": "str"},
         description={"type": "str", "default": ""},
-        memory={"type": "bool", "default": False},
+        memory={"type": "bool", "default": False, "aliases": ["memory_dump"]},
         quiesce={"type": "bool", "default": False},
         quiesce_fallback={"type": "str", "default": "fail", "choices": ["fail", "crash_consistent"]},
         disk_only={"type": "bool", "default": False},
         remove_children={"type": "bool", "default": False},
+        power_off={"type": "bool", "default": False, "fallback": (env_fallback, ["VMSAFE_POWER_OFF"])},
+        copy_to_location={"type": "str"},
         timeout={"type": "int", "default": 600},
     ).update(
         mutually_exclusive=[["snapshot_name", "snapshot_id"], ["memory", "disk_only"]],
@@ -346,6 +402,7 @@ def main() -> None:
             ["state", "present", ["snapshot_name"]],
             ["state", "absent", ["snapshot_name", "snapshot_id"], True],
             ["state", "reverted", ["snapshot_name", "snapshot_id"], True],
+            ["state", "revert", ["snapshot_name", "snapshot_id"], True],
         ],
     )
     run_module(spec, SnapshotTask)

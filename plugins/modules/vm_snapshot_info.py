@@ -17,6 +17,7 @@ description:
 author: vmsafe.protect contributors (@vmsafe-protect)
 extends_documentation_fragment:
   - vmsafe.protect.connection
+  - vmsafe.protect.proxy
   - vmsafe.protect.vm_selector
   - vmsafe.protect.attributes
   - vmsafe.protect.attributes.INFO_MODULE
@@ -155,12 +156,26 @@ summary:
   returned: success
   type: dict
   sample: {"vms": 12, "snapshots": 4, "consolidation_needed": 0, "bytes": 3054492}
+elapsed:
+  description: Seconds the module ran.
+  returned: success
+  type: float
+  sample: 0.08
+applied:
+  description:
+    - When the module failed, the steps that had completed before the failure; always an empty list, because
+      this module changes nothing.
+  returned: failure
+  type: list
+  elements: str
+  sample: []
 """
 
 import typing as t
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._connection import vm_argument_spec
 from ansible_collections.vmsafe.protect.plugins.module_utils._consolidate import compile_pattern
+from ansible_collections.vmsafe.protect.plugins.module_utils._peer_options import with_peer_options
 from ansible_collections.vmsafe.protect.plugins.module_utils._runner import ProviderTask, run_module
 from ansible_collections.vmsafe.protect.plugins.module_utils._units import parse_duration, parse_size
 
@@ -192,9 +207,7 @@ class SnapshotInfoTask(ProviderTask):
 
     def result(self, changes: ChangeSet) -> dict[str, t.Any]:
         vms, flat = [], []
-        for vm in self.vms():
-            snaps = self.provider.list_snapshots(vm)
-            status = self.provider.consolidation_status(vm, snaps)
+        for vm, snaps, status in self.vms_with_snapshots():
             kept = [s.to_dict(self.now) for s in snaps if self.keep(s)]
             vms.append({
                 "vm": vm.to_dict(), "snapshot_count": len(snaps), "snapshots": kept,
@@ -212,7 +225,7 @@ class SnapshotInfoTask(ProviderTask):
 
 
 def main() -> None:
-    spec = vm_argument_spec(vm_required=False).update_argspec(
+    spec = with_peer_options(vm_argument_spec(vm_required=False)).update_argspec(
         older_than={"type": "str"},
         name_pattern={"type": "str"},
         min_depth={"type": "int"},

@@ -105,8 +105,16 @@ def test_full_then_incrementals_restore_exactly_each_point(lab, ansible, repo, t
         assert file_sha256(restored["files"][0]["path"], fmt)[0] == sums[-1][0]
         assert [p.name for p in dest.iterdir()] == [os.path.basename(restored["files"][0]["path"])]  # no leftovers
     dest = tmp_path / "qcow2"
+    # the same restore again: the file holds exactly that disk (its digest is checked), so nothing to do
     again = ansible("vm_restore", dict(repo, backup_id=ids[-1], dest=str(dest), format="qcow2"))
-    assert again["_status"] == "failed" and "Refusing to overwrite" in again["msg"]
+    assert again["_status"] == "ok" and again["changed"] is False, again.get("msg")
+    assert again["files"][0]["restored"] is False and again["plan"] == []
+    # another backup's disk under that name (a file changed since): never overwritten
+    path = again["files"][0]["path"]
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x01 0 4096", path], check=True, capture_output=True)
+    changed = ansible("vm_restore", dict(repo, backup_id=ids[-1], dest=str(dest), format="qcow2"))
+    assert changed["_status"] == "failed" and "Refusing to overwrite" in changed["msg"]
+    assert "does not hold disk vda" in changed["msg"]
 
     verified = ansible("backup_verify", dict(repo, read_data=True))
     assert verified["ok"] and verified["backups_checked"] == 3
@@ -327,13 +335,12 @@ def test_shut_off_vm_guards(lab, ansible, repo):
     assert first["_status"] == "ok" and first["changed"], first.get("msg")
     assert lab.virsh("checkpoint-list", vm, "--name").split(), "the backup left its checkpoint"
     lab.virsh("destroy", vm)
-    backup = ansible("vm_backup", dict(repo, vm_name=vm))
-    assert backup["_status"] == "failed" and "it is shut off" in backup["msg"] and "Start it" in backup["msg"]
     snap = ansible("vm_snapshot", {"vm_name": vm, "snapshot_name": "cold"})
     assert snap["_status"] == "failed" and "shut off and has backup checkpoints" in snap["msg"]
     reverted = ansible("vm_snapshot", {"vm_name": vm, "snapshot_name": "pre", "state": "reverted"})
     assert reverted["_status"] == "ok" and lab.virsh("checkpoint-list", vm, "--name").split() == []
-    assert ansible("vm_backup", dict(repo, vm_name=vm))["mode"] == "full"
+    after = ansible("vm_backup", dict(repo, vm_name=vm))  # the revert dropped the checkpoints: a full backup
+    assert after["_status"] == "ok" and after["mode"] == "full", after.get("msg")
 
 
 def test_backup_runs_under_async_and_reports_bytes(lab, repo, tmp_path):
@@ -358,3 +365,34 @@ def test_backup_runs_under_async_and_reports_bytes(lab, repo, tmp_path):
     backup = results[0]
     assert backup["_status"] == "ok" and backup["finished"] == 1, backup
     assert backup["mode"] == "full" and backup["bytes_read"] >= 2 * MiB and backup["backup_id"]
+
+
+def test_new_vm_from_a_subset_of_disks_never_shares_the_originals_images(lab, ansible, repo, tmp_path):
+    """Reproduced: target: new_vm with a subset of disks left the other disks pointing at the original's images."""
+    vm = lab.vm()
+    second = str(tmp_path / f"{vm}-vdb.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", second, "16M"], check=True)
+    lab.virsh("destroy", vm)  # this machine type has no hotplug: add the disk to the definition, then start
+    lab.virsh("attach-disk", vm, second, "vdb", "--driver", "qemu", "--subdriver", "qcow2", "--targetbus", "virtio",
+              "--config")
+    lab.virsh("start", vm)
+    ansible("vm_backup", dict(repo, vm_name=vm, init=True))
+    new_name = vm + "-one"
+    lab.names.append(new_name)
+    made = ansible("vm_restore", dict(repo, vm_name=vm, target="new_vm", new_vm_name=new_name, dest=str(tmp_path),
+                                      disks=["vda"]))
+    assert made["_status"] == "ok", made
+    xml = lab.virsh("dumpxml", new_name)
+    assert second not in xml and "vdb" not in xml
+    assert any("vdb" in w and "not restored" in w for w in made.get("warnings", []))
+
+
+def test_new_vm_from_an_unencrypted_repository_is_refused(lab, ansible, tmp_path):
+    """Reproduced: with encryption none a forged manifest's domain XML was defined by target: new_vm."""
+    vm = lab.vm()
+    plain = {"repository": str(tmp_path / "plain")}
+    backup = ansible("vm_backup", dict(plain, vm_name=vm, init=True, encryption="none"))
+    assert backup["_status"] == "ok", backup
+    refused = ansible("vm_restore", dict(plain, vm_name=vm, target="new_vm", new_vm_name=vm + "-x", dest=str(tmp_path)))
+    assert refused["_status"] == "failed" and "not authenticated" in refused["msg"] and "target: image" in refused["msg"]
+    assert vm + "-x" not in lab.virsh("list", "--all", "--name").split()

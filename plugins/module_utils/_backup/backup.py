@@ -79,7 +79,8 @@ def _check_disks(disks: t.Sequence[DiskSource]) -> None:
 
 
 # ------------------------------------------------------------------ backup
-def backup(repo: "Repository",
+def backup(
+    repo: "Repository",
     vm_name: str,
     disks: t.Sequence[DiskSource] | t.Callable[[], t.Sequence[DiskSource]],
     vm_definition: str | t.Callable[[], str] = "",
@@ -157,7 +158,8 @@ def backup(repo: "Repository",
         return record
 
 
-def _backup_disk(repo: "Repository",
+def _backup_disk(
+    repo: "Repository",
     source: DiskSource,
     parent: DiskRecord | None,
     index: Index,

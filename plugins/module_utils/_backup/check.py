@@ -33,7 +33,6 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import Repository
 
 
-
 @dataclasses.dataclass
 class DamagedChunk:
     """A chunk that failed verification, and where it is used."""
@@ -209,7 +208,8 @@ def verify(repo: "Repository", backup_id: str | None = None, read_data: bool = F
     return report
 
 
-def _verify_data(repo: "Repository", index: Index, used: dict[bytes, tuple[str, str, int, int]], report: VerifyReport, lock: Lock
+def _verify_data(
+    repo: "Repository", index: Index, used: dict[bytes, tuple[str, str, int, int]], report: VerifyReport, lock: Lock
 ) -> None:
     codec = repo.codec
 

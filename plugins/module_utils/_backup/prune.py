@@ -60,7 +60,8 @@ class PruneResult:
 
 
 # ------------------------------------------------------------------ prune and GC
-def prune(repo: "Repository",
+def prune(
+    repo: "Repository",
     policy: RetentionPolicy | t.Mapping[str, t.Any],
     dry_run: bool = False,
     now: datetime.datetime | None = None,

@@ -94,9 +94,6 @@ DEFAULT_COMPRESSION_LEVEL = 2
 DIRS = ("keys", "packs", "index", "snapshots", "locks", "journal", "tombstones")
 
 
-
-
-
 class Repository:
     """An open repository. Create with Repository.init() or Repository.open()."""
 

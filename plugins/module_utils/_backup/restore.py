@@ -41,7 +41,6 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import Repository
 
 
-
 def _open_direct(fd: int, chunk_size: int) -> int | None:
     """Reopen ``fd`` with O_DIRECT for large aligned restore writes, or return None.
 
@@ -59,7 +58,8 @@ def _open_direct(fd: int, chunk_size: int) -> int | None:
 
 
 # ------------------------------------------------------------------ restore
-def restore(repo: "Repository",
+def restore(
+    repo: "Repository",
     backup_id: str,
     disk_name: str,
     target: str | int,
@@ -147,7 +147,8 @@ def restore(repo: "Repository",
         return result
 
 
-def _restore_into(repo: "Repository",
+def _restore_into(
+    repo: "Repository",
     record: BackupRecord,
     disk: DiskRecord,
     index: Index,

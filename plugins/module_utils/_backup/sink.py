@@ -23,7 +23,6 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import Repository
 
 
-
 class PackSink:
     """Collects sealed blobs into pack files.
 

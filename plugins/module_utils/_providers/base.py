@@ -26,6 +26,8 @@ if t.TYPE_CHECKING:  # pragma: no cover
     )
 
 Warn = t.Callable[[str], None]
+# AnsibleModule.run_command: providers run host commands (qemu-img, ssh) only through it, as argv lists.
+RunCommand = t.Callable[..., t.Tuple[int, str, str]]
 
 
 class HypervisorProvider(abc.ABC):
@@ -34,6 +36,9 @@ class HypervisorProvider(abc.ABC):
     name: t.ClassVar[str]
     # Whether two snapshots of one VM may carry the same name (libvirt: no, vSphere and Hyper-V: yes).
     unique_snapshot_names: t.ClassVar[bool] = False
+
+    # Set by the runner after construction: the module's run_command, for commands on this machine.
+    run_command: RunCommand | None = None
 
     def __init__(self, params: dict[str, t.Any], warn: Warn) -> None:
         self.params = params

@@ -16,12 +16,10 @@ import difflib
 import json
 import os
 import shutil
-import subprocess
 import threading
 import time
 import traceback
 import typing as t
-import urllib.parse
 import xml.etree.ElementTree as ET
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._errors import (
@@ -47,6 +45,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._models import (
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers.base import HypervisorProvider, Warn
 from ansible_collections.vmsafe.protect.plugins.module_utils import _snapshot_tree as tree
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers import libvirt_backup
+from ansible_collections.vmsafe.protect.plugins.module_utils._providers.libvirt_host import KvmHost, is_local
 
 try:
     import libvirt
@@ -109,10 +108,17 @@ class LibvirtProvider(HypervisorProvider):
         super().__init__(params, warn)
         self.uri: str = params.get("uri") or "qemu:///system"
         self.conn: t.Any = None
-        parsed = urllib.parse.urlparse(self.uri)
         # Local when the URI names no host: then image files can be inspected directly.
-        self.local = parsed.hostname in (None, "", "localhost", "127.0.0.1") and "+ssh" not in parsed.scheme
+        self.local = is_local(self.uri)
         self._qemu_img_cache: dict[str, dict[str, t.Any]] = {}
+        self._kvm: KvmHost | None = None
+
+    @property
+    def kvm(self) -> KvmHost:
+        """The KVM host, for qemu-img, qemu-nbd and the NBD sockets (over SSH for qemu+ssh:// URIs)."""
+        if self._kvm is None:
+            self._kvm = KvmHost(self.uri, self.run_command)
+        return self._kvm
 
     # -- connection -------------------------------------------------------------------------------
 
@@ -137,6 +143,8 @@ class LibvirtProvider(HypervisorProvider):
             ) from exc
 
     def close(self) -> None:
+        if self._kvm is not None:
+            self._kvm.close()
         if self.conn is not None:
             try:
                 self.conn.close()
@@ -254,10 +262,10 @@ class LibvirtProvider(HypervisorProvider):
             if not self.local or not shutil.which("qemu-img") or not os.path.exists(path):
                 return None
             cmd = ["qemu-img", "info", "-U", "--output=json"] + (["--backing-chain"] if chain else []) + [path]
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-            if proc.returncode != 0:
+            rc, out, _err = self.kvm.try_run(cmd, 60)
+            if rc != 0:
                 return None
-            self._qemu_img_cache[key] = json.loads(proc.stdout)
+            self._qemu_img_cache[key] = json.loads(out)
         return self._qemu_img_cache[key]
 
     def _disks(self, dom: t.Any) -> list[Disk]:
@@ -531,7 +539,7 @@ class LibvirtProvider(HypervisorProvider):
             if not active and self.local:
                 for image in images:
                     # A bitmap left in the image would only cost space; ignore "not found".
-                    subprocess.run(["qemu-img", "bitmap", "--remove", image, name], capture_output=True, check=False)
+                    self.kvm.try_run(["qemu-img", "bitmap", "--remove", image, name], 60)
 
     def delete_snapshot(self, vm: VmRef, snapshot: Snapshot, children: bool, timeout: int) -> None:
         dom = self._domain(vm)
@@ -667,13 +675,7 @@ class LibvirtProvider(HypervisorProvider):
                 f"VM '{vm.name}' is shut off and its images are on a remote host: start the VM so libvirt can merge "
                 f"disk {disk.target} with a block commit, then run again."
             )
-        try:
-            subprocess.run(["qemu-img", "commit", "-q", overlay], check=True, capture_output=True, text=True,
-                           timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            raise OperationTimeout(f"Timed out after {timeout} s merging {overlay} into {base}.") from exc
-        except subprocess.CalledProcessError as exc:
-            raise ProviderError(f"Failed to merge {overlay} into {base}: {exc.stderr.strip()}") from exc
+        self.kvm.run(["qemu-img", "commit", "-q", overlay], timeout, f"merge {overlay} into {base}")
         if index == 0:
             root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE))
             for node in root.findall("./devices/disk"):
@@ -688,40 +690,77 @@ class LibvirtProvider(HypervisorProvider):
 
     # -- backups ----------------------------------------------------------------------------------
 
+    def _image_chain(self, path: str) -> list[dict[str, t.Any]]:
+        """qemu-img's view of an image and its backing chain (top first), on the KVM host; [] when unreadable."""
+        if not self.kvm.reachable:
+            return []
+        rc, out, _err = self.kvm.try_run(["qemu-img", "info", "-U", "--backing-chain", "--output=json", path], 60)
+        if rc != 0:
+            return []
+        try:
+            return t.cast("list[dict[str, t.Any]]", json.loads(out))
+        except ValueError:
+            return []
+
     def backup_base(self, vm: VmRef, last: dict[str, t.Any] | None) -> tuple[str | None, str]:
         dom = self._domain(vm)
+        disks = libvirt_backup.backup_disks(dom)
+        tracked = [d for d in disks if d.tracks_changes]
         if last is None:
             return None, "no earlier backup of this VM in the repository"
+        if not tracked:
+            kinds = ", ".join(f"{d.target} is {d.fmt}" for d in disks)
+            return None, f"no disk of this VM keeps a dirty bitmap ({kinds}; only qcow2 does): every backup is full"
         checkpoint = last.get("checkpoint")
         names = libvirt_backup.checkpoint_names(dom)
         if not checkpoint or checkpoint not in names:
             return None, (f"the checkpoint of the last backup ({checkpoint or 'none'}) is gone from the VM "
                           f"(a revert, a failed run or a manual deletion)")
-        disks = {target: path for target, path, _fmt in libvirt_backup.disk_targets(dom)}
-        if set(disks) != set(last.get("disks", {})):
-            return None, f"the VM's disks changed ({', '.join(sorted(disks))} now)"
-        for target, path in disks.items():
+        if {d.target for d in disks} != set(last.get("disks", {})):
+            return None, f"the VM's disks changed ({', '.join(sorted(d.target for d in disks))} now)"
+        active = dom.isActive()
+        for disk in disks:
             try:
-                size = dom.blockInfo(target)[0]
+                size = dom.blockInfo(disk.target)[0]
             except libvirt.libvirtError:
                 size = None
-            if size is not None and size != last["disks"][target]:
-                return None, f"disk {target} was resized from {last['disks'][target]} to {size} bytes"
-            info = self._qemu_img_info(path) or {}
-            for bitmap in info.get("format-specific", {}).get("data", {}).get("bitmaps", []):
-                if bitmap.get("name") == checkpoint and "inconsistent" in bitmap.get("flags", []):
-                    return None, f"the dirty bitmap of disk {target} is inconsistent (QEMU stopped uncleanly)"
-        return checkpoint, f"checkpoint {checkpoint} of the last backup is intact"
+            if size is not None and size != last["disks"][disk.target]:
+                return None, f"disk {disk.target} was resized from {last['disks'][disk.target]} to {size} bytes"
+        for disk in tracked:
+            chain = self._image_chain(disk.path)
+            top = {b.get("name"): b.get("flags", []) for b in
+                   (chain[0] if chain else {}).get("format-specific", {}).get("data", {}).get("bitmaps", [])}
+            flags = top.get(checkpoint, [])
+            if "inconsistent" in flags:
+                return None, f"the dirty bitmap of disk {disk.target} is inconsistent (QEMU stopped uncleanly)"
+            if active or not self.kvm.reachable:
+                continue
+            # Shut off: qemu-nbd reads the bitmap from the image itself, so it must be there, whole and enabled.
+            if checkpoint not in top or "auto" not in flags or "in-use" in flags:
+                return None, (f"disk {disk.target} ({disk.path}) has no usable dirty bitmap {checkpoint} "
+                              f"(flags: {', '.join(flags) or 'missing'})")
+            lower = [layer.get("filename") for layer in chain[1:] if checkpoint in
+                     {b.get("name") for b in layer.get("format-specific", {}).get("data", {}).get("bitmaps", [])}]
+            if lower:
+                return None, (f"disk {disk.target} got a snapshot overlay after the last backup, so its changes are "
+                              f"tracked in several images ({', '.join(lower)}); a shut-off VM is then backed up in "
+                              f"full (a running one incrementally)")
+        how = "" if active else "; the VM is shut off, so its images are read with qemu-nbd"
+        return checkpoint, f"checkpoint {checkpoint} of the last backup is intact{how}"
 
     def backup_begin(self, vm: VmRef, since: str | None, quiesce: bool, quiesce_fallback: str) -> t.Any:
         self._qemu_img_cache.clear()
-        return libvirt_backup.begin(self._domain(vm), vm, since, quiesce, quiesce_fallback, self.warn)
+        return libvirt_backup.begin(self._domain(vm), vm, since, quiesce, quiesce_fallback, self.warn, self.kvm)
 
     # -- restore ----------------------------------------------------------------------------------
 
     def vm_disks(self, vm: VmRef) -> dict[str, str]:
-        """target -> active image path of each file-backed disk."""
+        """target -> active image path (or block device) of each disk a backup covers."""
         return {target: path for target, path, _fmt in libvirt_backup.disk_targets(self._domain(vm))}
+
+    def vm_disk_formats(self, vm: VmRef) -> dict[str, str]:
+        """target -> image format (qcow2, raw, ...) of each disk a backup covers: a restore in place keeps it."""
+        return {target: fmt for target, _path, fmt in libvirt_backup.disk_targets(self._domain(vm))}
 
     def define_restored_vm(self, definition: str, name: str, disk_files: dict[str, tuple[str, str]],
                            start: bool) -> VmRef:
@@ -744,9 +783,16 @@ class LibvirtProvider(HypervisorProvider):
         for iface in root.findall("./devices/interface"):
             for mac in iface.findall("mac"):
                 iface.remove(mac)  # libvirt generates a new MAC, so the copy never clashes with the original
+        devices = root.find("devices")
         for node in root.findall("./devices/disk"):
             target = node.find("target")
             if target is None or target.get("dev") not in disk_files:
+                if node.get("device", "disk") == "disk" and node.find("source") is not None and devices is not None:
+                    # a disk that was not restored must not stay in the copy: it would point at the original VM's
+                    # image, and two VMs would write one disk
+                    devices.remove(node)
+                    self.warn(f"Disk {target.get('dev') if target is not None else '?'} of the backed-up VM was not "
+                              f"restored (not in disks), so the new VM '{name}' does not have it.")
                 continue
             path, fmt = disk_files[target.get("dev")]
             source = node.find("source")

@@ -18,6 +18,12 @@ if t.TYPE_CHECKING:  # pragma: no cover
 Loaded = t.Tuple[t.Type["HypervisorProvider"], t.Optional[str]]  # provider class, SDK import traceback or None
 
 
+def _azure() -> Loaded:
+    from ansible_collections.vmsafe.protect.plugins.module_utils._providers import azure  # pylint: disable=import-outside-toplevel
+
+    return azure.AzureProvider, azure.load_sdk()
+
+
 def _hyperv() -> Loaded:
     from ansible_collections.vmsafe.protect.plugins.module_utils._providers import hyperv  # pylint: disable=import-outside-toplevel
 
@@ -36,9 +42,17 @@ def _vmware() -> Loaded:
     return vmware.VmwareProvider, vmware.load_sdk()
 
 
+def _virtualbox() -> Loaded:
+    from ansible_collections.vmsafe.protect.plugins.module_utils._providers import virtualbox  # pylint: disable=import-outside-toplevel
+
+    return virtualbox.VirtualboxProvider, virtualbox.load_sdk()
+
+
 # name -> (loader returning the provider class and its SDK import traceback, pip package it needs)
 PROVIDERS: dict[str, tuple[t.Callable[[], Loaded], str]] = {
+    "azure": (_azure, "azure-mgmt-compute, azure-identity and azure-storage-blob"),
     "hyperv": (_hyperv, "pywinrm"),
     "libvirt": (_libvirt, "libvirt-python"),
+    "virtualbox": (_virtualbox, "paramiko"),
     "vmware": (_vmware, "pyvmomi"),
 }

@@ -97,9 +97,9 @@ def snapshots_from_tree(roots: list[dict[str, t.Any]], current: str | None,
                         sizes: dict[str, int] | None = None) -> list[Snapshot]:
     """Flatten vSphere's rootSnapshotList (as plain dicts) into linked Snapshots, every branch included.
 
-    Each node: ``snapshot`` (MoID), ``name``, ``description``, ``createTime``, ``state``, ``quiesced``,
-    ``childSnapshotList``. A snapshot holds memory when its recorded state is poweredOn (vSphere records
-    poweredOff for a running VM's snapshot taken without memory). Returns oldest first.
+    Each node: ``snapshot`` (MoID), ``id`` (the per-VM integer id), ``name``, ``description``, ``createTime``,
+    ``state``, ``quiesced``, ``childSnapshotList``. A snapshot holds memory when its recorded state is poweredOn
+    (vSphere records poweredOff for a running VM's snapshot taken without memory). Returns oldest first.
     """
     sizes = sizes or {}
     found: list[Snapshot] = []
@@ -113,6 +113,7 @@ def snapshots_from_tree(roots: list[dict[str, t.Any]], current: str | None,
             created=_parse_time(node["createTime"]), parent=parent, current=moid == current,
             memory=state == "poweredOn", quiesced=bool(node.get("quiesced")), kind="internal",
             size_bytes=sizes.get(moid), vm_state=_STATES.get(state, state),
+            number=int(node["id"]) if node.get("id") is not None else None,
         ))
         stack.extend((child, moid) for child in node.get("childSnapshotList") or [])
     return tree.link(found)
@@ -164,6 +165,9 @@ class VmwareProvider(HypervisorProvider):
         load_sdk()  # a no-op after the first call; create_provider() has reported a missing SDK already
         self.hostname: str = params.get("hostname") or ""
         self.port: int = int(params.get("port") or 443)
+        # An HTTP proxy, as vmware.vmware and community.vmware take it: pyVmomi tunnels through it with CONNECT.
+        self.proxy_host: str | None = params.get("proxy_host") or None
+        self.proxy_port: int = int(params.get("proxy_port") or 80)
         self.si: t.Any = None
         self.content: t.Any = None
         self._vms: dict[str, dict[str, t.Any]] = {}  # MoID -> VM_PROPERTIES, from the last retrieval
@@ -185,11 +189,12 @@ class VmwareProvider(HypervisorProvider):
         validate = self.params.get("validate_certs", True)
         # pyVmomi silently skips verification for localhost/127.0.0.1 when given no context: always give one.
         context = ssl.create_default_context() if validate else None
+        proxy = {"httpProxyHost": self.proxy_host, "httpProxyPort": self.proxy_port} if self.proxy_host else {}
         try:
             self.si = SmartConnect(host=self.hostname, port=self.port, user=self.params.get("username") or "",
                                    pwd=self.params.get("password") or "", sslContext=context,
                                    disableSslCertValidation=not validate,
-                                   httpConnectionTimeout=int(self.params.get("connect_timeout") or 30))
+                                   httpConnectionTimeout=int(self.params.get("connect_timeout") or 30), **proxy)
         except vim.fault.InvalidLogin as exc:
             raise ConnectionFailed(f"Failed to log in to vSphere host {self.host} as '{self.params.get('username')}': "
                                    f"{_fault_text(exc)}. Check username and password (VMWARE_USER, "
@@ -201,8 +206,10 @@ class VmwareProvider(HypervisorProvider):
                 f"validate_certs: false if you accept the risk (lab use)."
             ) from exc
         except (OSError, vmodl.MethodFault) as exc:
-            raise ConnectionFailed(f"Failed to connect to vSphere host {self.host}: {_fault_text(exc)}. Check "
-                                   f"hostname and port, and that the vSphere API answers there.") from exc
+            via = f" through proxy {self.proxy_host}:{self.proxy_port}" if self.proxy_host else ""
+            check = " and proxy_host/proxy_port" if self.proxy_host else ""
+            raise ConnectionFailed(f"Failed to connect to vSphere host {self.host}{via}: {_fault_text(exc)}. Check "
+                                   f"hostname and port{check}, and that the vSphere API answers there.") from exc
         self.content = self.si.RetrieveContent()
 
     def close(self) -> None:
@@ -552,7 +559,8 @@ class VmwareProvider(HypervisorProvider):
         context = ssl.create_default_context() if validate else ssl._create_unverified_context()  # pylint: disable=protected-access
         return _backups().DatastoreHttp(hostname=self.hostname, port=self.port,
                                         cookie=self.si._stub.cookie,  # pylint: disable=protected-access
-                                        context=context, timeout=float(self.params.get("connect_timeout") or 30))
+                                        context=context, timeout=float(self.params.get("connect_timeout") or 30),
+                                        proxy_host=self.proxy_host, proxy_port=self.proxy_port)
 
     def backup_base(self, vm: VmRef, last: dict[str, t.Any] | None) -> tuple[str | None, str]:
         if last is None:

@@ -36,10 +36,18 @@ class DatastoreHttp:
     context: ssl.SSLContext | None
     timeout: float
     conn: http.client.HTTPSConnection | None = None
+    proxy_host: str | None = None  # the proxy_host option: tunnel through it (CONNECT), as pyVmomi does
+    proxy_port: int = 80
 
     def _connection(self) -> http.client.HTTPSConnection:
         if self.conn is None:
-            self.conn = http.client.HTTPSConnection(self.hostname, self.port, context=self.context, timeout=self.timeout)
+            if self.proxy_host:
+                self.conn = http.client.HTTPSConnection(self.proxy_host, self.proxy_port, context=self.context,
+                                                        timeout=self.timeout)
+                self.conn.set_tunnel(self.hostname, self.port)
+            else:
+                self.conn = http.client.HTTPSConnection(self.hostname, self.port, context=self.context,
+                                                        timeout=self.timeout)
         return self.conn
 
     @staticmethod

@@ -91,7 +91,12 @@ def check_invariant(seed: int, spec: dict[str, t.Any], tmp: str, log: str) -> No
     for entry in entries:
         if entry["op"] == "verify":
             assert entry["ok"], f"seed {seed}: a verify during the schedule found damage: {entry}"
-    repo = Repository.open(open_backend(spec["location"], **spec.get("options", {})), PASSPHRASE)
+    backend = open_backend(spec["location"], **spec.get("options", {}))
+    if not backend.exists("config"):  # every worker was killed before an init finished
+        assert not [e for e in entries if e["op"] == "backup"], f"seed {seed}: backups logged, no repository"
+        backend.close()
+        return
+    repo = Repository.open(backend, PASSPHRASE)
     try:
         repo.break_lock()  # killed "foreign" workers leave locks that only expire after 30 minutes
         listed = {r.id: r for r in repo.list()}

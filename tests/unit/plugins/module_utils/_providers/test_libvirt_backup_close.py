@@ -42,6 +42,9 @@ class FakeDomain:
         self.deleted: list[str] = []
         self.aborted = 0
 
+    def isActive(self) -> bool:  # noqa: N802
+        return True
+
     def jobInfo(self) -> list[int]:  # noqa: N802
         return [libvirt.VIR_DOMAIN_JOB_NONE if self.aborted else libvirt.VIR_DOMAIN_JOB_UNBOUNDED]
 
