@@ -101,6 +101,12 @@ options:
       client_key:
         description: Hyper-V certificate authentication, client key.
         type: path
+      proxy_host:
+        description: vSphere, an HTTP proxy to reach vCenter through (E(VMWARE_PROXY_HOST) when not set).
+        type: str
+      proxy_port:
+        description: vSphere, the port of O(sources[].proxy_host) (E(VMWARE_PROXY_PORT), then V(80), when not set).
+        type: int
   old_snapshot_age:
     description: A VM whose oldest snapshot is older than this is in the group C(has_old_snapshots).
     type: str
@@ -174,12 +180,13 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._providers.registry
 from ansible_collections.vmsafe.protect.plugins.module_utils._units import parse_duration
 
 CONNECTION_KEYS = ("hypervisor", "uri", "connect_timeout", "hostname", "username", "password", "port",
-                   "validate_certs", "datacenter", "folder", "transport", "ca_path", "client_cert", "client_key")
+                   "validate_certs", "datacenter", "folder", "transport", "ca_path", "client_cert", "client_key",
+                   "proxy_host", "proxy_port")
 SECRET_KEYS = frozenset(("password",))
 _REMOTE = ("hypervisor", "connect_timeout", "hostname", "username", "port", "validate_certs")
 RELEVANT = {
     "libvirt": ("hypervisor", "uri", "connect_timeout"),
-    "vmware": _REMOTE + ("datacenter", "folder"),
+    "vmware": _REMOTE + ("datacenter", "folder", "proxy_host", "proxy_port"),
     "hyperv": _REMOTE + ("transport", "ca_path", "client_cert", "client_key"),
 }
 NO_BACKUP_AGE = 24 * 3600  # the no_backup_24h group
@@ -219,6 +226,9 @@ def read_source(source: dict[str, t.Any], warn: t.Callable[[str], None]) -> list
     label = source.get("name") or f"{params['hypervisor']}:{params.get('hostname') or params.get('uri') or 'local'}"
     if params["hypervisor"] == "libvirt" and not params["uri"]:
         params["uri"] = os.environ.get("VMSAFE_LIBVIRT_URI") or os.environ.get("LIBVIRT_DEFAULT_URI") or None
+    if params["hypervisor"] == "vmware" and not params["proxy_host"] and os.environ.get("VMWARE_PROXY_HOST"):
+        params["proxy_host"] = os.environ["VMWARE_PROXY_HOST"]
+        params["proxy_port"] = params["proxy_port"] or int(os.environ.get("VMWARE_PROXY_PORT") or 80)
     # what the jobs need to reach the same hypervisor: the options that apply to it, never a secret
     connection = {k: v for k, v in params.items()
                   if v is not None and k not in SECRET_KEYS and k in RELEVANT[params["hypervisor"]]}
