@@ -169,6 +169,7 @@ keyed_groups:
 import datetime
 import os
 import re
+import subprocess
 import typing as t
 
 from ansible.errors import AnsibleError, AnsibleParserError
@@ -203,6 +204,19 @@ def _age(iso: str | None, now: datetime.datetime) -> int | None:
     return max(0, int((now - when).total_seconds()))
 
 
+def run_command(args: list[str], check_rc: bool = False, data: str | None = None, binary_data: bool = False,
+                **_unused: t.Any) -> tuple[int, str, str]:
+    """What the providers get as AnsibleModule.run_command in a module, here on the controller: argv, no shell.
+
+    ``check_rc`` is accepted and not acted on: the providers always pass False and judge the exit code themselves.
+    """
+    del check_rc
+    if data is not None and not binary_data:
+        data += "\n"  # as AnsibleModule.run_command does
+    proc = subprocess.run(args, input=data, capture_output=True, text=True, check=False)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
 def read_source(source: dict[str, t.Any], warn: t.Callable[[str], None]) -> list[dict[str, t.Any]]:
     """Return every VM of one hypervisor as plain data (what the cache keeps): one connection, one listing.
 
@@ -223,6 +237,7 @@ def read_source(source: dict[str, t.Any], warn: t.Callable[[str], None]) -> list
                            f"the controller (or in the execution environment): {import_error.strip().splitlines()[-1]}")
     pattern = re.compile(source["name_pattern"]) if source.get("name_pattern") else None
     provider = cls(params, warn)
+    provider.run_command = run_command  # the libvirt provider runs qemu-img through it (disk sizes)
     label = source.get("name") or f"{params['hypervisor']}:{params.get('hostname') or params.get('uri') or 'local'}"
     if params["hypervisor"] == "libvirt" and not params["uri"]:
         params["uri"] = os.environ.get("VMSAFE_LIBVIRT_URI") or os.environ.get("LIBVIRT_DEFAULT_URI") or None
