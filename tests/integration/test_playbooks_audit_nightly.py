@@ -153,11 +153,13 @@ def test_audit_report_flags_old_snapshots_consolidation_and_missing_backups_and_
 def test_nightly_backup_playbook_backs_up_each_vm_and_fails_only_the_missing_one(lab, tmp_path):
     good = lab.vm("nightly")
     repo = str(tmp_path / "repo")
+    # the missing VM first and one VM per batch: a batch whose only VM fails must not end the play (it used to,
+    # and the good VM after it was never backed up)
     inventory = ("[backup_targets]\n"
-                 f"{good}\n"
-                 "ghost vmsafe_vm_name=vmsafe-no-such-vm\n")
+                 "ghost vmsafe_vm_name=vmsafe-no-such-vm\n"
+                 f"{good}\n")
     extra = {"vmsafe_repository": repo, "vmsafe_passphrase": PASS, "nightly_backup_init": True,
-             "nightly_backup_quiesce_fallback": "crash_consistent"}
+             "nightly_backup_quiesce_fallback": "crash_consistent", "nightly_backup_serial": 1}
     rc, results = playbook("nightly_backup.yml", tmp_path, extra, inventory)
     assert rc != 0
     summary = [r for r in results if r["_task"] == "One line per VM, failed and unreachable ones included"]
