@@ -101,6 +101,12 @@ options:
       client_key:
         description: Hyper-V certificate authentication, client key.
         type: path
+      proxy_host:
+        description: vSphere, an HTTP proxy to reach vCenter through (E(VMWARE_PROXY_HOST) when not set).
+        type: str
+      proxy_port:
+        description: vSphere, the port of O(sources[].proxy_host) (E(VMWARE_PROXY_PORT), then V(80), when not set).
+        type: int
   old_snapshot_age:
     description: A VM whose oldest snapshot is older than this is in the group C(has_old_snapshots).
     type: str
@@ -163,6 +169,7 @@ keyed_groups:
 import datetime
 import os
 import re
+import subprocess
 import typing as t
 
 from ansible.errors import AnsibleError, AnsibleParserError
@@ -174,12 +181,13 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._providers.registry
 from ansible_collections.vmsafe.protect.plugins.module_utils._units import parse_duration
 
 CONNECTION_KEYS = ("hypervisor", "uri", "connect_timeout", "hostname", "username", "password", "port",
-                   "validate_certs", "datacenter", "folder", "transport", "ca_path", "client_cert", "client_key")
+                   "validate_certs", "datacenter", "folder", "transport", "ca_path", "client_cert", "client_key",
+                   "proxy_host", "proxy_port")
 SECRET_KEYS = frozenset(("password",))
 _REMOTE = ("hypervisor", "connect_timeout", "hostname", "username", "port", "validate_certs")
 RELEVANT = {
     "libvirt": ("hypervisor", "uri", "connect_timeout"),
-    "vmware": _REMOTE + ("datacenter", "folder"),
+    "vmware": _REMOTE + ("datacenter", "folder", "proxy_host", "proxy_port"),
     "hyperv": _REMOTE + ("transport", "ca_path", "client_cert", "client_key"),
 }
 NO_BACKUP_AGE = 24 * 3600  # the no_backup_24h group
@@ -194,6 +202,19 @@ def _age(iso: str | None, now: datetime.datetime) -> int | None:
         return None
     when = datetime.datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc)
     return max(0, int((now - when).total_seconds()))
+
+
+def run_command(args: list[str], check_rc: bool = False, data: str | None = None, binary_data: bool = False,
+                **_unused: t.Any) -> tuple[int, str, str]:
+    """What the providers get as AnsibleModule.run_command in a module, here on the controller: argv, no shell.
+
+    ``check_rc`` is accepted and not acted on: the providers always pass False and judge the exit code themselves.
+    """
+    del check_rc
+    if data is not None and not binary_data:
+        data += "\n"  # as AnsibleModule.run_command does
+    proc = subprocess.run(args, input=data, capture_output=True, text=True, check=False)
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 def read_source(source: dict[str, t.Any], warn: t.Callable[[str], None]) -> list[dict[str, t.Any]]:
@@ -216,9 +237,13 @@ def read_source(source: dict[str, t.Any], warn: t.Callable[[str], None]) -> list
                            f"the controller (or in the execution environment): {import_error.strip().splitlines()[-1]}")
     pattern = re.compile(source["name_pattern"]) if source.get("name_pattern") else None
     provider = cls(params, warn)
+    provider.run_command = run_command  # the libvirt provider runs qemu-img through it (disk sizes)
     label = source.get("name") or f"{params['hypervisor']}:{params.get('hostname') or params.get('uri') or 'local'}"
     if params["hypervisor"] == "libvirt" and not params["uri"]:
         params["uri"] = os.environ.get("VMSAFE_LIBVIRT_URI") or os.environ.get("LIBVIRT_DEFAULT_URI") or None
+    if params["hypervisor"] == "vmware" and not params["proxy_host"] and os.environ.get("VMWARE_PROXY_HOST"):
+        params["proxy_host"] = os.environ["VMWARE_PROXY_HOST"]
+        params["proxy_port"] = params["proxy_port"] or int(os.environ.get("VMWARE_PROXY_PORT") or 80)
     # what the jobs need to reach the same hypervisor: the options that apply to it, never a secret
     connection = {k: v for k, v in params.items()
                   if v is not None and k not in SECRET_KEYS and k in RELEVANT[params["hypervisor"]]}

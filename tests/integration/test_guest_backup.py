@@ -49,7 +49,9 @@ def nightly(tmp_path, g: dict[str, t.Any], repo: str, init: bool = False) -> lis
         f"localhost ansible_connection=local ansible_python_interpreter={sys.executable}\n")
     extra = {"vmsafe_repository": repo, "vmsafe_passphrase": PASS, "nightly_backup_keep_last": 1,
              "nightly_backup_keep_daily": 0, "nightly_backup_keep_weekly": 0, "nightly_backup_keep_monthly": 0,
-             "nightly_backup_verify_read_data": True, "nightly_backup_init": init, "nightly_backup_quiesce_fallback": "crash_consistent"}
+             "nightly_backup_verify_read_data": True, "nightly_backup_init": init, "nightly_backup_quiesce_fallback": "crash_consistent",
+             # the role on its own prunes this VM right after its backup (playbooks/nightly_backup.yml prunes once)
+             "nightly_backup_prune_each_vm": True}
     (tmp_path / "extra.json").write_text(json.dumps(extra))
     proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"),
                            "-i", str(tmp_path / "inventory.ini"), "-e", f"@{tmp_path / 'extra.json'}",
