@@ -41,6 +41,7 @@ try:
 except RepositoryExistsError:
     repo = Repository.open(LocalBackend(sys.argv[1]), PASSPHRASE)
     print("opened")
+repo.lock_wait = 60  # as the modules do (lock_timeout): another process may still hold its init lock
 data = bytes([int(sys.argv[3])]) * 50000
 print(repo.backup("vm" + sys.argv[3], [DiskSource("vda", len(data), [(0, len(data), data)])]).id)
 """
