@@ -9,7 +9,7 @@ import typing as t
 
 import pytest
 
-from ansible.module_utils.testing import patch_module_args
+from ansible_collections.vmsafe.protect.tests.unit.conftest import patch_module_args  # 2.19+ or its fallback
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._connection import resolve_connection
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers import registry
