@@ -24,7 +24,6 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.index impor
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.locks import Lock
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.packs import (
     BLOB_DATA,
-    PackEntry,
     pack_object_name,
     read_pack_header,
 )
@@ -82,24 +81,31 @@ def rebuild_index(repo: "Repository") -> int:
     """Recreate the index from the pack headers (exclusive lock). Returns the number of packs indexed.
 
     A pack whose header cannot be read keeps the entries the old index had for it: dropping them made GC delete
-    a pack that held live data (reproduced with one flipped byte in a pack trailer).
+    a pack that held live data (reproduced with one flipped byte in a pack trailer). A blob that several packs
+    hold (a damaged copy that repair dropped, and the good copy a later backup stored) keeps the place the old
+    index chose, so a rebuild never brings a dropped damaged copy back.
     """
     with repo.lock(True, "rebuild_index") as lock:
         old_index, _damaged = _tolerant_index(repo)
         old_packs = old_index.packs()
-        packs: dict[str, list[PackEntry]] = {}
-        for obj, size in repo.backend.list("packs"):
-            if ".tmp-" in obj:
-                continue
-            name = obj.rsplit("/", 1)[-1]
-            try:
-                packs[name] = read_pack_header(repo.backend, repo.codec, name, size)
-            except CorruptMetadataError:
-                if name in old_packs:
-                    packs[name] = old_packs[name]  # verify names the pack; its blobs may still be intact
+        packs, unreadable = repo.pack_headers()
+        for name in unreadable:
+            if name in old_packs:
+                packs[name] = old_packs[name]  # verify names the pack; its blobs may still be intact
+        holders: dict[bytes, list[str]] = {}
+        for name, entries in packs.items():
+            for entry in entries:
+                holders.setdefault(entry.blob_id, []).append(name)
+        for blob_id, names in holders.items():
+            if len(names) > 1:
+                chosen = old_index.get(blob_id)
+                keep = chosen.pack if chosen is not None and chosen.pack in names else names[0]
+                for name in names:
+                    if name != keep:
+                        packs[name] = [e for e in packs[name] if e.blob_id != blob_id]
         old = [n for n, _s in repo.backend.list("index") if ".tmp-" not in n]
         lock.check()
-        repo.write_index(packs)
+        repo.write_index({name: entries for name, entries in packs.items() if entries})
         lock.check()
         for name in old:
             repo.backend.delete(name)
@@ -108,12 +114,13 @@ def rebuild_index(repo: "Repository") -> int:
 
 
 def repair(repo: "Repository") -> RepairResult:
-    """Drop the index entries of blobs that fail verification, so that the next backups store them again.
+    """Point the index away from damaged copies of blobs, so that restores and the next backups never use them.
 
-    What borg ``check --repair`` and restic ``repair index`` do: a damaged chunk stays damaged in the pack,
-    but once the index no longer offers it, dedup stops pointing new backups at it, and the next backup that
-    reads the same data stores a good copy under the same id, which heals every older backup using it too.
-    Runs under the exclusive lock; first rebuilds the index from the packs (index files that do not open).
+    What borg ``check --repair`` and restic ``repair index`` do. For each blob that fails verification, another
+    copy that reads correctly (in any pack) takes its place in the index; without one, its entry is dropped, dedup
+    stops pointing new backups at it, and the next backup that reads the same data stores a good copy under the
+    same id, which heals every older backup using it too. Runs under the exclusive lock; first rebuilds the index
+    from the packs (index files that do not open).
     """
     rebuilt = rebuild_index(repo)
     report = verify(repo, read_data=True)
@@ -122,8 +129,17 @@ def repair(repo: "Repository") -> RepairResult:
         index = repo.load_index()
         packs = index.packs()
         cleaned = {pack: [e for e in entries if e.blob_id not in bad] for pack, entries in packs.items()}
-        dropped = sum(len(entries) for entries in packs.values()) - sum(len(e) for e in cleaned.values())
-        if dropped:
+        relocated = 0
+        if bad:
+            headers, _unreadable = repo.pack_headers()
+            for pack, entries in headers.items():
+                for entry in entries:
+                    if entry.blob_id in bad and repo.blob_intact(pack, entry):
+                        cleaned.setdefault(pack, []).append(entry)
+                        bad.discard(entry.blob_id)
+                        relocated += 1
+        dropped = len(bad)
+        if dropped or relocated:
             old = list(repo.index_files)
             lock.check()
             repo.write_index({pack: entries for pack, entries in cleaned.items() if entries})
@@ -131,7 +147,7 @@ def repair(repo: "Repository") -> RepairResult:
             for name in old:
                 repo.backend.delete(name)
         repo._index = None
-    return RepairResult(packs_indexed=rebuilt, entries_dropped=dropped, report=report)
+    return RepairResult(packs_indexed=rebuilt, entries_dropped=dropped, report=report, entries_relocated=relocated)
 
 
 @dataclasses.dataclass
@@ -141,6 +157,8 @@ class RepairResult:
     packs_indexed: int
     entries_dropped: int
     report: VerifyReport
+    #: damaged blobs whose index entry now points at a good copy in another pack
+    entries_relocated: int = 0
 
 
 def verify(repo: "Repository", backup_id: str | None = None, read_data: bool = False) -> VerifyReport:

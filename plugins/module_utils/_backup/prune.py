@@ -127,15 +127,6 @@ def _used_blobs(repo: "Repository", index: Index) -> set[bytes]:
     return used
 
 
-def _intact(repo: "Repository", pack: str, entry: PackEntry) -> bool:
-    try:
-        raw = repo.backend.read_range(pack_object_name(pack), entry.offset, entry.length)
-        repo.codec.open(entry.blob_type, entry.blob_id, raw)
-    except (BackupError, FileNotFoundError):
-        return False
-    return True
-
-
 def _gc(repo: "Repository", result: PruneResult, lock: Lock) -> None:
     """Delete the packs nothing uses, repack half-empty ones, merge the index files.
 
@@ -157,7 +148,7 @@ def _gc(repo: "Repository", result: PruneResult, lock: Lock) -> None:
         if name not in packs:
             try:
                 unindexed[name] = read_pack_header(repo.backend, repo.codec, name, size)
-            except BackupError:
+            except (BackupError, FileNotFoundError):
                 unreadable.append(name)
     # maps may sit in a pack no index lists (lost index files): read them through the pack headers too
     lookup = Index()
@@ -167,7 +158,7 @@ def _gc(repo: "Repository", result: PruneResult, lock: Lock) -> None:
     located = {e.blob_id for entries in packs.values() for e in entries}
     for name, entries in unindexed.items():
         # the only copy of live data: index what of it verifies (never a blob repair dropped as damaged)
-        rescued = [e for e in entries if e.blob_id in used and e.blob_id not in located and _intact(repo, name, e)]
+        rescued = [e for e in entries if e.blob_id in used and e.blob_id not in located and repo.blob_intact(name, e)]
         if rescued:
             packs[name] = rescued
             located.update(e.blob_id for e in rescued)

@@ -110,6 +110,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.packs impor
     BLOB_MAP,
     PackEntry,
     pack_object_name,
+    read_pack_header,
 )
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup import backup as backup_unit
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup import check as check_unit
@@ -477,6 +478,29 @@ class Repository:
             raise CorruptMetadataError(f"The content digest of {what} does not match its chunk maps.")
 
     # ------------------------------------------------------------------ reading objects
+    def blob_intact(self, pack: str, entry: PackEntry) -> bool:
+        """Whether the copy of a blob at this place of ``pack`` reads, authenticates and matches its id."""
+        try:
+            raw = self.backend.read_range(pack_object_name(pack), entry.offset, entry.length)
+            self.codec.open(entry.blob_type, entry.blob_id, raw)
+        except (BackupError, FileNotFoundError):
+            return False
+        return True
+
+    def pack_headers(self) -> tuple[dict[str, list[PackEntry]], list[str]]:
+        """Every pack's entries as its own header lists them, and the packs whose header does not open."""
+        headers: dict[str, list[PackEntry]] = {}
+        unreadable = []
+        for obj, size in self.backend.list("packs"):
+            if ".tmp-" in obj:
+                continue
+            name = obj.rsplit("/", 1)[-1]
+            try:
+                headers[name] = read_pack_header(self.backend, self.codec, name, size)
+            except (CorruptMetadataError, FileNotFoundError):
+                unreadable.append(name)
+        return headers, unreadable
+
     def read_blob(self, blob_type: int, blob_id: bytes, index: Index, expected: int | None = None) -> bytes:
         loc = index.get(blob_id)
         if loc is None:
