@@ -94,3 +94,35 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[SSHServer]:
         proc.kill()
         proc.wait()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[t.Any]:
+    """A real SeaweedFS S3 server (weed server -s3) on 127.0.0.1 free ports, admin and backup-only identities."""
+    from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup import _s3server
+
+    pytest.importorskip("boto3", reason="S3 tests need boto3: pip install -r requirements.txt")
+    try:
+        server = _s3server.start_seaweedfs(str(tmp_path_factory.mktemp("seaweedfs")))
+    except FileNotFoundError as exc:
+        pytest.skip(f"SeaweedFS not installed: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def rclone_s3(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[t.Any]:
+    """``rclone serve s3`` on a 127.0.0.1 free port: ignores If-None-Match, needs checksums 'when_required'."""
+    from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup import _s3server
+
+    pytest.importorskip("boto3", reason="S3 tests need boto3: pip install -r requirements.txt")
+    try:
+        server = _s3server.start_rclone(str(tmp_path_factory.mktemp("rclone")))
+    except FileNotFoundError as exc:
+        pytest.skip(f"rclone not installed: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
