@@ -61,7 +61,7 @@ class S3Server(t.NamedTuple):
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(10)
+                self.proc.wait(2)  # its data is a test's temporary directory: no need for a graceful stop
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
