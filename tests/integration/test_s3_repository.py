@@ -1,0 +1,95 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+# Copyright (c) 2026 vmsafe.protect contributors
+"""The modules with an s3:// repository on a real SeaweedFS server, through the ``ansible`` command.
+
+A lab VM (libvirt + QEMU) is backed up by ``vm_backup`` with a backup-only credential (a bucket policy denies it
+every delete but locks/ and every tombstone write), restored bit-identical by ``vm_restore``, listed by
+``backup_info``, verified by ``backup_verify``; ``backup_prune`` fails clearly with the backup-only credential and
+works with the admin one. No secret appears in any result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import typing as t
+
+import pytest
+
+from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup import _s3server
+from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup.test_s3 import deny_delete_policy
+
+MiB = 1024 * 1024
+PASS = "s3 module test passphrase"
+
+
+@pytest.fixture(scope="module")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[_s3server.S3Server]:
+    pytest.importorskip("boto3")
+    try:
+        server = _s3server.start_seaweedfs(str(tmp_path_factory.mktemp("seaweedfs")))
+    except FileNotFoundError as exc:
+        pytest.skip(f"SeaweedFS not installed: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def s3_args(server: _s3server.S3Server, location: str, who: str) -> dict[str, t.Any]:
+    key, secret = server.admin if who == "admin" else t.cast(tuple, server.backup)
+    return {"repository": location, "passphrase": PASS, "repository_s3_endpoint_url": server.endpoint,
+            "repository_s3_region": "us-east-1", "repository_s3_access_key": key,
+            "repository_s3_secret_key": secret}
+
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(MiB), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def test_vm_backup_restore_verify_prune_on_s3(lab: t.Any, ansible: t.Any, seaweedfs: _s3server.S3Server,
+                                              tmp_path: t.Any) -> None:
+    bucket = seaweedfs.new_bucket("modules")
+    seaweedfs.client().put_bucket_policy(Bucket=bucket, Policy=deny_delete_policy(bucket, "nightly"))
+    location = f"s3://{bucket}/nightly"
+    backup_args = s3_args(seaweedfs, location, "backup")
+    admin_args = s3_args(seaweedfs, location, "admin")
+    secrets_ = (seaweedfs.backup[1], seaweedfs.admin[1], PASS)  # type: ignore[index]
+
+    vm = lab.vm(size_mib=32)
+    lab.write(vm, 0x5A, 0, 4 * MiB)
+    ids = []
+    for round_ in range(3):
+        if round_:
+            lab.write(vm, 0x30 + round_, (8 + round_) * MiB, 256 * 1024)
+        result = ansible("vm_backup", dict(backup_args, vm_name=vm, init=True))
+        assert result["_status"] == "ok", result
+        assert result["mode"] == ("full" if round_ == 0 else "incremental")
+        ids.append(result["backup_id"])
+        assert not any(s in json.dumps(result) for s in secrets_)
+    info = ansible("backup_info", dict(backup_args, vm_name=vm))
+    assert [b["id"] for b in info["backups"]] == ids
+
+    dest = tmp_path / "restore"
+    dest.mkdir()
+    restored = ansible("vm_restore", dict(backup_args, backup_id=ids[-1], dest=str(dest), format="raw"))
+    assert restored["_status"] == "ok", restored
+    from test_libvirt_backup import disk_sha256  # pylint: disable=import-outside-toplevel,import-error
+
+    assert sha256_file(restored["files"][0]["path"]) == disk_sha256(vm)[0]  # the disk as it is now, byte for byte
+
+    verified = ansible("backup_verify", dict(backup_args, read_data=True))
+    assert verified["_status"] == "ok" and verified["ok"] and verified["backups_checked"] == 3
+
+    # a compromised hypervisor host's credential cannot prune
+    refused = ansible("backup_prune", dict(backup_args, keep_last=1, vm_name=vm))
+    assert refused["_status"] == "failed" and "Access denied" in refused["msg"] and bucket in refused["msg"], refused
+    assert not any(s in json.dumps(refused) for s in secrets_)
+    pruned = ansible("backup_prune", dict(admin_args, keep_last=1, vm_name=vm))
+    assert pruned["_status"] == "ok" and len(pruned["pruned"]) == 2, pruned
+    again = ansible("backup_verify", dict(admin_args, read_data=True))
+    assert again["ok"] and again["backups_checked"] == 1
