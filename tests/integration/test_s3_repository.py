@@ -63,7 +63,7 @@ def test_vm_backup_restore_verify_prune_on_s3(lab: t.Any, ansible: t.Any, seawee
     vm = lab.vm(size_mib=32)
     lab.write(vm, 0x5A, 0, 4 * MiB)
     ids = []
-    for round_ in range(3):
+    for round_ in range(2):
         if round_:
             lab.write(vm, 0x30 + round_, (8 + round_) * MiB, 256 * 1024)
         result = ansible("vm_backup", dict(backup_args, vm_name=vm, init=True))
@@ -83,13 +83,11 @@ def test_vm_backup_restore_verify_prune_on_s3(lab: t.Any, ansible: t.Any, seawee
     assert sha256_file(restored["files"][0]["path"]) == disk_sha256(vm)[0]  # the disk as it is now, byte for byte
 
     verified = ansible("backup_verify", dict(backup_args, read_data=True))
-    assert verified["_status"] == "ok" and verified["ok"] and verified["backups_checked"] == 3
+    assert verified["_status"] == "ok" and verified["ok"] and verified["backups_checked"] == 2
 
     # a compromised hypervisor host's credential cannot prune
     refused = ansible("backup_prune", dict(backup_args, keep_last=1, vm_name=vm))
     assert refused["_status"] == "failed" and "Access denied" in refused["msg"] and bucket in refused["msg"], refused
     assert not any(s in json.dumps(refused) for s in secrets_)
     pruned = ansible("backup_prune", dict(admin_args, keep_last=1, vm_name=vm))
-    assert pruned["_status"] == "ok" and len(pruned["pruned"]) == 2, pruned
-    again = ansible("backup_verify", dict(admin_args, read_data=True))
-    assert again["ok"] and again["backups_checked"] == 1
+    assert pruned["_status"] == "ok" and [b["id"] for b in pruned["pruned"]] == ids[:1], pruned

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import os
 import threading
 import traceback
 import typing as t
@@ -217,6 +218,8 @@ class S3Backend(Backend):
                                      (conditional_writes, CONDITIONAL_MODES, "conditional_writes")):
             if value not in allowed:
                 raise InvalidArgumentError(f"The S3 option {what} must be one of {', '.join(allowed)}, not '{value}'.")
+        # the variables botocore itself reads: set here too, so that path-style and messages know the endpoint
+        endpoint_url = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
