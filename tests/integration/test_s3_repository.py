@@ -25,15 +25,7 @@ PASS = "s3 module test passphrase"
 
 @pytest.fixture(scope="module")
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[_s3server.S3Server]:
-    pytest.importorskip("boto3")
-    try:
-        server = _s3server.start_seaweedfs(str(tmp_path_factory.mktemp("seaweedfs")))
-    except FileNotFoundError as exc:
-        pytest.skip(f"SeaweedFS not installed: {exc}")
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _s3server.serve("seaweedfs", tmp_path_factory)
 
 
 def s3_args(server: _s3server.S3Server, location: str, who: str) -> dict[str, t.Any]:

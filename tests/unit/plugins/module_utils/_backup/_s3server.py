@@ -151,3 +151,19 @@ def start_rclone(workdir: str, timeout: float = 30.0) -> S3Server:
     server = S3Server("rclone", f"http://127.0.0.1:{port}", ADMIN, None, proc, log)
     _wait_ready(server, timeout)
     return server
+
+
+def serve(kind: str, tmp_path_factory: t.Any) -> t.Iterator[S3Server]:
+    """Body of a pytest fixture: start the server (skip when it or boto3 is not installed), yield it, stop it."""
+    import pytest  # pylint: disable=import-outside-toplevel
+
+    pytest.importorskip("boto3", reason="S3 tests need boto3: pip install -r requirements.txt")
+    start = {"seaweedfs": start_seaweedfs, "rclone": start_rclone}[kind]
+    try:
+        server = start(str(tmp_path_factory.mktemp(kind)))
+    except FileNotFoundError as exc:
+        pytest.skip(f"{kind} is not installed: {exc}")
+    try:
+        yield server
+    finally:
+        server.stop()

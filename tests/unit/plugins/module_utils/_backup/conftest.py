@@ -14,6 +14,7 @@ import typing as t
 import pytest
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import Repository
+from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup import _s3server
 from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup._helpers import make_repo
 
 
@@ -99,30 +100,10 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[SSHServer]:
 @pytest.fixture(scope="session")
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[t.Any]:
     """A real SeaweedFS S3 server (weed server -s3) on 127.0.0.1 free ports, admin and backup-only identities."""
-    from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup import _s3server
-
-    pytest.importorskip("boto3", reason="S3 tests need boto3: pip install -r requirements.txt")
-    try:
-        server = _s3server.start_seaweedfs(str(tmp_path_factory.mktemp("seaweedfs")))
-    except FileNotFoundError as exc:
-        pytest.skip(f"SeaweedFS not installed: {exc}")
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _s3server.serve("seaweedfs", tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def rclone_s3(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[t.Any]:
     """``rclone serve s3`` on a 127.0.0.1 free port: ignores If-None-Match, needs checksums 'when_required'."""
-    from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup import _s3server
-
-    pytest.importorskip("boto3", reason="S3 tests need boto3: pip install -r requirements.txt")
-    try:
-        server = _s3server.start_rclone(str(tmp_path_factory.mktemp("rclone")))
-    except FileNotFoundError as exc:
-        pytest.skip(f"rclone not installed: {exc}")
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _s3server.serve("rclone", tmp_path_factory)
