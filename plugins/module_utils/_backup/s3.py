@@ -238,7 +238,7 @@ class S3Backend(Backend):
             path_style = endpoint_url is not None  # custom endpoints (127.0.0.1, on-prem) rarely have bucket DNS
         config = botocore.config.Config(
             region_name=region,
-            retries={"max_attempts": max_attempts, "mode": retry_mode},
+            retries={"total_max_attempts": max(1, max_attempts), "mode": retry_mode},  # attempts, the first included
             connect_timeout=timeout,
             read_timeout=timeout,
             max_pool_connections=max(10, self.upload_threads * 2 + 8),

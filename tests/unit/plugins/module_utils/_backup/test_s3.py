@@ -296,3 +296,102 @@ def test_backup_only_credential_cannot_delete_backups(seaweedfs: t.Any, tmp_path
     assert admin.verify(read_data=True).ok
     hypervisor.close()
     admin.close()
+
+
+# --------------------------------------------------------------------------- retries
+
+class FlakyProxy:
+    """An HTTP proxy in front of the S3 server that answers 503 SlowDown to every ``fail_every``-th request (the
+    store throttling) and forwards the others unchanged (Host header included, so signatures stay valid)."""
+
+    def __init__(self, upstream: str, fail_every: int) -> None:
+        import http.client  # pylint: disable=import-outside-toplevel
+        import http.server  # pylint: disable=import-outside-toplevel
+        import threading  # pylint: disable=import-outside-toplevel
+        import urllib.parse  # pylint: disable=import-outside-toplevel
+
+        target = urllib.parse.urlsplit(upstream)
+        proxy = self
+        self.requests = 0
+        self.refused = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: t.Any) -> None:
+                pass
+
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                proxy.requests += 1
+                if proxy.requests % fail_every == 0:
+                    proxy.refused += 1
+                    payload = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                for key, value in self.headers.items():
+                    conn.putheader(key, value)
+                conn.endheaders(body)
+                response = conn.getresponse()
+                data = response.read()
+                self.send_response(response.status, response.reason)
+                for key, value in response.getheaders():
+                    if key.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _any
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: t.Any, client_address: t.Any) -> None:
+                pass  # clients closing idle keep-alive connections
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_throttling_is_retried_with_backoff(seaweedfs: t.Any, tmp_path: t.Any) -> None:
+    proxy = FlakyProxy(seaweedfs.endpoint, fail_every=3)
+    try:
+        location = f"s3://{seaweedfs.new_bucket('flaky')}/repo"
+        options = seaweedfs.options(endpoint_url=proxy.endpoint, max_attempts=5)
+        repo = Repository.init(open_backend(location, **options), PASSPHRASE, chunk_size=4096, pack_size=MIB,
+                               segment_chunks=8, kdf=FAST_KDF)
+        image = make_image(random.Random(5), 600_000)
+        record = repo.backup("vm", [DiskSource("vda", len(image), [(0, len(image), image)])])
+        target = str(tmp_path / "flaky.raw")
+        repo.restore(record.id, "vda", target)
+        with open(target, "rb") as handle:
+            assert handle.read() == image
+        assert repo.verify(read_data=True).ok
+        repo.close()
+        assert proxy.refused >= 5, f"only {proxy.refused} of {proxy.requests} requests were refused"
+        # with retries off, the same store fails clearly, naming the bucket
+        no_retry = open_backend(location, **dict(options, max_attempts=1))
+        errors = []
+        for _unused in range(3):
+            try:
+                no_retry.read("config")
+            except BackendError as exc:
+                errors.append(str(exc))
+        assert errors and "SlowDown" in errors[0] and location.split("/")[2] in errors[0]
+    finally:
+        proxy.close()
