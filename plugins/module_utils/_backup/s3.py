@@ -205,8 +205,8 @@ class S3Backend(Backend):
         retry_mode: str = "standard",
         checksums: str = "when_supported",
         conditional_writes: str = "auto",
-        read_ahead: int = MIB,
-        cache_blocks: int = 32,
+        read_ahead: int = 4 * MIB,
+        cache_blocks: int = 8,
     ) -> None:
         _require_boto3()
         if bool(access_key) != bool(secret_key):
