@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import random
 import secrets
 import time
@@ -187,9 +186,9 @@ def test_error_messages_name_bucket_and_fix_without_secrets(seaweedfs: t.Any) ->
     with pytest.raises(BackendError, match="refused the credentials") as info:
         bad.read("config")
     assert wrong_secret not in str(info.value) and seaweedfs.admin[1] not in str(info.value)
+    dead = open_backend("s3://bucket-x/repo",
+                        **seaweedfs.options(endpoint_url="http://127.0.0.1:9", max_attempts=1, timeout=2))
     with pytest.raises(BackendError, match="unreachable"):
-        dead = open_backend("s3://bucket-x/repo", **dict(seaweedfs.options(), endpoint_url="http://127.0.0.1:9",
-                                                          max_attempts=1, timeout=2))
         dead.read("config")
 
 
