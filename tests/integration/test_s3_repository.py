@@ -17,6 +17,7 @@ import typing as t
 import pytest
 
 from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup import _s3server
+from it_helpers import LONG, run_ansible  # pylint: disable=import-error
 from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup.test_s3 import deny_delete_policy
 
 MiB = 1024 * 1024
@@ -83,3 +84,29 @@ def test_vm_backup_restore_verify_prune_on_s3(lab: t.Any, ansible: t.Any, seawee
     assert not any(s in json.dumps(refused) for s in secrets_)
     pruned = ansible("backup_prune", dict(admin_args, keep_last=1, vm_name=vm))
     assert pruned["_status"] == "ok" and [b["id"] for b in pruned["pruned"]] == ids[:1], pruned
+
+
+@pytest.mark.long
+@pytest.mark.skipif(not LONG, reason="the nightly_backup playbook on an s3:// repository: set VMSAFE_LONG_TESTS=1")
+def test_nightly_backup_playbook_unchanged_with_an_s3_repository(lab: t.Any, seaweedfs: _s3server.S3Server,
+                                                                 tmp_path: t.Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The role and playbook as they are: the S3 endpoint and credentials come from the standard AWS variables."""
+    from test_playbooks_audit_nightly import playbook  # pylint: disable=import-outside-toplevel,import-error
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", seaweedfs.admin[0])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", seaweedfs.admin[1])
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", seaweedfs.endpoint)
+    vm = lab.vm("s3nightly")
+    location = f"s3://{seaweedfs.new_bucket('nightly')}/prod"
+    extra = {"vmsafe_repository": location, "vmsafe_passphrase": PASS, "nightly_backup_init": True,
+             "nightly_backup_quiesce_fallback": "crash_consistent"}
+    rc, results = playbook("nightly_backup.yml", tmp_path, extra, f"[backup_targets]\n{vm}\n")
+    assert rc == 0, [(r["_task"], r["_status"], r.get("msg")) for r in results][-6:]
+    summary = [r for r in results if r["_task"] == "One line per VM, failed and unreachable ones included"]
+    lines = dict(line.split(": ", 1) for line in summary[0]["msg"])
+    assert lines[vm].startswith("full backup ") and f"repository pruned once, by {vm}" in lines[vm], lines
+    assert seaweedfs.admin[1] not in json.dumps(results) and PASS not in json.dumps(results)
+    info = run_ansible("backup_info", {"repository": location, "passphrase": PASS})
+    assert [b["vm_name"] for b in info["backups"]] == [vm]
