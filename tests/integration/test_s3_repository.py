@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 import typing as t
 
 import pytest
@@ -110,3 +112,71 @@ def test_nightly_backup_playbook_unchanged_with_an_s3_repository(lab: t.Any, sea
     assert seaweedfs.admin[1] not in json.dumps(results) and PASS not in json.dumps(results)
     info = run_ansible("backup_info", {"repository": location, "passphrase": PASS})
     assert [b["vm_name"] for b in info["backups"]] == [vm]
+
+
+@pytest.mark.long
+@pytest.mark.skipif(not LONG, reason="8 concurrent backups into one s3:// repository: set VMSAFE_LONG_TESTS=1")
+def test_eight_concurrent_backups_with_a_prune_queued(lab: t.Any, seaweedfs: _s3server.S3Server,
+                                                      tmp_path: t.Any) -> None:
+    """4 lab VMs backed up by vm_backup (4 ansible processes) and 4 engine-level writers into one s3:// repository
+    at the same time, a backup_prune started among them: all succeed, blocks shared with committed data are not
+    stored again, verify passes."""
+    import subprocess  # pylint: disable=import-outside-toplevel
+    import sys  # pylint: disable=import-outside-toplevel
+    import threading  # pylint: disable=import-outside-toplevel
+
+    from ansible_collections.vmsafe.protect.plugins.module_utils._backup.backends import open_backend  # pylint: disable=import-outside-toplevel
+    from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import Repository  # pylint: disable=import-outside-toplevel
+    from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup import test_s3_many_writers as fleet  # pylint: disable=import-outside-toplevel
+
+    location = f"s3://{seaweedfs.new_bucket('eight')}/repo"
+    args = s3_args(seaweedfs, location, "admin")
+    vms = [lab.vm(f"s3f{n}", size_mib=16) for n in range(4)]
+    for vm in vms:
+        lab.write(vm, 0x42, 0, 4 * MiB)  # the same 4 MiB on every VM: stored once
+    first = run_ansible("vm_backup", dict(args, vm_name=vms[0], init=True))
+    assert first["_status"] == "ok", first
+    import random  # pylint: disable=import-outside-toplevel
+
+    from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import DiskSource  # pylint: disable=import-outside-toplevel
+
+    # the data the engine writers share, committed once before they start (dedup is against committed data)
+    template = Repository.open(open_backend(location, **seaweedfs.options()), PASS)
+    shared = random.Random("shared").randbytes(fleet.SHARED)
+    template.backup("template", [DiskSource("vda", len(shared), [(0, len(shared), shared)])])
+    packs_after_first = sum(size for _n, size in template.backend.list("packs"))
+    template.close()
+    script = tmp_path / "writer.py"
+    script.write_text(fleet.WORKER)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    options = seaweedfs.options()
+    writers = [subprocess.Popen([sys.executable, str(script), json.dumps({
+        "location": location, "options": options, "passphrase": PASS, "shared": fleet.SHARED,
+        "unique": fleet.UNIQUE, "op": "backup", "vm": f"engine-{n}"})], env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE) for n in range(4)]
+    results: dict[str, dict[str, t.Any]] = {}
+    threads = [threading.Thread(target=lambda vm=vm: results.update({vm: run_ansible("vm_backup", dict(
+        args, vm_name=vm, init=True))})) for vm in vms]
+    for thread in threads:
+        thread.start()
+    time.sleep(2.0)
+    pruner = threading.Thread(target=lambda: results.update({"prune": run_ansible("backup_prune", dict(
+        args, keep_last=2))}))
+    pruner.start()
+    for thread in threads:
+        thread.join(600)
+    pruner.join(600)
+    for proc in writers:
+        _out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    for vm in vms:
+        assert results[vm]["_status"] == "ok", results[vm]
+    assert results["prune"]["_status"] == "ok", results["prune"]
+    repo = Repository.open(open_backend(location, **options), PASS)
+    assert len(repo.list()) == 2 + 4 + 4
+    added = sum(size for _n, size in repo.backend.list("packs")) - packs_after_first
+    # the engine writers add their unique parts only (the 2 MiB they share is not stored again), the VMs little
+    # (their data is the same pattern as the first backup's); stored four more times the shared part alone is 8 MiB
+    assert added < 4 * fleet.UNIQUE + 2 * MiB, added
+    assert repo.verify(read_data=True).ok
+    repo.close()
