@@ -13,12 +13,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
+import subprocess
+import sys
+import threading
 import time
 import typing as t
 
 import pytest
 
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.backends import open_backend
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import DiskSource, Repository
 from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup import _s3server
+from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup import test_s3_many_writers as fleet
 from it_helpers import LONG, run_ansible  # pylint: disable=import-error
 from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup.test_s3 import deny_delete_policy
 
@@ -121,13 +128,7 @@ def test_eight_concurrent_backups_with_a_prune_queued(lab: t.Any, seaweedfs: _s3
     """4 lab VMs backed up by vm_backup (4 ansible processes) and 4 engine-level writers into one s3:// repository
     at the same time, a backup_prune started among them: all succeed, blocks shared with committed data are not
     stored again, verify passes."""
-    import subprocess  # pylint: disable=import-outside-toplevel
-    import sys  # pylint: disable=import-outside-toplevel
-    import threading  # pylint: disable=import-outside-toplevel
 
-    from ansible_collections.vmsafe.protect.plugins.module_utils._backup.backends import open_backend  # pylint: disable=import-outside-toplevel
-    from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import Repository  # pylint: disable=import-outside-toplevel
-    from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup import test_s3_many_writers as fleet  # pylint: disable=import-outside-toplevel
 
     location = f"s3://{seaweedfs.new_bucket('eight')}/repo"
     args = s3_args(seaweedfs, location, "admin")
@@ -136,10 +137,6 @@ def test_eight_concurrent_backups_with_a_prune_queued(lab: t.Any, seaweedfs: _s3
         lab.write(vm, 0x42, 0, 4 * MiB)  # the same 4 MiB on every VM: stored once
     first = run_ansible("vm_backup", dict(args, vm_name=vms[0], init=True))
     assert first["_status"] == "ok", first
-    import random  # pylint: disable=import-outside-toplevel
-
-    from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import DiskSource  # pylint: disable=import-outside-toplevel
-
     # the data the engine writers share, committed once before they start (dedup is against committed data)
     template = Repository.open(open_backend(location, **seaweedfs.options()), PASS)
     shared = random.Random("shared").randbytes(fleet.SHARED)
