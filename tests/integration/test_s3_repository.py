@@ -128,8 +128,6 @@ def test_eight_concurrent_backups_with_a_prune_queued(lab: t.Any, seaweedfs: _s3
     """4 lab VMs backed up by vm_backup (4 ansible processes) and 4 engine-level writers into one s3:// repository
     at the same time, a backup_prune started among them: all succeed, blocks shared with committed data are not
     stored again, verify passes."""
-
-
     location = f"s3://{seaweedfs.new_bucket('eight')}/repo"
     args = s3_args(seaweedfs, location, "admin")
     vms = [lab.vm(f"s3f{n}", size_mib=16) for n in range(4)]
