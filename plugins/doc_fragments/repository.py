@@ -10,7 +10,9 @@ class ModuleDocFragment:
 options:
   repository:
     description:
-      - Where the backup repository is, a local path (V(/backup/vmsafe)) or V(sftp://user@host[:port]/path).
+      - Where the backup repository is, a local path (V(/backup/vmsafe)), V(sftp://user@host[:port]/path) or
+        V(s3://bucket/prefix) on AWS S3 or an S3-compatible store (see the O(repository_s3_endpoint_url) and the other
+        C(repository_s3_*) options). Credentials in an S3 URL are refused.
       - A password in the URL is refused (and masked in the task's output). Use O(repository_password) or, better,
         O(repository_key_file). SFTP operations time out after 30 seconds without an answer.
       - Can also be set with E(VMSAFE_REPOSITORY).
@@ -52,6 +54,66 @@ options:
     type: int
     default: 300
     version_added: 0.1.0
+  repository_s3_endpoint_url:
+    description:
+      - Endpoint of an S3-compatible store (Ceph RGW, SeaweedFS, MinIO...) for an V(s3://) repository, for example
+        V(https://s3.example.com:8333). Leave unset for AWS S3.
+      - Can also be set with E(AWS_ENDPOINT_URL_S3) or E(AWS_ENDPOINT_URL).
+    type: str
+    version_added: 0.1.0
+  repository_s3_region:
+    description:
+      - Region of the bucket of an V(s3://) repository.
+      - Can also be set with E(AWS_REGION) or E(AWS_DEFAULT_REGION); otherwise the AWS profile's region.
+    type: str
+    version_added: 0.1.0
+  repository_s3_access_key:
+    description:
+      - Access key id for an V(s3://) repository. Without it (and O(repository_s3_secret_key)), the standard AWS
+        credential chain is used (E(AWS_ACCESS_KEY_ID)/E(AWS_SECRET_ACCESS_KEY), O(repository_s3_profile), the shared
+        credentials file, an instance role).
+      - Give backups a credential that can write new objects but not delete them, and run M(vmsafe.protect.backup_prune)
+        with another one; see the collection's C(docs/backup.md).
+      - Can also be set with E(AWS_ACCESS_KEY_ID).
+    type: str
+    version_added: 0.1.0
+  repository_s3_secret_key:
+    description:
+      - Secret access key for an V(s3://) repository. Never logged or returned.
+      - Can also be set with E(AWS_SECRET_ACCESS_KEY).
+    type: str
+    version_added: 0.1.0
+  repository_s3_session_token:
+    description:
+      - Session token of temporary credentials for an V(s3://) repository. Never logged or returned.
+      - Can also be set with E(AWS_SESSION_TOKEN).
+    type: str
+    version_added: 0.1.0
+  repository_s3_profile:
+    description:
+      - AWS profile (shared config and credentials files) for an V(s3://) repository.
+      - Can also be set with E(AWS_PROFILE).
+    type: str
+    version_added: 0.1.0
+  repository_s3_ca_bundle:
+    description:
+      - CA certificate bundle (PEM) that signed the S3 endpoint's TLS certificate, for a private CA.
+      - Can also be set with E(AWS_CA_BUNDLE).
+    type: path
+    version_added: 0.1.0
+  repository_s3_validate_certs:
+    description:
+      - Verify the S3 endpoint's TLS certificate. Set V(false) only for a test store; prefer O(repository_s3_ca_bundle).
+    type: bool
+    default: true
+    version_added: 0.1.0
+  repository_s3_path_style:
+    description:
+      - Address the bucket in the path (V(https://endpoint/bucket/key)) instead of the host name
+        (V(https://bucket.endpoint/key)).
+      - Default V(true) when O(repository_s3_endpoint_url) is set (most S3-compatible stores), else automatic.
+    type: bool
+    version_added: 0.1.0
 requirements:
-  - zstandard, cryptography, and paramiko for V(sftp://), on the host that runs the module
+  - zstandard, cryptography, and paramiko for V(sftp://), boto3 for V(s3://), on the host that runs the module
 """

@@ -29,6 +29,18 @@ def repository_spec() -> ArgumentSpec:
         "repository_known_hosts": {"type": "path"},
         "repository_host_key_checking": {"type": "bool", "default": True},
         "lock_timeout": {"type": "int", "default": 300, "fallback": (env_fallback, ["VMSAFE_LOCK_TIMEOUT"])},
+        "repository_s3_endpoint_url": {"type": "str", "fallback": (env_fallback, ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"])},
+        "repository_s3_region": {"type": "str", "fallback": (env_fallback, ["AWS_REGION", "AWS_DEFAULT_REGION"])},
+        "repository_s3_access_key": {"type": "str", "no_log": False,
+                                     "fallback": (env_fallback, ["AWS_ACCESS_KEY_ID"])},
+        "repository_s3_secret_key": {"type": "str", "no_log": True,
+                                     "fallback": (env_fallback, ["AWS_SECRET_ACCESS_KEY"])},
+        "repository_s3_session_token": {"type": "str", "no_log": True,
+                                        "fallback": (env_fallback, ["AWS_SESSION_TOKEN"])},
+        "repository_s3_profile": {"type": "str", "fallback": (env_fallback, ["AWS_PROFILE"])},
+        "repository_s3_ca_bundle": {"type": "path", "fallback": (env_fallback, ["AWS_CA_BUNDLE"])},
+        "repository_s3_validate_certs": {"type": "bool", "default": True},
+        "repository_s3_path_style": {"type": "bool"},
     })
 
 
@@ -47,6 +59,8 @@ def open_repository(params: dict[str, t.Any], create: dict[str, t.Any] | None = 
             options["known_hosts"] = params["repository_known_hosts"]
         if not params.get("repository_host_key_checking", True):
             options["host_key_policy"] = "accept_new"
+    elif params["repository"].startswith("s3://"):
+        options.update(s3_options(params))
     wait = max(0, int(params.get("lock_timeout") or 0))
     try:
         backend = open_backend(params["repository"], **options)
@@ -64,6 +78,17 @@ def open_repository(params: dict[str, t.Any], create: dict[str, t.Any] | None = 
         return repo
     except backup_errors.BackupError as exc:
         raise wrap(exc, params["repository"]) from exc
+
+
+def s3_options(params: dict[str, t.Any]) -> dict[str, t.Any]:
+    """open_backend() options of an s3:// repository from the module's repository_s3_* options."""
+    names = {"endpoint_url": "repository_s3_endpoint_url", "region": "repository_s3_region",
+             "access_key": "repository_s3_access_key", "secret_key": "repository_s3_secret_key",
+             "session_token": "repository_s3_session_token", "profile": "repository_s3_profile",
+             "ca_bundle": "repository_s3_ca_bundle", "path_style": "repository_s3_path_style"}
+    options: dict[str, t.Any] = {key: params[name] for key, name in names.items() if params.get(name) is not None}
+    options["validate_certs"] = params.get("repository_s3_validate_certs", True) is not False
+    return options
 
 
 def wrap(exc: Exception, repository: str) -> RepositoryError:

@@ -6,7 +6,7 @@ PRIVATE to this collection; no compatibility guarantees.
 
 A backend stores named objects ("config", "packs/ab/abcd...", ...). Names use
 "/" as separator on every backend. Writes are atomic: data goes to a temporary
-name, is flushed to stable storage, then renamed. An S3 backend can implement
+name, is flushed to stable storage, then renamed. The S3 backend (s3.py) implements
 the same interface (PUT is atomic there, and ranged GET serves read_range).
 """
 
@@ -682,10 +682,12 @@ class SFTPBackend(Backend):
 
 
 def open_backend(url_or_path: str, **options: t.Any) -> Backend:
-    """Open a backend from ``/path``, ``file:///path`` or ``sftp://user@host[:port]/path``.
+    """Open a backend from ``/path``, ``file:///path``, ``sftp://user@host[:port]/path`` or ``s3://bucket/prefix``.
 
     SFTP options: ``key_filename``, ``password``, ``known_hosts``, ``host_key_policy``
     (``strict`` by default: unknown host keys are refused), ``timeout``.
+    S3 options: the keyword arguments of ``s3.S3Backend`` (``endpoint_url``, ``region``, ``access_key``,
+    ``secret_key``, ``ca_bundle``, ``validate_certs``, ...); see ``s3.OPTIONS``.
     Raises InvalidArgumentError for unknown schemes or options, BackendError/HostKeyError on connect.
     """
     parsed = urllib.parse.urlsplit(url_or_path)
@@ -719,6 +721,18 @@ def open_backend(url_or_path: str, **options: t.Any) -> Backend:
             password=options.pop("password", None),
             **options,
         )
+    if parsed.scheme == "s3":
+        from ansible_collections.vmsafe.protect.plugins.module_utils._backup import s3  # pylint: disable=import-outside-toplevel
+
+        allowed = set(s3.OPTIONS)
+        unknown = set(options) - allowed
+        if unknown:
+            raise InvalidArgumentError(
+                f"Unknown S3 option(s): {', '.join(sorted(unknown))}. Allowed: {', '.join(sorted(allowed))}."
+            )
+        bucket, prefix = s3.parse_s3_url(url_or_path)
+        return s3.S3Backend(bucket, prefix, **options)
     raise InvalidArgumentError(
-        f"Unsupported repository URL scheme '{parsed.scheme}'. Use a local path or sftp://user@host[:port]/path."
+        f"Unsupported repository URL scheme '{parsed.scheme}'. Use a local path, sftp://user@host[:port]/path or "
+        "s3://bucket/prefix."
     )

@@ -14,6 +14,7 @@ import typing as t
 import pytest
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import Repository
+from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup import _s3server
 from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup._helpers import make_repo
 
 
@@ -94,3 +95,15 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[SSHServer]:
         proc.kill()
         proc.wait()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[t.Any]:
+    """A real SeaweedFS S3 server (weed server -s3) on 127.0.0.1 free ports, admin and backup-only identities."""
+    yield from _s3server.serve("seaweedfs", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def rclone_s3(tmp_path_factory: pytest.TempPathFactory) -> t.Iterator[t.Any]:
+    """``rclone serve s3`` on a 127.0.0.1 free port: ignores If-None-Match, needs checksums 'when_required'."""
+    yield from _s3server.serve("rclone", tmp_path_factory)

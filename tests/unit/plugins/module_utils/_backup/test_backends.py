@@ -22,7 +22,8 @@ def test_local_urls(url: str) -> None:
 @pytest.mark.parametrize(
     "url, options, message",
     [
-        ("s3://bucket/path", {}, "Unsupported"),
+        ("ftp://host/path", {}, "Unsupported"),
+        ("s3://bucket/path", {"bogus": 1}, "Unknown S3 option"),
         ("sftp:///path", {}, "no host"),
         ("sftp://u@h/p", {"bogus": 1}, "Unknown SFTP option"),
         ("/srv/backups", {"password": "x"}, "no options"),
