@@ -160,6 +160,19 @@ plan:
   type: list
   elements: str
   sample: ["restore disk vda of 20261123T020000Z-3f9a1c2e to /srv/export/web01-vda-20261123T020000Z-3f9a1c2e.vhdx (vhdx)"]
+elapsed:
+  description: Seconds the module ran.
+  returned: success
+  type: float
+  sample: 12.7
+applied:
+  description:
+    - When the module failed part-way, the steps of RV(plan) that had completed before the failure, in order. Files
+      they wrote are complete restores; a disk whose restore failed left nothing under its final name.
+  returned: failure
+  type: list
+  elements: str
+  sample: []
 """
 
 import os
