@@ -197,6 +197,11 @@ files:
     - {"path": "/etc/hosts", "matched": true, "dest": "/srv/restore/web01/etc/hosts", "type": "file", "size": 186,
        "mode": "0644", "uid": 0, "gid": 0, "mtime": 1763863200,
        "sha256": "8f434346648f6b96df89dda901c5176b10a6d83961dd3c1ac88b59b2dc327aa4"}
+elapsed:
+  description: Seconds the module ran.
+  returned: success
+  type: float
+  sample: 48.2
 """
 
 import glob
