@@ -417,11 +417,13 @@ class Repository:
         tombstones = self._entry_ids("tombstones")
         errors = []
         replayed = sorted(present & set(tombstones))
-        for backup_id in replayed:
+        # with its journal entry still there, it is a prune that was killed between its tombstone and the manifest's
+        # deletion (prune finishes it); a completed prune removed the journal entry, so without one it came back
+        for backup_id in (b for b in replayed if b not in journal):
             errors.append(
                 f"Backup {backup_id} of VM {tombstones[backup_id].get('vm_name')} was pruned on "
                 f"{tombstones[backup_id].get('time')}, but its manifest is back (replayed from an old copy of the "
-                "repository, or its prune was interrupted). Run prune to remove it again; do not restore it."
+                "repository). Run prune to remove it again; do not restore it."
             )
         for backup_id in sorted(set(journal) - present - set(tombstones)):
             errors.append(

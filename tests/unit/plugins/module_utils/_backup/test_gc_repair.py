@@ -113,3 +113,15 @@ def test_a_manifest_removed_outside_prune_is_reported(tmp_path: t.Any) -> None:
     repo.backend.delete(f"snapshots/{first.id}")
     report = repo.verify()
     assert not report.ok and any(first.id in e and "outside prune" in e for e in report.errors)
+
+
+def test_a_prune_killed_between_tombstone_and_deletion_is_no_error_and_the_next_prune_finishes_it(tmp_path: t.Any) -> None:
+    repo = make_repo(str(tmp_path / "repo"))
+    old = backup_image(repo, "vm", os.urandom(30_000))
+    new = backup_image(repo, "vm", os.urandom(30_000))
+    # what a prune killed right after writing its tombstone leaves: tombstone, manifest and journal entry
+    repo.backend.write_atomic(f"tombstones/{old.id}", repo._seal_entry("tombstones", old))  # pylint: disable=protected-access
+    assert repo.verify(read_data=True).ok
+    assert repo.prune(RetentionPolicy(keep_last=5)).replayed_removed == [old.id]  # the next prune finishes it
+    assert [r.id for r in repo.list()] == [new.id]
+    assert repo.verify(read_data=True).ok

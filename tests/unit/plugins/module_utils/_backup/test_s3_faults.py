@@ -28,7 +28,7 @@ from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup.
     PASSPHRASE,
 )
 
-ITERATIONS = 25 if LONG else 2
+ITERATIONS = 25 if LONG else 3
 MIB = 1024 * 1024
 
 
