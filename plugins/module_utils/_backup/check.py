@@ -276,7 +276,7 @@ def _name_damaged(repo: "Repository", report: VerifyReport) -> None:
         return
     report.damaged = [d for d in report.damaged if d.backup_id is not None]
     index = repo._index or repo.load_index()
-    for record in repo.list():
+    for record in repo.list(include_pruned=True):
         for disk in record.disks:
             for seg_id in disk.segments:
                 if seg_id is None:

@@ -113,16 +113,15 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.packs impor
     read_pack_header,
 )
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup import backup as backup_unit
-from ansible_collections.vmsafe.protect.plugins.module_utils._backup import check as check_unit
-from ansible_collections.vmsafe.protect.plugins.module_utils._backup import prune as prune_unit
-from ansible_collections.vmsafe.protect.plugins.module_utils._backup import restore as restore_unit
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.backup import DiskSource
-from ansible_collections.vmsafe.protect.plugins.module_utils._backup.check import DamagedChunk, VerifyReport
-from ansible_collections.vmsafe.protect.plugins.module_utils._backup.prune import PruneResult
-from ansible_collections.vmsafe.protect.plugins.module_utils._backup.retention import RetentionPolicy
+
+if t.TYPE_CHECKING:  # the restore, check and prune units are imported when first used: a backup job needs none
+    from ansible_collections.vmsafe.protect.plugins.module_utils._backup.check import RepairResult, VerifyReport
+    from ansible_collections.vmsafe.protect.plugins.module_utils._backup.prune import PruneResult
+    from ansible_collections.vmsafe.protect.plugins.module_utils._backup.retention import RetentionPolicy
 
 #: the engine's API, importable from here as before the split
-__all__ = ["DamagedChunk", "DiskSource", "PruneResult", "Repository", "VerifyReport"]
+__all__ = ["DiskSource", "Repository"]
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from ansible_collections.vmsafe.protect.plugins.module_utils._backup.backends import Backend
@@ -389,11 +388,13 @@ class Repository:
 
     def _entry_ids(self, kind: str) -> dict[str, dict[str, t.Any]]:
         """Authentic entries of ``journal`` or ``tombstones`` by backup id (damaged ones are skipped)."""
+        return self._entry_ids_of(kind, *(n.rsplit("/", 1)[-1] for n, _s in self.backend.list(kind) if ".tmp-" not in n))
+
+    def _entry_ids_of(self, kind: str, *backup_ids: str) -> dict[str, dict[str, t.Any]]:
+        """Authentic entries of ``kind`` for the given backup ids (missing or damaged ones are skipped)."""
         found: dict[str, dict[str, t.Any]] = {}
-        for name, _size in self.backend.list(kind):
-            if ".tmp-" in name:
-                continue
-            backup_id = name.rsplit("/", 1)[-1]
+        for backup_id in backup_ids:
+            name = f"{kind}/{backup_id}"
             try:
                 doc = json.loads(self.codec.open_meta(f"{kind}:{backup_id}".encode(), self.backend.read(name), name))
             except (BackupError, FileNotFoundError, ValueError):
@@ -546,14 +547,25 @@ class Repository:
             raise CorruptMetadataError(f"The {what} names another backup ({record.id}); it was moved or replaced.")
         return record
 
-    def list(self, vm_name: str | None = None) -> list[BackupRecord]:
-        """Return the backups (optionally of one VM), oldest first. Damaged manifests raise CorruptMetadataError."""
+    def list(self, vm_name: str | None = None, include_pruned: bool = False) -> list[BackupRecord]:
+        """Return the backups (optionally of one VM), oldest first. Damaged manifests raise CorruptMetadataError.
+
+        A manifest with an authentic tombstone was pruned (it came back from an old copy, or a prune was killed
+        before deleting it): it is left out unless ``include_pruned`` (GC and verify, which must see every
+        manifest that is there).
+        """
         records = []
+        tombstoned = set()
+        if not include_pruned:
+            tombstoned = {n.rsplit("/", 1)[-1] for n, _s in self.backend.list("tombstones") if ".tmp-" not in n}
         for name, _size in self.backend.list("snapshots"):
             if ".tmp-" in name:
                 continue
+            backup_id = name.split("/", 1)[1]
+            if backup_id in tombstoned and backup_id in self._entry_ids_of("tombstones", backup_id):
+                continue
             try:
-                record = self.get(name.split("/", 1)[1])
+                record = self.get(backup_id)
             except BackupNotFoundError:
                 continue  # pruned meanwhile
             if vm_name is None or record.vm_name == vm_name:
@@ -570,25 +582,37 @@ class Repository:
 
     def restore(self, backup_id: str, disk_name: str, target: str | int, sparse: bool = True) -> dict[str, t.Any]:
         """See restore.restore()."""
+        from ansible_collections.vmsafe.protect.plugins.module_utils._backup import restore as restore_unit
+
         return restore_unit.restore(self, backup_id, disk_name, target, sparse)
 
     def verify(self, backup_id: str | None = None, read_data: bool = False) -> VerifyReport:
         """See check.verify()."""
+        from ansible_collections.vmsafe.protect.plugins.module_utils._backup import check as check_unit
+
         return check_unit.verify(self, backup_id, read_data)
 
     def rebuild_index(self) -> int:
         """See check.rebuild_index()."""
+        from ansible_collections.vmsafe.protect.plugins.module_utils._backup import check as check_unit
+
         return check_unit.rebuild_index(self)
 
-    def repair(self) -> check_unit.RepairResult:
+    def repair(self) -> RepairResult:
         """See check.repair()."""
+        from ansible_collections.vmsafe.protect.plugins.module_utils._backup import check as check_unit
+
         return check_unit.repair(self)
 
     def prune(self, policy: RetentionPolicy | t.Mapping[str, t.Any], dry_run: bool = False,
               now: datetime.datetime | None = None, vm_name: str | None = None) -> PruneResult:
         """See prune.prune()."""
+        from ansible_collections.vmsafe.protect.plugins.module_utils._backup import prune as prune_unit
+
         return prune_unit.prune(self, policy, dry_run, now, vm_name)
 
     def gc(self) -> PruneResult:
         """See prune.gc()."""
+        from ansible_collections.vmsafe.protect.plugins.module_utils._backup import prune as prune_unit
+
         return prune_unit.gc(self)
