@@ -200,6 +200,8 @@ def verify(repo: "Repository", backup_id: str | None = None, read_data: bool = F
             names = [repo.manifest_name(backup_id)]
         else:
             names = [n for n, _s in repo.backend.list("snapshots") if ".tmp-" not in n]
+            void = repo.voided(n.split("/", 1)[1] for n in names)  # failed backups' leftovers: prune removes them
+            names = [n for n in names if n.split("/", 1)[1] not in void]
         used: dict[bytes, tuple[str, str, int, int]] = {}
         for name in names:
             bid = name.split("/", 1)[1]

@@ -360,8 +360,10 @@ class Repository:
         garbage collection can have run since our data was written (GC needs an exclusive lock, which cannot
         coexist with ours unless ours was lost). Hence the order: packs → lock check → index → lock check →
         manifest (created, never replacing) → lock check. If the lock turns out lost after the manifest was
-        written, the manifest is removed again and the backup fails: a GC may have started before it was
-        visible, and a reported success must always restore.
+        written, the manifest is voided and the backup fails: a GC may have started before it was visible, and a
+        reported success must always restore. Voiding writes its tombstone first (a create, which a backup-only
+        credential may do), then deletes the manifest; where the credential cannot delete, the tombstone keeps it
+        out of list() until a prune removes it.
         """
         if packs:
             lock.check()
@@ -372,7 +374,13 @@ class Repository:
         try:
             lock.check()
         except LockLostError:
-            self.backend.delete(name)
+            tombstone = self._seal_entry("tombstones", record, reason="uncommitted")
+            for void in (lambda: self.backend.create_exclusive(f"tombstones/{record.id}", tombstone),
+                         lambda: self.backend.delete(name)):
+                try:
+                    void()
+                except (BackupError, OSError):
+                    pass  # a backup-only credential cannot delete: the tombstone voids it, the next prune removes it
             raise
         # the journal entry: from now on, this manifest vanishing without a tombstone is noticed by verify
         self.backend.write_atomic(f"journal/{record.id}", self._seal_entry("journal", record))
@@ -382,8 +390,10 @@ class Repository:
     # the manifest is deleted, and the journal entry after it). A manifest with a tombstone was replayed (or its
     # prune interrupted: the next prune finishes it); a journal entry with neither manifest nor tombstone means the
     # manifest was removed outside prune. Entries are sealed like manifests, bound to their names.
-    def _seal_entry(self, kind: str, record: BackupRecord) -> bytes:
+    def _seal_entry(self, kind: str, record: BackupRecord, reason: str | None = None) -> bytes:
         doc = {"id": record.id, "vm_name": record.vm_name, "time": utcnow().isoformat()}
+        if reason:
+            doc["reason"] = reason  # "uncommitted": a manifest its backup voided (lock lost), not a pruned one
         return self.codec.seal_meta(f"{kind}:{record.id}".encode(), json.dumps(doc).encode("utf-8"))
 
     def _entry_ids(self, kind: str) -> dict[str, dict[str, t.Any]]:
@@ -411,6 +421,12 @@ class Repository:
         self.backend.delete(self.manifest_name(record.id))
         self.backend.delete(f"journal/{record.id}")
 
+    def voided(self, backup_ids: t.Iterable[str]) -> set[str]:
+        """Those of ``backup_ids`` whose manifest its own backup voided (lock lost; see commit_backup)."""
+        tombstoned = {n.rsplit("/", 1)[-1] for n, _s in self.backend.list("tombstones") if ".tmp-" not in n}
+        entries = self._entry_ids_of("tombstones", *(b for b in backup_ids if b in tombstoned))
+        return {b for b, doc in entries.items() if doc.get("reason") == "uncommitted"}
+
     def history_problems(self) -> tuple[list[str], list[str]]:
         """Return (error messages, ids of replayed manifests) from comparing manifests, journal and tombstones."""
         present = {n.rsplit("/", 1)[-1] for n, _s in self.backend.list("snapshots") if ".tmp-" not in n}
@@ -419,8 +435,10 @@ class Repository:
         errors = []
         replayed = sorted(present & set(tombstones))
         # with its journal entry still there, it is a prune that was killed between its tombstone and the manifest's
-        # deletion (prune finishes it); a completed prune removed the journal entry, so without one it came back
-        for backup_id in (b for b in replayed if b not in journal):
+        # deletion (prune finishes it); a completed prune removed the journal entry, so without one it came back;
+        # a tombstone marked "uncommitted" is a backup that lost its lock and could not delete its manifest
+        # (prune removes it; nothing was lost, the backup reported failure)
+        for backup_id in (b for b in replayed if b not in journal and tombstones[b].get("reason") != "uncommitted"):
             errors.append(
                 f"Backup {backup_id} of VM {tombstones[backup_id].get('vm_name')} was pruned on "
                 f"{tombstones[backup_id].get('time')}, but its manifest is back (replayed from an old copy of the "
