@@ -118,7 +118,8 @@ notes:
     new lock as soon as it can; a prune that ran in between may have deleted data of the backup, and the guest then
     gets I/O errors reading blocks it had not read before. RV(server.lock) shows it. Migrate promptly.
   - A reboot of the host stops the NBD server; O(state=running) again starts it (and the VM) as before, from the
-    recorded state.
+    recorded state. A VM that kept running while its server died (killed) has lost its disks' backing store and
+    gets I/O errors: O(state=running) starts the server again, but QEMU does not reconnect, so restart that VM too.
 seealso:
   - module: vmsafe.protect.vm_restore
   - module: vmsafe.protect.vm_backup
@@ -197,7 +198,7 @@ server:
   returned: success
   type: dict
   sample: {"pid": 41235, "alive": true, "lock": "held", "read_errors": 0, "last_error": null,
-           "log": /var/lib/vmsafe/instant/web01-instant/server.log}
+           "log": "/var/lib/vmsafe/instant/web01-instant/server.log"}
 plan:
   description: What the module did or would do.
   returned: success
