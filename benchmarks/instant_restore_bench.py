@@ -2,10 +2,13 @@
 # Copyright (c) 2026 vmsafe.protect contributors
 """Time to SSH of vm_instant_restore against a full vm_restore + boot of the same backup, in the same run.
 
-    /work/quiet.sh .venv/bin/python benchmarks/instant_restore_bench.py [--rounds 2] [--workdir .cache/bench-ir]
+    /work/quiet.sh .venv/bin/python benchmarks/instant_restore_bench.py [--rounds 2] [--data-gib 0]
+        [--workdir .cache/bench-ir]
 
 The booted Debian guest of scripts/guest-image.sh (TCG, 2 vCPUs, 256 MiB) writes a file and is backed up with
-vm_backup; the VM and its disk are destroyed. Then, alternating for --rounds rounds:
+vm_backup; the VM and its disk are destroyed. With --data-gib N the guest also has a second disk (vdb, not mounted)
+holding N GiB of random data, as a VM with a data volume has: a full restore must write it all before the VM starts,
+an instant recovery serves only what the guest reads. Then, alternating for --rounds rounds:
 
 - instant: ``vm_instant_restore`` (state running) as a new VM of the same name, and wait for the SSH banner on the
   guest's forwarded port; then check the file written before the backup, and remove the recovery
@@ -56,9 +59,23 @@ def timed_to_ssh(module: str, args: dict, port: int) -> tuple[float, float, dict
     return returned, time.perf_counter() - start, result
 
 
+def attach_data_disk(name: str, gib: int, workdir: str) -> None:
+    """Give the running guest a second disk (vdb) of ``gib`` GiB of random data (removed with the VM)."""
+    raw = os.path.join(workdir, "data.raw")
+    with open(raw, "wb") as handle:
+        for _block in range(gib * 256):
+            handle.write(os.urandom(4 * 1024 * 1024))
+    disk = os.path.join(labvm.VM_DIR, f"{name}.data.qcow2")
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", raw, disk], check=True, capture_output=True)
+    os.unlink(raw)
+    subprocess.run(["virsh", "-c", labvm.URI, "attach-disk", name, disk, "vdb", "--driver", "qemu", "--subdriver",
+                    "qcow2", "--targetbus", "virtio", "--persistent"], check=True, capture_output=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--data-gib", type=int, default=0, help="a second disk with this many GiB of random data")
     parser.add_argument("--workdir", default=os.path.join(ROOT, ".cache", "bench-ir"))
     opts = parser.parse_args()
     shutil.rmtree(opts.workdir, ignore_errors=True)
@@ -70,6 +87,8 @@ def main() -> int:
     try:
         port, key = guestlab.boot(name)
         g = {"port": port, "key": key}
+        if opts.data_gib:
+            attach_data_disk(name, opts.data_gib, opts.workdir)
         token = secrets.token_hex(8)
         assert ssh(g, f"echo {token} > /root/marker && sync").returncode == 0
         backup = run_ansible("vm_backup", dict(repo, vm_name=name, init=True))
@@ -108,7 +127,7 @@ def main() -> int:
               f"{min(ssh_t):.1f} / {statistics.median(ssh_t):.1f} s |")
     ratio = statistics.median(s for _r, s in figures["full"]) / statistics.median(s for _r, s in figures["instant"])
     print(f"\nfull restore + boot / instant recovery, time to SSH (medians): {ratio:.2f}x")
-    print(json.dumps(figures))
+    print(json.dumps({"data_gib": opts.data_gib, **figures}))
     shutil.rmtree(opts.workdir, ignore_errors=True)
     return 0
 
