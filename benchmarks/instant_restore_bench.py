@@ -59,17 +59,40 @@ def timed_to_ssh(module: str, args: dict, port: int) -> tuple[float, float, dict
     return returned, time.perf_counter() - start, result
 
 
-def attach_data_disk(name: str, gib: int, workdir: str) -> None:
-    """Give the running guest a second disk (vdb) of ``gib`` GiB of random data (removed with the VM)."""
+def boot_guest(name: str, data_gib: int, workdir: str) -> tuple[int, str]:
+    """Boot the guest as tests/lab/guest.py does, with a second disk (vdb) of ``data_gib`` GiB of random data.
+
+    The disk is in the definition from the start: this machine type has no PCI hotplug. Returns (ssh port, key).
+    """
+    if not data_gib:
+        return guestlab.boot(name)
     raw = os.path.join(workdir, "data.raw")
     with open(raw, "wb") as handle:
-        for _block in range(gib * 256):
+        for _block in range(data_gib * 256):
             handle.write(os.urandom(4 * 1024 * 1024))
-    disk = os.path.join(labvm.VM_DIR, f"{name}.data.qcow2")
-    subprocess.run(["qemu-img", "convert", "-O", "qcow2", raw, disk], check=True, capture_output=True)
+    data = os.path.join(labvm.VM_DIR, f"{name}.data.qcow2")  # labvm.destroy removes <name>.* files
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", raw, data], check=True, capture_output=True)
     os.unlink(raw)
-    subprocess.run(["virsh", "-c", labvm.URI, "attach-disk", name, disk, "vdb", "--driver", "qemu", "--subdriver",
-                    "qcow2", "--targetbus", "virtio", "--persistent"], check=True, capture_output=True)
+    image = guestlab.image_dir()
+    root = os.path.join(labvm.VM_DIR, f"{name}.qcow2")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", os.path.join(image, "root.qcow2"),
+                    root], check=True)
+    port = guestlab.free_port()
+    xml = guestlab.DOMAIN_XML.format(name=name, image=image, disk=root, port=port,
+                                     console=os.path.join(labvm.VM_DIR, f"{name}.console.log"))
+    xml = xml.replace("    <serial ", f"""    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='{data}'/>
+      <target dev='vdb' bus='virtio'/>
+    </disk>
+    <serial """, 1)
+    conn = labvm.connect()
+    try:
+        conn.defineXML(xml).create()
+    finally:
+        conn.close()
+    guestlab.wait_for_ssh(port)
+    return port, os.path.join(image, "id_ed25519")
 
 
 def main() -> int:
@@ -85,10 +108,8 @@ def main() -> int:
     repo = {"repository": os.path.join(opts.workdir, "repo"), "passphrase": PASS}
     figures: dict[str, list[tuple[float, float]]] = {"instant": [], "full": []}
     try:
-        port, key = guestlab.boot(name)
+        port, key = boot_guest(name, opts.data_gib, opts.workdir)
         g = {"port": port, "key": key}
-        if opts.data_gib:
-            attach_data_disk(name, opts.data_gib, opts.workdir)
         token = secrets.token_hex(8)
         assert ssh(g, f"echo {token} > /root/marker && sync").returncode == 0
         backup = run_ansible("vm_backup", dict(repo, vm_name=name, init=True))
