@@ -328,11 +328,13 @@ class InstantRestoreTask(ProviderTask):
             if not self._server_alive():
                 changes.step(f"start the NBD server again for backup {self.state['backup_id']} (it was not running)",
                              self._start_server)
-            if self.vm is None:
+            if self.state.get("vm_id") is None:
+                self._resume(changes)  # an earlier run failed before the VM was started: finish its steps
+            elif self.vm is None:
                 raise InvalidArgument(
                     f"The VM of the instant recovery '{p['name']}' is gone (undefined outside this module); remove the "
                     f"recovery with state: absent and run again.")
-            if self.vm.state != "running":
+            elif self.vm.state != "running":
                 changes.step(f"start VM '{p['name']}' on its overlays", lambda: self.helper.start(self.vm))
             return
         self._open_backup()
@@ -383,6 +385,21 @@ class InstantRestoreTask(ProviderTask):
         what = (f"point the shut-off VM '{p['name']}' at the overlays and start it" if p["target"] == "original"
                 else f"define VM '{p['name']}' from the backup's definition on the overlays and start it")
         changes.step(what, self._start_vm)
+
+    def _resume(self, changes: ChangeSet) -> None:
+        """Plan the steps an earlier run of this recovery did not reach (overlays, the VM)."""
+        assert self.state is not None
+        p = self.params
+        self.params = dict(p, backup_id=self.state["backup_id"])
+        try:
+            self._open_backup()
+        finally:
+            self.params = p
+        for disk in self.state["disks"]:
+            if not os.path.exists(disk["overlay"]):
+                changes.step(f"create overlay {disk['overlay']} on the backup's disk {disk['disk']}",
+                             lambda d=disk: self._make_overlay(d))
+        changes.step(f"start VM '{p['name']}' on the overlays", self._start_vm)
 
     def _open_backup(self) -> None:
         p = self.params
