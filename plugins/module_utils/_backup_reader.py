@@ -1,17 +1,18 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 # Copyright (c) 2026 vmsafe.protect contributors
 # PRIVATE to this collection; no compatibility guarantees.
-"""Random reads of one disk of one backup: what an NBD export of a backup (instant recovery) reads from.
+"""Random reads of one disk of one backup: what an NBD export of a backup (instant recovery, backup_files) reads.
 
-The engine (``_backup/``) restores whole disks only. This reader follows the documented repository format
-(docs/repository-format.md sections 7-9: index files, chunk map segments, blobs) through the engine's public
-building blocks (``Repository.get``, its backend and codec, ``index``, ``manifest``, ``packs``, ``locks``) and never
-calls a private method of ``Repository``. It checks what a restore checks: the manifest's segment digests against
-its content digest when opened, each map segment against its digest when first read, and every chunk's
-authentication tag and id (``BlobCodec.open``). While open it holds a shared repository lock, so a prune cannot
-delete the packs it reads; the lock is refreshed as long operations do.
+The engine (``_backup/``) restores whole disks only; this reader reads any range through the engine's public
+core: ``Repository.get`` (the manifest), ``Repository.load_index``, ``Repository.disk_chunks`` (the chunk-map check
+restore and verify share), ``Repository.read_map`` and ``Repository.read_blob`` (every chunk's authentication tag and
+id). When opened it runs the whole chunk-map check once (map segments against the manifest's digests, placement,
+record lengths, chunk ids, the content digest), so a damaged map fails at once rather than in the middle of a VM's
+boot; afterwards map segments are read again lazily, by id, which authenticates them as the same content.
 
-Meant to move into the engine as ``Repository.open_disk(backup_id, disk)`` (see the branch's report).
+While open it holds a shared repository lock (``Repository.lock``), so a prune cannot delete the packs it reads; the
+lock refreshes itself (a timer thread in ``locks.Lock``) for as long as the reader is open. Several readers (the disks
+of one VM) can share one index and one lock: pass ``index`` and ``lock``; the reader then never releases that lock.
 """
 
 from __future__ import annotations
@@ -22,34 +23,15 @@ import threading
 import typing as t
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup import errors as backup_errors
-from ansible_collections.vmsafe.protect.plugins.module_utils._backup.index import Index, iter_index_raw
-from ansible_collections.vmsafe.protect.plugins.module_utils._backup.locks import Lock
-from ansible_collections.vmsafe.protect.plugins.module_utils._backup.manifest import (
-    MapSegment,
-    chunk_count,
-    chunk_length,
-    combine_digests,
-    segment_digest,
-)
-from ansible_collections.vmsafe.protect.plugins.module_utils._backup.packs import BLOB_DATA, BLOB_MAP, pack_object_name
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.manifest import MapSegment, chunk_count, chunk_length
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.packs import BLOB_DATA
+
+if t.TYPE_CHECKING:  # pragma: no cover
+    from ansible_collections.vmsafe.protect.plugins.module_utils._backup.index import Index
+    from ansible_collections.vmsafe.protect.plugins.module_utils._backup.locks import Lock
+    from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import Repository
 
 CACHE_CHUNKS = 64
-
-
-def load_index(repo: t.Any) -> Index:
-    """Every index file of the repository, as the format's section 7 describes (temporaries skipped)."""
-    index = Index()
-    for name, _size in repo.backend.list("index"):
-        if ".tmp-" in name:
-            continue
-        try:
-            blob = repo.backend.read(name)
-        except FileNotFoundError:  # replaced by a concurrent rebuild: the new one is listed too
-            continue
-        plain = repo.codec.open_meta(b"index:" + name.encode("ascii"), blob, f"index file {name}")
-        for pack, raw in iter_index_raw(plain, f"index file {name}"):
-            index.add_raw(pack, raw)
-    return index
 
 
 class BackupDiskReader:
@@ -59,7 +41,8 @@ class BackupDiskReader:
     LockedError; ``pread`` raises OSError(EIO) naming the damaged chunk (``last_error`` keeps the message).
     """
 
-    def __init__(self, repo: t.Any, backup_id: str, disk_name: str, operation: str = "serve a disk") -> None:
+    def __init__(self, repo: Repository, backup_id: str, disk_name: str, operation: str = "serve a disk",
+                 index: Index | None = None, lock: Lock | None = None) -> None:
         self.repo = repo
         self.record = repo.get(backup_id)
         disk = self.record.disk(disk_name)
@@ -70,25 +53,23 @@ class BackupDiskReader:
         self.disk = disk
         self.size = disk.size
         self.what = f"disk '{disk.name}' of backup {self.record.id}"
-        if len(disk.segment_digests) != len(disk.segments) or \
-                combine_digests([bytes.fromhex(d) for d in disk.segment_digests]) != disk.content_digest:
-            raise backup_errors.CorruptMetadataError(f"The manifest of {self.what} is inconsistent (segment digests).")
         self.last_error: str | None = None
         self._mutex = threading.Lock()
         self._maps: dict[int, MapSegment | None] = {}
         self._chunks: collections.OrderedDict[int, bytes] = collections.OrderedDict()
-        self._lock = Lock(repo.backend, False, operation).acquire(getattr(repo, "lock_wait", 0.0))
-        self._stop = threading.Event()
+        self._own_lock = lock is None
+        self.lock = repo.lock(False, operation) if lock is None else lock
         try:
-            self._index = load_index(repo)
+            self._index = repo.load_index() if index is None else index
+            for _stored in repo.disk_chunks(self.record, disk, self._index):
+                pass  # the check only: it raises CorruptMetadataError on the first problem
         except BaseException:
-            self._lock.release()
+            self.close()
             raise
-        # the lock refreshes itself (a timer thread in locks.Lock) for as long as the export runs
 
     def close(self) -> None:
-        self._stop.set()
-        self._lock.release()
+        if self._own_lock:
+            self.lock.release()
 
     def __enter__(self) -> "BackupDiskReader":
         return self
@@ -96,36 +77,13 @@ class BackupDiskReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ blobs
-    def _blob(self, blob_type: int, blob_id: bytes, expected: int | None) -> bytes:
-        loc = self._index.get(blob_id)
-        if loc is None:
-            raise backup_errors.CorruptChunkError(blob_id.hex(), "it is not in the index (missing data)")
-        try:
-            raw = self.repo.backend.read_range(pack_object_name(loc.pack), loc.offset, loc.length)
-        except FileNotFoundError:
-            raise backup_errors.CorruptChunkError(blob_id.hex(), "its pack file is missing", pack=loc.pack) from None
-        try:
-            return self.repo.codec.open(blob_type, blob_id, raw, expected)
-        except backup_errors.IntegrityError as exc:
-            raise backup_errors.CorruptChunkError(blob_id.hex(), str(exc), pack=loc.pack) from None
-
+    # ------------------------------------------------------------------ the chunk map
     def _segment(self, seg_no: int) -> MapSegment | None:
-        if seg_no in self._maps:
-            return self._maps[seg_no]
-        disk = self.disk
-        seg_id = disk.segments[seg_no]
-        seg_map = None
-        if seg_id is not None:
-            seg_map = MapSegment.decode(self._blob(BLOB_MAP, bytes.fromhex(seg_id), None), f"{seg_id[:16]} of {self.what}")
-            if seg_map.first != seg_no * disk.segment_chunks or seg_map.chunk_size != disk.chunk_size:
-                raise backup_errors.CorruptMetadataError(f"The chunk map segment {seg_no} of {self.what} is misplaced.")
-        check = segment_digest(seg_map, seg_no, disk.size, disk.chunk_size, disk.segment_chunks).hex()
-        if check != disk.segment_digests[seg_no]:
-            raise backup_errors.CorruptMetadataError(
-                f"The chunk map segment {seg_no} of {self.what} does not match its digest in the manifest.")
-        self._maps[seg_no] = seg_map
-        return seg_map
+        if seg_no not in self._maps:
+            seg_id = self.disk.segments[seg_no]
+            # checked by disk_chunks() when opened; read by id, so the blob's authentication proves it the same
+            self._maps[seg_no] = None if seg_id is None else self.repo.read_map(seg_id, self._index, self.what)
+        return self._maps[seg_no]
 
     def _chunk(self, chunk: int) -> bytes:
         cached = self._chunks.get(chunk)
@@ -138,10 +96,7 @@ class BackupDiskReader:
         record = None if seg_map is None else seg_map.get(chunk)
         if record is None:
             return bytes(length)
-        blob_id, _sha, stored_length = record
-        if stored_length != length:
-            raise backup_errors.CorruptMetadataError(f"The chunk map of {self.what} has a bad record for chunk {chunk}.")
-        plain = self._blob(BLOB_DATA, blob_id, length)
+        plain = self.repo.read_blob(BLOB_DATA, record[0], self._index, length)
         self._chunks[chunk] = plain
         if len(self._chunks) > CACHE_CHUNKS:
             self._chunks.popitem(last=False)

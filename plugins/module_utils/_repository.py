@@ -49,18 +49,7 @@ def open_repository(params: dict[str, t.Any], create: dict[str, t.Any] | None = 
 
     Raises RepositoryError with the engine's message.
     """
-    options: dict[str, t.Any] = {}
-    if params["repository"].startswith("sftp://"):
-        if params.get("repository_key_file"):
-            options["key_filename"] = params["repository_key_file"]
-        if params.get("repository_password"):
-            options["password"] = params["repository_password"]
-        if params.get("repository_known_hosts"):
-            options["known_hosts"] = params["repository_known_hosts"]
-        if not params.get("repository_host_key_checking", True):
-            options["host_key_policy"] = "accept_new"
-    elif params["repository"].startswith("s3://"):
-        options.update(s3_options(params))
+    options = backend_options(params)
     wait = max(0, int(params.get("lock_timeout") or 0))
     try:
         backend = open_backend(params["repository"], **options)
@@ -78,6 +67,27 @@ def open_repository(params: dict[str, t.Any], create: dict[str, t.Any] | None = 
         return repo
     except backup_errors.BackupError as exc:
         raise wrap(exc, params["repository"]) from exc
+
+
+def backend_options(params: dict[str, t.Any]) -> dict[str, t.Any]:
+    """open_backend() options (besides the location) from the module's repository options.
+
+    Plain data (no Ansible objects): a process that outlives the module (the instant-recovery NBD server) gets them
+    as JSON and opens the same repository with open_backend(params["repository"], **options).
+    """
+    options: dict[str, t.Any] = {}
+    if params["repository"].startswith("sftp://"):
+        if params.get("repository_key_file"):
+            options["key_filename"] = params["repository_key_file"]
+        if params.get("repository_password"):
+            options["password"] = params["repository_password"]
+        if params.get("repository_known_hosts"):
+            options["known_hosts"] = params["repository_known_hosts"]
+        if not params.get("repository_host_key_checking", True):
+            options["host_key_policy"] = "accept_new"
+    elif params["repository"].startswith("s3://"):
+        options.update(s3_options(params))
+    return options
 
 
 def s3_options(params: dict[str, t.Any]) -> dict[str, t.Any]:

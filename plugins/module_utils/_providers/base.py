@@ -124,3 +124,11 @@ class HypervisorProvider(abc.ABC):
         ``disk_files`` maps disk name -> (local path, format); providers whose storage is remote upload them.
         """
         raise UnsupportedOperation(f"Restoring to a new VM is not supported on {self.name} yet.")
+
+    # -- instant recovery (optional, same rule) -----------------------------------------------------------------
+
+    def instant_recovery(self) -> t.Any:
+        """Return the provider's instant-recovery helper (see ``libvirt_instant.LibvirtInstant``)."""
+        raise UnsupportedOperation(
+            f"Instant recovery is not supported on {self.name}: restore with vmsafe.protect.vm_restore "
+            f"(target: new_vm or original) instead, or recover into a libvirt/KVM host.")

@@ -46,6 +46,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._providers.base imp
 from ansible_collections.vmsafe.protect.plugins.module_utils import _snapshot_tree as tree
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers import libvirt_backup
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers.libvirt_host import KvmHost, is_local
+from ansible_collections.vmsafe.protect.plugins.module_utils._providers.libvirt_instant import LibvirtInstant
 
 try:
     import libvirt
@@ -840,3 +841,9 @@ class LibvirtProvider(HypervisorProvider):
                 dom.checkpointLookupByName(name, 0).delete(libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
             except libvirt.libvirtError as exc:
                 raise self._fail(f"drop the record of checkpoint '{name}'", vm, exc) from exc
+
+    # -- instant recovery -------------------------------------------------------------------------------
+
+    def instant_recovery(self) -> LibvirtInstant:
+        """The helper that boots VMs from NBD-served backups and moves them to local storage (this host only)."""
+        return LibvirtInstant(self)

@@ -129,3 +129,20 @@ def test_backup_files_serves_the_disk_on_a_private_socket_and_removes_it(backups
     with pytest.raises(_file_restore.FileRestoreError, match="Repository /backup: failed to open disk sdz of backup"):
         with _file_restore.serve_disk(repo, repo.get(ids[1]), "sdz", "/backup"):
             pass
+
+
+def test_a_damaged_chunk_map_fails_when_opened_not_in_the_middle_of_a_boot(backups: t.Any) -> None:
+    from ansible_collections.vmsafe.protect.plugins.module_utils._backup.packs import pack_object_name  # pylint: disable=import-outside-toplevel
+
+    repo, ids, _images = backups
+    record = repo.get(ids[0])
+    seg_id = next(s for s in record.disk("vda").segments if s is not None)
+    loc = repo.load_index().get(bytes.fromhex(seg_id))
+    with open(repo.backend.local_path(pack_object_name(loc.pack)), "r+b") as handle:
+        handle.seek(loc.offset + loc.length // 2)
+        byte = handle.read(1)
+        handle.seek(loc.offset + loc.length // 2)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(backup_errors.CorruptMetadataError, match=f"of disk 'vda' of backup {ids[0]}"):
+        BackupDiskReader(repo, ids[0], "vda")
+    assert repo.backend.list("locks") == []  # the lock taken for the open is released again
