@@ -100,6 +100,46 @@ def test_writer_invisible_until_commit_small_and_multipart(server: t.Any) -> Non
     backend.close()
 
 
+@pytest.mark.parametrize("prefetch", [0, 3])
+def test_read_ahead_blocks_and_prefetch(seaweedfs: t.Any, prefetch: int) -> None:
+    """Small pack reads are served from aligned read-ahead blocks; reading a pack in order fetches the next blocks
+    in the background. Whatever the pattern, every read returns the stored bytes, the cache stays bounded, and a
+    block past the end of the object is an empty read, not an error."""
+    block = 64 * 1024
+    backend = backend_on(seaweedfs, read_ahead=block, cache_blocks=6, prefetch=prefetch)
+    rng = random.Random(prefetch)
+    data = rng.randbytes(10 * block + 777)
+    backend.write_atomic("packs/ab/ab01", data)
+    gets = []
+    backend.client.meta.events.register("before-call.s3.GetObject", lambda params, **_kw: gets.append(
+        params.get("headers", {}).get("Range")))
+    pos = 0
+    while pos < len(data):  # restore's pattern: blob after blob, in order
+        length = min(rng.randrange(1, block), len(data) - pos)
+        assert backend.read_range("packs/ab/ab01", pos, length) == data[pos:pos + length]
+        pos += length
+        assert len(backend._blocks) <= 6  # pylint: disable=protected-access
+    backend.pool().shutdown(wait=True)  # prefetches finished
+    # every block was fetched once (no block twice, none missed); with prefetch, ahead of being needed
+    assert len(gets) == len(set(gets)) and len(gets) <= 11 + prefetch
+    assert {f"bytes={n * block}-{(n + 1) * block - 1}" for n in range(11)} <= set(gets)
+    backend._pool = None  # pylint: disable=protected-access
+    for _unused in range(40):  # verify's pattern: anywhere
+        pos = rng.randrange(0, len(data))
+        length = rng.randrange(1, block)
+        want = data[pos:pos + length]
+        if len(want) < length:
+            with pytest.raises(BackendError, match="Short read"):
+                backend.read_range("packs/ab/ab01", pos, length)
+        else:
+            assert backend.read_range("packs/ab/ab01", pos, length) == want
+    with pytest.raises(FileNotFoundError):
+        backend.read_range("packs/ab/missing", 0, 10)
+    backend.write_atomic("packs/ab/missing", b"now here")  # a failed read is not cached
+    assert backend.read_range("packs/ab/missing", 4, 4) == b"here"
+    backend.close()
+
+
 def test_create_exclusive_never_replaces(server: t.Any) -> None:
     backend = backend_on(server)
     backend.create_exclusive("keys/repokey", b"first")
