@@ -523,6 +523,38 @@ class S3Backend(Backend):
     def size(self, name: str) -> int:
         return int(self._head(name)["ContentLength"])
 
+    def abort_incomplete_writes(self, reference: str, min_age: float) -> int:
+        """Abort the incomplete multipart uploads below the prefix (packs of killed writers) started more than
+        ``min_age`` seconds before ``reference`` was last written, both by the store's clock. A store without
+        ListMultipartUploads, or a credential without the permission, aborts nothing (the bucket's lifecycle rule
+        AbortIncompleteMultipartUpload then does it)."""
+        try:
+            now = self.mtime(reference)
+        except FileNotFoundError:
+            return 0  # the lock object was just renamed by its refresh: the next GC does it
+        base = f"{self.prefix}/" if self.prefix else ""
+        aborted = 0
+        try:
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=base):
+                for upload in page.get("Uploads", ()):
+                    if now - upload["Initiated"].timestamp() <= min_age:
+                        continue
+                    try:
+                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                           UploadId=upload["UploadId"])
+                        aborted += 1
+                    except botocore.exceptions.ClientError as exc:
+                        if str(exc.response.get("Error", {}).get("Code", "")) != "NoSuchUpload":
+                            raise
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            if isinstance(exc, botocore.exceptions.ClientError) and (
+                    str(exc.response.get("Error", {}).get("Code", "")) in ("NotImplemented", "AccessDenied")
+                    or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (403, 501)):
+                return aborted
+            raise self._fail("abort the incomplete uploads of", "", exc) from exc
+        return aborted
+
     def make_dirs(self, directories: t.Iterable[str]) -> None:
         # S3 has no directories; check the bucket is there and ours, so that init fails early and clearly
         try:

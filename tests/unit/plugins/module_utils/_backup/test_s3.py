@@ -20,7 +20,12 @@ import typing as t
 import pytest
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.backends import open_backend
-from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors import BackendError, InvalidArgumentError
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup import locks
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors import (
+    BackendError,
+    InvalidArgumentError,
+    LockedError,
+)
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import DiskSource, Repository
 from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup._helpers import (
     FAST_KDF,
@@ -275,6 +280,57 @@ def test_engine_round_trip(server: t.Any, tmp_path: t.Any) -> None:
         assert handle.read() == bytes(changed)
     assert reopened.verify(read_data=True).ok
     reopened.close()
+
+
+def test_gc_aborts_only_stale_incomplete_uploads(server: t.Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A killed writer leaves an incomplete multipart upload (stored, invisible). GC aborts those of its repository
+    that started more than the stale-lock age ago (store clock) and only while it holds the exclusive lock, so an
+    upload a live backup may still complete is never touched: while any backup holds its lock, GC does not run."""
+    bucket = server.new_bucket("uploads")
+    location = f"s3://{bucket}/repo"
+    options = server.options(part_size=5 * MIB)
+    repo = Repository.init(open_backend(location, **options), PASSPHRASE, chunk_size=4096, pack_size=MIB,
+                           segment_chunks=8, kdf=FAST_KDF)
+    client = server.client()
+
+    def upload(key: str) -> str:
+        upload_id = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=1, Body=b"x" * 1000)
+        return t.cast(str, upload_id)
+
+    def pending() -> set[str]:
+        return {u["Key"] for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])}
+
+    killed = f"repo/packs/aa/{'a' * 64}"
+    neighbour = f"repo-other/packs/bb/{'b' * 64}"  # another repository whose prefix starts the same
+    upload(killed)
+    upload(neighbour)
+    if server.kind == "rclone" and not pending():
+        pytest.skip("rclone serve s3 lists no incomplete uploads (ListMultipartUploads answers empty)")
+    assert pending() == {killed, neighbour}
+    monkeypatch.setattr(locks, "STALE_SECONDS", 3.0)
+    time.sleep(4.2)  # LastModified/Initiated have one-second resolution
+    young = f"repo/packs/cc/{'c' * 64}"
+    upload(young)
+    # a live backup (its shared lock held) writing a pack as a multipart upload: GC cannot start at all
+    writer = Repository.open(open_backend(location, **options), PASSPHRASE)
+    live = f"packs/dd/{'d' * 64}"
+    with writer.lock(False, "backup"):
+        handle = writer.backend.open_writer(live)
+        handle.write(random.Random(1).randbytes(6 * MIB))  # one part sent: the upload exists
+        with pytest.raises(LockedError):
+            repo.gc()
+        assert f"repo/{live}" in pending()
+        handle.commit()
+    writer.close()
+    result = repo.gc()
+    assert result.uploads_aborted == 1
+    assert pending() == {neighbour, young}  # the young one may be a writer's whose lock is not stale yet
+    time.sleep(4.2)
+    assert repo.gc().uploads_aborted == 1
+    assert pending() == {neighbour}
+    assert repo.verify().ok
+    repo.close()
 
 
 # --------------------------------------------------------------------------- immutability (SeaweedFS)
