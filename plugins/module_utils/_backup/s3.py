@@ -111,7 +111,8 @@ class _S3Writer(ObjectWriter):
             raise BackendError("write after commit/abort")
         self._buf += data
         while len(self._buf) >= self._part_size:
-            chunk = bytes(self._buf[: self._part_size])
+            with memoryview(self._buf) as view:
+                chunk = bytes(view[: self._part_size])  # one copy (slicing the bytearray would make two)
             del self._buf[: self._part_size]
             self._send_part(chunk)
 
