@@ -549,8 +549,10 @@ class S3Backend(Backend):
                         if str(exc.response.get("Error", {}).get("Code", "")) != "NoSuchUpload":
                             raise
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            # rclone serve s3 answers NoSuchUpload when nothing is pending below a nested prefix
             if isinstance(exc, botocore.exceptions.ClientError) and (
-                    str(exc.response.get("Error", {}).get("Code", "")) in ("NotImplemented", "AccessDenied")
+                    str(exc.response.get("Error", {}).get("Code", "")) in ("NotImplemented", "AccessDenied",
+                                                                           "NoSuchUpload")
                     or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (403, 501)):
                 return aborted
             raise self._fail("abort the incomplete uploads of", "", exc) from exc
