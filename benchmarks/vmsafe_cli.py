@@ -7,7 +7,7 @@ Usage (passphrase from VMSAFE_PASSPHRASE; empty means encryption none):
     vmsafe_cli.py backup REPO IMAGE [--vm NAME] [--disk NAME] [--parent ID] [--extents FILE.json] [--skip-holes]
     vmsafe_cli.py restore REPO BACKUP_ID DISK TARGET
     vmsafe_cli.py verify REPO [--read-data]
-Prints one JSON object on stdout.
+Prints one JSON object on stdout. VMSAFE_BACKEND_OPTIONS (JSON object) is passed to open_backend (S3 options).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     passphrase = os.environ.get("VMSAFE_PASSPHRASE") or None
     try:
-        backend = open_backend(args.repo)
+        backend = open_backend(args.repo, **json.loads(os.environ.get("VMSAFE_BACKEND_OPTIONS") or "{}"))
         if args.cmd == "init":
             opts: dict[str, t.Any] = {}
             if args.chunk_size:

@@ -7,6 +7,7 @@
 #   scripts/lab.sh start     start libvirtd (idempotent; prints the URI)
 #   scripts/lab.sh stop      stop the libvirtd this script started (by its pid file, never by name)
 #   scripts/lab.sh status    say whether libvirtd answers
+#   scripts/lab.sh install-bench   the peers the benchmarks compare against (BENCH_PACKAGES; not needed by tests)
 #
 # Environment: VMSAFE_PYTHON (python used for .venv, default python3), VMSAFE_SKIP_APT=1 (skip apt-get).
 set -euo pipefail
@@ -25,6 +26,9 @@ DEB_PACKAGES=(
   libguestfs-tools python3-guestfs linux-image-cloud-amd64
 )
 
+# Only benchmarks/ needs these: the peer tools measured in the same run (benchmarks/README.md).
+BENCH_PACKAGES=(borgbackup restic)
+
 log() { printf '[lab] %s\n' "$*" >&2; }
 
 need_root() {
@@ -37,7 +41,7 @@ need_root() {
 install_debs() {
   if [ "${VMSAFE_SKIP_APT:-0}" = 1 ]; then return; fi
   local missing=()
-  for p in "${DEB_PACKAGES[@]}"; do
+  for p in "${@:-${DEB_PACKAGES[@]}}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ "${#missing[@]}" -eq 0 ]; then log "Debian packages present"; return; fi
@@ -124,8 +128,9 @@ stop() {
 mkdir -p "$LAB"
 case "${1:-}" in
   install) need_root; install_debs; configure_libvirt; install_venv ;;
+  install-bench) need_root; install_debs "${BENCH_PACKAGES[@]}" ;;
   start) start ;;
   stop) stop ;;
   status) if libvirtd_running; then echo "running (pid $(cat "$PIDFILE"))"; else echo "stopped"; exit 3; fi ;;
-  *) echo "usage: $0 install|start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 install|install-bench|start|stop|status" >&2; exit 2 ;;
 esac

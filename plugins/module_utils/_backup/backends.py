@@ -140,6 +140,14 @@ class Backend(abc.ABC):
         """Return a filesystem path for ``name`` when the backend is local, else None."""
         return None
 
+    def abort_incomplete_writes(self, reference: str, min_age: float) -> int:
+        """Remove writes that were started but never committed and hold storage outside any object (S3's
+        incomplete multipart uploads), started more than ``min_age`` seconds before the storage's modification
+        time of the object ``reference``. Only garbage collection calls it, under the exclusive lock (so no live
+        writer exists). Returns how many were removed. Backends whose temporaries are objects (``.tmp-``) have
+        none: GC deletes those itself."""
+        return 0
+
     def close(self) -> None:
         """Release connections and cached handles."""
 

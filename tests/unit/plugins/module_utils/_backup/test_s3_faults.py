@@ -19,6 +19,9 @@ import sys
 import time
 import typing as t
 
+import pytest
+
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup import locks
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.backends import open_backend
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import DiskSource, Repository
 from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup import _s3_fault_worker
@@ -46,7 +49,7 @@ def restore_all(repo: Repository, tmp: str, skip: t.Collection[str] = ()) -> int
     return len(records)
 
 
-def test_kill_9_backup_or_prune_on_s3(tmp_path: t.Any, seaweedfs: t.Any) -> None:
+def test_kill_9_backup_or_prune_on_s3(tmp_path: t.Any, seaweedfs: t.Any, monkeypatch: pytest.MonkeyPatch) -> None:
     location = f"s3://{seaweedfs.new_bucket('faults')}/repo"
     options = seaweedfs.options(part_size=5 * MIB)
     repo = Repository.init(open_backend(location, **options), PASSPHRASE, chunk_size=64 * 1024, pack_size=6 * MIB,
@@ -103,6 +106,15 @@ def test_kill_9_backup_or_prune_on_s3(tmp_path: t.Any, seaweedfs: t.Any) -> None
     assert final.verify(read_data=True).ok
     final.prune({"keep_last": 2})
     assert restore_all(final, str(tmp_path)) == 2
+    assert final.verify(read_data=True).ok
+    # the killed backups' incomplete multipart uploads: GC aborts them once they are older than the stale-lock age
+    bucket = location.split("/")[2]
+    monkeypatch.setattr(locks, "STALE_SECONDS", 1.0)
+    time.sleep(2.1)
+    aborted = final.gc().uploads_aborted
+    left = seaweedfs.client().list_multipart_uploads(Bucket=bucket, Prefix="repo/").get("Uploads", [])
+    assert left == [], f"{len(left)} incomplete uploads left after GC"
+    print(f"GC aborted {aborted} incomplete uploads of killed backups")
     assert final.verify(read_data=True).ok
     final.close()
     assert killed >= 1, f"no run was interrupted ({completed} completed): the kill timing is off"
