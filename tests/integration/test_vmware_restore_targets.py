@@ -128,6 +128,7 @@ def test_over_the_original_refuses_running_then_switches_disks_and_keeps_macs(an
     vm = prepared(sim, content)
     macs = [n.macAddress for n in nics(vm)]
     old_url = flat_url(disk_of(vm))
+    old_name = disk_of(vm).backing.fileName
     repo = str(tmp_path / "repo")
     backup = ansible("vm_backup", sim.module_args(vm_name=VM, repository=repo, passphrase=PASS, init=True))
     assert backup["_status"] == "ok", backup.get("msg")
@@ -148,7 +149,7 @@ def test_over_the_original_refuses_running_then_switches_disks_and_keeps_macs(an
     assert real["_status"] == "ok" and real["changed"], real.get("msg")
     after = find(sim, VM)
     new_disk = disk_of(after)
-    assert new_disk.backing.fileName == real["files"][0]["path"] != disk_of(vm).backing.fileName
+    assert new_disk.backing.fileName == real["files"][0]["path"] != old_name
     assert "_vmsafe-" in check["files"][0]["path"]  # a new file each run, next to the VM's files
     assert datastore(sim, "GET", flat_url(new_disk)) == content
     assert [n.macAddress for n in nics(after)] == macs  # the original keeps its own MACs
