@@ -204,6 +204,7 @@ class RestoreTask(ProviderTask):
 
     repo: t.Any = None
     _host: KvmHost | None = None
+    _local: dict[str, str]
     _scratch_dir: str | None = None
 
     @classmethod
@@ -230,24 +231,41 @@ class RestoreTask(ProviderTask):
             raise InvalidArgument(f"Backup {self.record.id} has no disk {', '.join(unknown)}; it has "
                                   f"{', '.join(d.name for d in self.record.disks)}.")
         self.vm = None
+        self._local = {}  # target: original on VMware/Hyper-V: disk -> local raw image to upload
         formats: dict[str, str] = {}
         self.files: list[dict[str, t.Any]] = []
         target = p["target"]
         # a new or original VM gets the format its hypervisor takes (qcow2 for libvirt, flat images for VMware)
         fmt = p["format"] if target == "image" else getattr(self.provider, "restore_format", "qcow2")
+        remote = target != "image" and self.provider.restore_location == "remote"
+        self._check_restore_options(target)
         if target == "original":
             if not p["force"]:
                 raise InvalidArgument("target: original replaces the VM's disks with the backup's: set force: true to "
                                       "confirm, or restore to a new VM (target: new_vm) or to image files first.")
             self.vm = self.provider.find_vm(VmSelector(name=p["vm_name"] or self.record.vm_name))
+            if self.vm.state != "shutoff":
+                # checked here too, so check mode says it; the provider checks again right before the switch
+                raise InvalidArgument(
+                    f"Failed to restore over VM '{self.vm.name}' on {self.provider.name} host {self.provider.host}: it "
+                    f"is {self.vm.state}. target: original replaces its disks and needs it shut off: shut it off "
+                    f"(shut down the guest), then run again; or restore to a new VM (target: new_vm).")
             current = self.provider.vm_disks(self.vm)
             missing = [n for n in names if n not in current]
             if missing:
                 raise InvalidArgument(f"VM '{self.vm.name}' has no disk {', '.join(missing)} any more; restore to a new "
                                       f"VM instead.")
-            paths = {n: current[n] for n in names}
-            # Each disk keeps its own format (a raw file or a block device stays raw).
-            formats = getattr(self.provider, "vm_disk_formats", lambda _vm: {})(self.vm)
+            if remote:
+                if p["dest"] and not os.path.isdir(p["dest"]):
+                    raise InvalidArgument(f"dest must be an existing directory (for the local images uploaded to the "
+                                          f"host), got {p['dest']!r}.")
+                # the new images on the host; local raw images are written first (in dest, else a scratch folder)
+                self.provider.prepare_restore_in_place(self.vm)
+                paths = self.provider.restore_paths(self.vm, names, secrets.token_hex(4))
+            else:
+                paths = {n: current[n] for n in names}
+                # Each disk keeps its own format (a raw file or a block device stays raw).
+                formats = getattr(self.provider, "vm_disk_formats", lambda _vm: {})(self.vm)
         else:
             if not p["dest"] or not os.path.isdir(p["dest"]):
                 raise InvalidArgument(f"dest must be an existing directory for target: {target}, got {p['dest']!r}.")
@@ -277,10 +295,17 @@ class RestoreTask(ProviderTask):
             entry = {"disk": name, "path": paths[name], "format": disk_fmt if disk_fmt in QEMU_FORMATS else "raw",
                      "size": disk.size, "digest": disk.content_digest, "restored": name not in done}
             self.files.append(entry)
-            if name not in done:
+            if name not in done and target == "original" and remote:
+                self._local[name] = os.path.join(p["dest"] or self._scratch(), f".{os.path.basename(paths[name])}.raw")
+                changes.step(f"restore disk {name} of {self.record.id} to {self._local[name]} (raw, to upload)",
+                             lambda e=dict(entry, path=self._local[name]): self._restore_disk(e))
+            elif name not in done:
                 changes.step(f"restore disk {name} of {self.record.id} to {paths[name]} ({fmt})",
                              lambda e=entry: self._restore_disk(e))
-        if target == "original":
+        if target == "original" and remote:
+            changes.step(f"upload the restored disks of VM '{self.vm.name}' to {', '.join(paths.values())}, switch the "
+                         f"VM to them and delete its old disks", self._replace_remote)
+        elif target == "original":
             # Checked first, before any disk is touched.
             changes.steps.insert(0, Step(f"check VM '{self.vm.name}' is shut off and drop its backup checkpoints",
                                          lambda: self.provider.prepare_restore_in_place(self.vm)))
@@ -312,12 +337,31 @@ class RestoreTask(ProviderTask):
             done.add(name)
         return done
 
+    def _check_restore_options(self, target: str) -> None:
+        """Refuse options the provider cannot honour (keep_mac_addresses) before anything is done."""
+        if target == "new_vm" and self.params["keep_mac_addresses"] \
+                and "keep_macs" not in self.provider.restore_options:
+            raise InvalidArgument(f"keep_mac_addresses is not supported on {self.provider.name}: the new VM always gets "
+                                  f"new MAC addresses there.")
+
     def _defined_already(self, paths: dict[str, str]) -> bool:
-        """Whether the VM of target: new_vm exists already, on exactly these restored files."""
+        """Whether the VM of target: new_vm exists already, on exactly these restored files.
+
+        On VMware and Hyper-V the VM's disks are on the host: the VM is the one an earlier run made when it records
+        being restored from this very backup (its annotation or notes).
+        """
         try:
             vm = self.provider.find_vm(VmSelector(name=self.params["new_vm_name"]))
         except VmsafeError:
             return False
+        if self.provider.restore_location == "remote":
+            made_from = self.provider.restored_from(vm)
+            if made_from != self.record.id:
+                raise InvalidArgument(f"A VM named '{vm.name}' exists already on {self.provider.name} host "
+                                      f"{self.provider.host}" + (f" (restored from backup {made_from})" if made_from
+                                                                 else "") + "; choose another new_vm_name.")
+            self.vm = vm
+            return True
         if sorted(self.provider.vm_disks(vm).values()) != sorted(paths.values()):
             raise InvalidArgument(f"A VM named '{vm.name}' exists already and does not use the restored files "
                                   f"{', '.join(sorted(paths.values()))}; choose another new_vm_name.")
@@ -370,7 +414,21 @@ class RestoreTask(ProviderTask):
     def _define(self) -> None:
         p = self.params
         disk_files = {f["disk"]: (f["path"], f["format"]) for f in self.files}
-        self.vm = self.provider.define_restored_vm(self.record.vm_definition, p["new_vm_name"], disk_files, p["start"])
+        options = {"keep_macs": p["keep_mac_addresses"], "backup_id": self.record.id}
+        self.vm = self.provider.define_restored_vm(
+            self.record.vm_definition, p["new_vm_name"], disk_files, p["start"],
+            **{k: v for k, v in options.items() if k in self.provider.restore_options})
+
+    def _replace_remote(self) -> None:
+        """Upload the local images to new files on the host and switch the VM to them (VMware, Hyper-V)."""
+        try:
+            self.provider.restore_over_vm(self.vm, dict(self._local), {f["disk"]: f["path"] for f in self.files},
+                                          self.params["timeout"])
+        finally:
+            for path in self._local.values():
+                if os.path.exists(path):
+                    os.unlink(path)
+        self.vm = self.provider.find_vm(VmSelector(id=self.vm.id))
 
     def cleanup(self) -> None:
         if self.repo is not None:
@@ -384,6 +442,9 @@ class RestoreTask(ProviderTask):
         result: dict[str, t.Any] = {"backup_id": self.record.id, "files": self.files, "plan": changes.plan}
         if self.vm is not None:
             result["vm"] = self.vm.to_dict()
+        elif self.params["target"] == "new_vm":  # check mode: the VM that would be made (no id yet)
+            result["vm"] = {"id": "", "name": self.params["new_vm_name"], "host": self.provider.host,
+                            "state": "running" if self.params["start"] else "shutoff"}
         return result
 
 
@@ -398,6 +459,7 @@ def main() -> None:
         new_vm_name={"type": "str"},
         start={"type": "bool", "default": False},
         force={"type": "bool", "default": False},
+        keep_mac_addresses={"type": "bool", "default": False},
         timeout={"type": "int", "default": 21600},
     ).update(required_one_of=[["backup_id", "vm_name"]])
     run_module(spec, RestoreTask)

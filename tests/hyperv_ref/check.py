@@ -620,7 +620,10 @@ class Checker:
         out = outputs[-1]
         if "#" in out and out.startswith("Microsoft.Management.Infrastructure.CimInstance"):
             return ("cim", out.rsplit("/", 1)[-1])
-        return ("ps", out) if out.lower() in self.ref["output_types"] else None
+        # a page may list several output types (Get-VMNetworkAdapter: VMNetworkAdapter, VMInternalNetworkAdapter, and
+        # a text naming both): the last one output_types.json describes is the one traced
+        known = [o for o in reversed(outputs) if o.lower() in self.ref["output_types"]]
+        return ("ps", known[0]) if known else None
 
     def literal_list(self, node: t.Any) -> list[str]:
         single = self.literal(node)

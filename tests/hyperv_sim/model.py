@@ -77,6 +77,17 @@ class Vm:
     # and the RCT ids a reference point made from it will carry
     recovery: dict[str, dict[str, t.Any]] = dataclasses.field(default_factory=dict)
     reference_points: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)  # id -> target -> rct id
+    # hardware a backup records and a restore rebuilds
+    memory_bytes: int = 1 << 30
+    processors: int = 2
+    secure_boot: str = "On"
+    secure_boot_template: str = "MicrosoftWindows"
+    notes: str = ""
+    nics: list[dict[str, t.Any]] = dataclasses.field(default_factory=list)  # name, switch, mac, dynamic_mac
+    drive_paths: dict[str, str] = dataclasses.field(default_factory=dict)  # target -> image path (else the chain's)
+
+    def drive_path(self, target: str) -> str:
+        return self.drive_paths.get(target) or self.chain()[0]
 
     def chain(self) -> list[str]:
         """The disk's chain, active image first: each checkpoint above the base added one AVHDX that the VM
@@ -87,6 +98,13 @@ class Vm:
             paths.append(f"C:\\Hyper-V\\{self.name}\\{self.name}_{cursor}.avhdx")
             cursor = self.checkpoints[cursor].parent if cursor in self.checkpoints else None
         return paths + [f"C:\\Hyper-V\\{self.name}\\{self.name}.vhdx"]
+
+
+def _drive(target: str) -> dict[str, t.Any]:
+    """What Get-VMHardDiskDrive says of the drive named ``SCSI0:1``: controller type, number, location."""
+    kind, number, location = t.cast(re.Match, re.fullmatch(r"([A-Z]+)(\d+):(\d+)", target)).groups()
+    return {"target": target, "controller_type": kind, "controller_number": int(number),
+            "controller_location": int(location)}
 
 
 RCT_BLOCK = 64 * 1024  # the granularity the simulated change tracking reports
@@ -106,12 +124,23 @@ class HyperVHost:
         self.max_processed = 4 << 20  # knob: GetVirtualDiskChanges covers at most this many bytes per call
         self.fail_read_after: int | None = None  # knob: backup_read fails after this many calls
         self.bytes_served = 0  # disk bytes returned by backup_read
+        # restores: VHDX files made by New-VHD (path -> content), the host's virtual switches and default VHD folder
+        self.files: dict[str, bytearray] = {}
+        self.switches = {"vSwitch0", "Internal"}
+        self.vhd_root = "C:\\ProgramData\\Microsoft\\Windows\\Virtual Hard Disks"
+        self.fail_switch_at: int | None = None  # knob: Set-VMHardDiskDrive fails on this drive (0-based)
+        self.bytes_written = 0  # disk bytes received by restore_write
 
-    def add_vm(self, name: str, state: str = "Running", vss_works: bool = True, disk_size: int = 0) -> Vm:
+    def add_vm(self, name: str, state: str = "Running", vss_works: bool = True, disk_size: int = 0,
+               disks: int = 1) -> Vm:
         vm = Vm(id=str(uuid.uuid4()).upper(), name=name, state=state, vss_works=vss_works)
-        if disk_size:
-            vm.disks["SCSI0:0"] = bytearray(disk_size)
-            vm.rct["SCSI0:0"] = {}
+        vm.nics = [{"name": "Network Adapter", "switch": "vSwitch0", "mac": self.new_mac(), "dynamic_mac": True}]
+        for number in range(disks if disk_size else 0):
+            target = f"SCSI0:{number}"
+            vm.disks[target] = bytearray(disk_size)
+            vm.rct[target] = {}
+            if number:
+                vm.drive_paths[target] = f"C:\\Hyper-V\\{name}\\{name}_{number}.vhdx"
         self.vms[vm.id] = vm
         return vm
 
@@ -122,6 +151,11 @@ class HyperVHost:
             blocks = range(offset // RCT_BLOCK, (offset + len(data) - 1) // RCT_BLOCK + 1)
             for changed in vm.rct[target].values():
                 changed.update(blocks)
+
+    @staticmethod
+    def new_mac() -> str:
+        """A MAC from Hyper-V's default dynamic range (00-15-5D-...), written as Hyper-V writes it."""
+        return "00155D" + uuid.uuid4().hex[:6].upper()
 
     def vm_by_name(self, name: str) -> Vm:
         return next(v for v in self.vms.values() if v.name == name)
@@ -138,7 +172,18 @@ class HyperVHost:
 
     # -- the command line -------------------------------------------------------------------------
 
-    def execute(self, command: str, arguments: str) -> tuple[bytes, bytes, int]:
+    @staticmethod
+    def reads_stdin(arguments: str) -> bool:
+        """Whether the command is a shipped script that reads its stdin (it then runs when the stdin ends)."""
+        args = arguments.split()
+        try:
+            script = base64.b64decode(args[-1], validate=True).decode("utf-16-le")
+        except (ValueError, UnicodeDecodeError, IndexError):
+            return False
+        template = _BLOCK.sub(f"FromBase64String('{scripts.PAYLOAD_MARK}')", script, count=1)
+        return any(scripts.SCRIPTS[name] == template for name in scripts.STDIN_SCRIPTS)
+
+    def execute(self, command: str, arguments: str, stdin: bytes | None = None) -> tuple[bytes, bytes, int]:
         """Run one command; return (stdout, stderr, exit code). Raises ScriptRejected for anything not shipped."""
         args = arguments.split()
         if command != "powershell.exe" or args[:3] != ["-NoProfile", "-NonInteractive", "-EncodedCommand"] \
@@ -173,7 +218,10 @@ class HyperVHost:
             self.payloads.append(payload)
             try:
                 self._bind(constraints, payload)
-                data = getattr(self, f"_run_{name}")(payload)
+                if name in scripts.STDIN_SCRIPTS:
+                    data = getattr(self, f"_run_{name}")(payload, stdin or b"")
+                else:
+                    data = getattr(self, f"_run_{name}")(payload)
             except CmdletError as exc:
                 out = {"ok": False, "error": str(exc), "reason": exc.reason}
                 return json.dumps(out).encode(), b"", 1
@@ -331,8 +379,13 @@ class HyperVHost:
             vm.rct[target][rid] = set()  # tracking starts at the checkpoint, so nothing written after it is lost
         disks = [{"target": target, "path": self._disk_path(vm, cp_id, target), "size": len(vm.disks[target])}
                  for target in sorted(vm.disks)]
-        definition = {"name": vm.name, "generation": vm.generation, "memory_bytes": 1 << 30, "processors": 2,
-                      "disks": disks}
+        gen2 = vm.generation == 2
+        definition = {"definition_version": 2, "name": vm.name, "generation": vm.generation,
+                      "memory_bytes": vm.memory_bytes, "processors": vm.processors,
+                      "secure_boot": vm.secure_boot if gen2 else "", "secure_boot_template":
+                      vm.secure_boot_template if gen2 else "", "disks": disks,
+                      "drives": [_drive(target) for target in sorted(vm.disks)],
+                      "nics": [dict(nic) for nic in vm.nics]}
         return {"checkpoint": cp_id, "consistency_level": level, "disks": disks, "definition": definition}
 
     def _run_backup_changes(self, payload: dict[str, t.Any]) -> dict[str, t.Any]:
@@ -393,3 +446,121 @@ class HyperVHost:
         for target, rid in (point or {}).items():
             vm.rct[target].pop(rid, None)
         return {"dropped": point is not None}
+
+    # -- restores: new VHDX files, a new VM, switching the original's drives ---------------------------
+
+    @staticmethod
+    def _target(drive: dict[str, t.Any]) -> str:
+        kind = str(drive["controller_type"])
+        if kind not in ("IDE", "SCSI"):  # Add-VMHardDiskDrive -ControllerType takes IDE or SCSI
+            raise CmdletError(f"Cannot bind parameter 'ControllerType': '{kind}' is not one of IDE, SCSI.",
+                              "ParameterBindingException")
+        return f"{kind}{int(drive['controller_number'])}:{int(drive['controller_location'])}"
+
+    def _run_restore_info(self, payload: dict[str, t.Any]) -> dict[str, t.Any]:
+        vm = self._vm(payload)
+        return {"state": vm.state, "notes": vm.notes, "checkpoints": len(vm.checkpoints),
+                "drives": [{"target": target, "path": vm.drive_path(target)} for target in sorted(vm.disks)],
+                "vhd_root": self.vhd_root}
+
+    def _run_restore_host_info(self, payload: dict[str, t.Any]) -> dict[str, t.Any]:
+        return {"vhd_root": self.vhd_root, "vms": [v.id for v in self.vms.values() if v.name == payload["name"]]}
+
+    def _in_use(self, path: str) -> bool:
+        return path in self.files or any(path == vm.drive_path(target) for vm in self.vms.values() for target in vm.disks)
+
+    def _run_restore_write(self, payload: dict[str, t.Any], stdin: bytes) -> dict[str, t.Any]:
+        path = str(payload["path"])
+        if self._in_use(path):  # New-VHD never overwrites
+            raise CmdletError(f"Failed to create the virtual hard disk. The file exists: {path}", "VirtualizationException")
+        size = int(payload["size"])
+        if size <= 0 or size % 512:
+            raise CmdletError(f"New-VHD: the size {size} is not a multiple of 512 bytes.", "VirtualizationException")
+        data = bytearray(size)
+        written = 0
+        for line in stdin.decode("ascii").splitlines():
+            if not line.strip():
+                continue
+            offset_text, _sep, encoded = line.partition(" ")
+            chunk = base64.b64decode(encoded)
+            offset = int(offset_text)
+            if offset % 512 or len(chunk) % 512 or offset + len(chunk) > size:
+                # raw disk writes are whole sectors inside the disk
+                raise CmdletError(f"write at {offset} of {len(chunk)} bytes is not inside whole sectors of the disk",
+                                  "IOException")
+            data[offset:offset + len(chunk)] = chunk
+            written += len(chunk)
+        self.files[path] = data
+        self.bytes_written += written
+        return {"path": path, "written": written}
+
+    def _run_restore_remove(self, payload: dict[str, t.Any]) -> dict[str, t.Any]:
+        for path in payload["paths"]:
+            self.files.pop(str(path), None)
+        return {"removed": len(payload["paths"])}
+
+    def _run_restore_new_vm(self, payload: dict[str, t.Any]) -> dict[str, t.Any]:
+        name = str(payload["name"])
+        if any(v.name == name for v in self.vms.values()):
+            raise CmdletError(f"A VM with this name exists already: {name}", "InvalidOperationException")
+        generation = int(payload["generation"])
+        vm = Vm(id=str(uuid.uuid4()).upper(), name=name, state="Off", generation=generation,
+                memory_bytes=int(payload["memory_bytes"]), processors=int(payload["processors"]),
+                notes=str(payload["notes"]), secure_boot="On" if generation == 2 else "",
+                secure_boot_template="MicrosoftWindows" if generation == 2 else "")
+        # everything is checked before the VM is kept: the script removes a half-made VM
+        for nic in payload["nics"]:
+            if nic.get("switch") and nic["switch"] not in self.switches:
+                raise CmdletError(f"Add-VMNetworkAdapter: no virtual switch named '{nic['switch']}'.",
+                                  "VirtualizationException")
+            vm.nics.append({"name": str(nic["name"]), "switch": str(nic.get("switch") or ""),
+                            "mac": str(nic.get("mac") or "") or self.new_mac(), "dynamic_mac": not nic.get("mac")})
+        if payload.get("firmware"):
+            if generation != 2:
+                raise CmdletError("Set-VMFirmware: generation 1 VMs have no UEFI firmware.", "VirtualizationException")
+            vm.secure_boot = str(payload["secure_boot"])
+            if payload.get("secure_boot_template"):
+                vm.secure_boot_template = str(payload["secure_boot_template"])
+        for drive in payload["drives"]:
+            target = self._target(drive)
+            if generation == 2 and target.startswith("IDE"):
+                raise CmdletError("Add-VMHardDiskDrive: generation 2 VMs have no IDE controller.",
+                                  "VirtualizationException")
+            path = str(drive["path"])
+            if path not in self.files:
+                raise CmdletError(f"The system cannot find the file specified: {path}", "ItemNotFoundException")
+            vm.disks[target] = self.files[path]
+            vm.drive_paths[target] = path
+            vm.rct[target] = {}
+        if payload.get("start"):
+            vm.state = "Running"
+        self.vms[vm.id] = vm
+        return {"id": vm.id, "name": vm.name, "state": vm.state}
+
+    def _run_restore_switch(self, payload: dict[str, t.Any]) -> dict[str, t.Any]:
+        vm = self._vm(payload)
+        if vm.state != "Off":
+            raise CmdletError(f"the VM is {vm.state}, not Off", "InvalidOperationException")
+        if vm.checkpoints:
+            raise CmdletError("the VM has checkpoints", "InvalidOperationException")
+        plan = []
+        for index, drive in enumerate(payload["drives"]):
+            target = self._target(drive)
+            if target not in vm.disks:
+                raise CmdletError(f"Get-VMHardDiskDrive: the VM has no drive {target}", "ItemNotFoundException")
+            path = str(drive["path"])
+            if path not in self.files:
+                raise CmdletError(f"The system cannot find the file specified: {path}", "ItemNotFoundException")
+            if self.fail_switch_at == index:
+                # the script puts the drives it switched back and rethrows: the VM is as it was
+                raise CmdletError(f"Set-VMHardDiskDrive failed for {target}: the file is in use.",
+                                  "VirtualizationException")
+            plan.append((target, path))
+        vm.reference_points.clear()
+        for target, path in plan:
+            old = vm.drive_path(target)
+            self.files.pop(old, None)
+            vm.disks[target] = self.files[path]
+            vm.drive_paths[target] = path
+            vm.rct[target] = {}
+        return {"switched": [path for _target, path in plan], "state": vm.state}

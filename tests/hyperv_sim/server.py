@@ -44,6 +44,7 @@ ACTIONS = {
     f"{SHELL_URI}/Command": "command",
     f"{SHELL_URI}/Receive": "receive",
     f"{SHELL_URI}/Signal": "signal",
+    f"{SHELL_URI}/Send": "send",
 }
 
 
@@ -107,6 +108,7 @@ class Simulator:
             handle.write(f":{username}:{password}\n")
         # shell id -> command id -> ((stdout, stderr, exit code), monotonic time the output is ready)
         self.shells: dict[str, dict[str, tuple[tuple[bytes, bytes, int], float]]] = {}
+        self.stdin: dict[str, tuple[str, str, bytearray]] = {}  # command id -> (command, arguments, stdin so far)
         self.terminated: list[str] = []  # command ids ended by Signal before their output was read
         self.auth_failures = 0
         self.server: http.server.ThreadingHTTPServer | None = None
@@ -243,16 +245,37 @@ class WsmanHandler(http.server.BaseHTTPRequestHandler):
             line = root.find("s:Body/rsp:CommandLine", NS)
             command = (line.findtext("rsp:Command", "", NS) if line is not None else "").strip()
             arguments = line.findtext("rsp:Arguments", "", NS) if line is not None else ""
-            try:
-                output = sim.host.execute(command, arguments)
-            except ScriptRejected as exc:
-                self._send(500, _fault(message_id, str(exc)))
-                return
             command_id = str(uuid.uuid4()).upper()
-            ready = time.monotonic() + sim.host.slow.get(sim.host.executed[-1], 0.0)
-            sim.shells[shell_id][command_id] = (output, ready)
+            if sim.host.reads_stdin(arguments):
+                # runs once its stdin has ended (WS-Man Send with End="true"), as PowerShell reads $input to the end
+                sim.stdin[command_id] = (command, arguments, bytearray())
+            else:
+                try:
+                    output = sim.host.execute(command, arguments)
+                except ScriptRejected as exc:
+                    self._send(500, _fault(message_id, str(exc)))
+                    return
+                ready = time.monotonic() + sim.host.slow.get(sim.host.executed[-1], 0.0)
+                sim.shells[shell_id][command_id] = (output, ready)
             reply = f"<rsp:CommandResponse><rsp:CommandId>{command_id}</rsp:CommandId></rsp:CommandResponse>"
             self._send(200, _envelope(action + "Response", message_id, reply))
+        elif kind == "send":
+            stream = root.find("s:Body/rsp:Send/rsp:Stream", NS)
+            command_id = stream.get("CommandId", "") if stream is not None else ""
+            if command_id not in sim.stdin or stream.get("Name") != "stdin":
+                self._send(500, _fault(message_id, f"hyperv simulator: Send to {command_id}, which reads no stdin"))
+                return
+            command, arguments, buffer = sim.stdin[command_id]
+            buffer += base64.b64decode(stream.text or "")
+            if stream.get("End") == "true":
+                del sim.stdin[command_id]
+                try:
+                    output = sim.host.execute(command, arguments, stdin=bytes(buffer))
+                except ScriptRejected as exc:
+                    self._send(500, _fault(message_id, str(exc)))
+                    return
+                sim.shells[shell_id][command_id] = (output, time.monotonic())
+            self._send(200, _envelope(action + "Response", message_id, "<rsp:SendResponse/>"))
         elif kind == "receive":
             command_id = root.find("s:Body/rsp:Receive/rsp:DesiredStream", NS).get("CommandId", "")
             (stdout, stderr, code), ready = sim.shells[shell_id].get(command_id, ((b"", b"", 0), 0.0))

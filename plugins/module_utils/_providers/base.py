@@ -109,6 +109,30 @@ class HypervisorProvider(abc.ABC):
 
     # -- restores (optional, same rule) ------------------------------------------------------------
 
+    # "local": vm_restore writes the VM's image files itself (libvirt). "remote": the VM's disks live on the
+    # hypervisor's storage; vm_restore writes local raw images that the provider uploads (VMware, Hyper-V).
+    restore_location: t.ClassVar[str] = "local"
+    # Keyword options define_restored_vm takes beyond the base ones (keep_macs, backup_id).
+    restore_options: t.ClassVar[t.FrozenSet[str]] = frozenset()
+
+    def restored_from(self, vm: VmRef) -> str | None:
+        """Return the backup id a VM made by define_restored_vm was restored from (remote providers), else None."""
+        return None
+
+    def restore_paths(self, vm: VmRef, names: list[str], token: str) -> dict[str, str]:
+        """Return disk name -> where restore_over_vm will write that disk's new image on the host (remote only).
+
+        ``token`` makes the names unique per run, so a new image never lands on a file the VM uses.
+        """
+        raise UnsupportedOperation(f"Restoring over a VM's disks is not supported on {self.name} yet.")
+
+    def restore_over_vm(self, vm: VmRef, disk_files: dict[str, str], paths: dict[str, str], timeout: int) -> None:
+        """Replace the VM's disks by the restored local raw images (remote only): each is written to a new image on
+        the host (``paths``), and only once every one is complete are the VM's disks switched to them in one
+        reconfiguration; the old images are deleted after that. On any failure before the switch the VM is left as
+        it was and the new images are removed."""
+        raise UnsupportedOperation(f"Restoring over a VM's disks is not supported on {self.name} yet.")
+
     def vm_disks(self, vm: VmRef) -> dict[str, str]:
         """Return disk name (as stored in backups) -> where its current image lives, for target: original."""
         raise UnsupportedOperation(f"Restoring over a VM's disks is not supported on {self.name} yet.")

@@ -43,7 +43,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._models import (
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers import hyperv_scripts as scripts
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers.base import HypervisorProvider, Warn
 from ansible_collections.vmsafe.protect.plugins.module_utils import _snapshot_tree as tree
-from ansible_collections.vmsafe.protect.plugins.module_utils._providers import hyperv_backup
+from ansible_collections.vmsafe.protect.plugins.module_utils._providers import hyperv_backup, hyperv_restore
 
 # pywinrm is imported by load_sdk() when this provider is picked: every module ships every provider, and
 # importing it up front would cost each libvirt or VMware task ~0.2 s.
@@ -186,16 +186,19 @@ class HypervProvider(HypervisorProvider):
 
     # -- running scripts --------------------------------------------------------------------------
 
-    def run(self, name: str, payload: dict[str, t.Any], verb: str, timeout: float | None = None) -> t.Any:
+    def run(self, name: str, payload: dict[str, t.Any], verb: str, timeout: float | None = None,
+            stdin: t.Iterable[bytes] | None = None) -> t.Any:
         """Run the shipped script ``name`` with ``payload`` as data; return its ``data``.
 
         Raises VmNotFound/SnapshotNotFound for objects the script did not find, OperationTimeout when it runs
         longer than ``timeout`` seconds (connect_timeout when None), ProviderError otherwise; ``verb``
         ("create checkpoint 'x' of VM 'y'") goes into the message.
         """
-        return self.run_text(scripts.render(name, payload), verb, timeout)
+        return self.run_text(scripts.render(name, payload), verb, timeout, stdin)
 
-    def run_text(self, script: str, verb: str, timeout: float | None = None) -> t.Any:
+    def run_text(self, script: str, verb: str, timeout: float | None = None,
+                 stdin: t.Iterable[bytes] | None = None) -> t.Any:
+        """Run a script; ``stdin`` (pieces of bytes) is sent through WS-Man Send before the output is read."""
         command, args = command_line(script)
         limit = float(timeout if timeout is not None else (self.params.get("connect_timeout") or 30))
         started = time.monotonic()
@@ -205,6 +208,13 @@ class HypervProvider(HypervisorProvider):
         try:
             command_id = self.protocol.run_command(self.shell_id, command, args)
             try:
+                if stdin is not None:
+                    for piece in stdin:
+                        self.protocol.send_command_input(self.shell_id, command_id, piece, end=False)
+                        if time.monotonic() - started >= limit:
+                            raise OperationTimeout(f"Failed to {verb} on hyperv host {self.host}: sending the data "
+                                                   f"took longer than {limit:g} s; raise timeout if the host is slow.")
+                    self.protocol.send_command_input(self.shell_id, command_id, b"", end=True)
                 # Not pywinrm's get_command_output(): it retries WS-Man operation timeouts forever.
                 while True:
                     try:
@@ -460,3 +470,28 @@ class HypervProvider(HypervisorProvider):
             vm=vm, checkpoint=str(begun["checkpoint"]), previous=since, consistency=consistency,
             vm_definition=json.dumps(begun.get("definition") or {}, sort_keys=True), disks=disks, run=self.run,
             warn=self.warn)
+
+    # -- restores (see hyperv_restore) ------------------------------------------------------------
+
+    restore_location = "remote"
+    restore_format = "raw"  # vm_restore writes raw images, which are sent into new VHDX files on the host
+    restore_options = frozenset({"keep_macs", "backup_id"})
+
+    def vm_disks(self, vm: VmRef) -> dict[str, str]:
+        return hyperv_restore.vm_disks(self, vm)
+
+    def prepare_restore_in_place(self, vm: VmRef) -> None:
+        hyperv_restore.check_shut_off(self, vm)
+
+    def restore_paths(self, vm: VmRef, names: list[str], token: str) -> dict[str, str]:
+        return hyperv_restore.restore_paths(self, vm, names, token)
+
+    def restore_over_vm(self, vm: VmRef, disk_files: dict[str, str], paths: dict[str, str], timeout: int) -> None:
+        hyperv_restore.restore_over(self, vm, disk_files, paths, timeout)
+
+    def restored_from(self, vm: VmRef) -> str | None:
+        return hyperv_restore.restored_from(self, vm)
+
+    def define_restored_vm(self, definition: str, name: str, disk_files: dict[str, tuple[str, str]],
+                           start: bool, keep_macs: bool = False, backup_id: str = "") -> VmRef:
+        return hyperv_restore.define(self, definition, name, disk_files, start, keep_macs, backup_id)

@@ -213,12 +213,33 @@ BACKUP_BEGIN = BACKUP_HELPERS + """    $settings = Get-CimClass -Namespace $ns -
         $parent = Get-CimAssociatedInstance -InputObject $_ -ResultClassName Msvm_ResourceAllocationSettingData
         @{ target = [string]$parent.Parent + ':' + [string]$parent.AddressOnParent; path = $path; size = [int64](Get-VHD -Path $path).Size }
     })
+    $secureBoot = ''
+    $template = ''
+    if ([int]$vm.Generation -eq 2) {
+        $firmware = Get-VMFirmware -VM $vm
+        $secureBoot = [string]$firmware.SecureBoot
+        $template = [string]$firmware.SecureBootTemplate
+    }
     $definition = @{
+        definition_version = 2
         name = [string]$vm.Name
         generation = [int]$vm.Generation
         memory_bytes = [int64]$vm.MemoryStartup
         processors = [int]$vm.ProcessorCount
+        secure_boot = $secureBoot
+        secure_boot_template = $template
         disks = $disks
+        drives = @(Get-VMHardDiskDrive -VM $vm | ForEach-Object {
+            @{
+                target = [string]$_.ControllerType + [string]$_.ControllerNumber + ':' + [string]$_.ControllerLocation
+                controller_type = [string]$_.ControllerType
+                controller_number = [int]$_.ControllerNumber
+                controller_location = [int]$_.ControllerLocation
+            }
+        })
+        nics = @(Get-VMNetworkAdapter -VM $vm | ForEach-Object {
+            @{ name = [string]$_.Name; switch = [string]$_.SwitchName; mac = [string]$_.MacAddress; dynamic_mac = [bool]$_.DynamicMacAddressEnabled }
+        })
     }
     Write-VmsafeResult @{
         checkpoint = [string]$snap.InstanceID
@@ -302,7 +323,158 @@ BACKUP_DROP = BACKUP_HELPERS + """    if ($payload.kind -eq 'checkpoint') {
     Write-VmsafeResult @{ dropped = [bool]$item }
 """
 
+# -- restores to a new VM or over the shut-off original. Verified against the simulator only (docs/hyperv.md).
+
+# What a restore needs to know of a VM: its drives (with their images), state, checkpoints, notes (a VM made by
+# vm_restore names its backup there) and where the host keeps new virtual hard disks.
+RESTORE_INFO = """    $vm = Get-VmsafeVm
+    $drives = @(Get-VMHardDiskDrive -VM $vm | ForEach-Object {
+        @{
+            target = [string]$_.ControllerType + [string]$_.ControllerNumber + ':' + [string]$_.ControllerLocation
+            path = [string]$_.Path
+        }
+    })
+    $checkpoints = 0
+    Get-VMSnapshot -VM $vm | ForEach-Object { $checkpoints++ }
+    Write-VmsafeResult @{
+        state = [string]$vm.State
+        notes = [string]$vm.Notes
+        checkpoints = $checkpoints
+        drives = $drives
+        vhd_root = [string](Get-VMHost).VirtualHardDiskPath
+    }
+"""
+
+HOST_INFO = """    Write-VmsafeResult @{
+        vhd_root = [string](Get-VMHost).VirtualHardDiskPath
+        vms = @(Get-VM | Where-Object { [string]$_.Name -eq [string]$payload.name } | ForEach-Object { [string]$_.Id })
+    }
+"""
+
+# A new dynamic VHDX (New-VHD fails when the file exists, so nothing is overwritten), filled from stdin: one line
+# per range, "<offset> <base64>", sent by the provider through WS-Man Send (the command line is too short for data;
+# Ansible's winrm connection plugin sends files the same way). Ranges are sector multiples; zero ranges are not sent.
+RESTORE_WRITE = """    $path = [string]$payload.path
+    $null = New-VHD -Path $path -SizeBytes ([uint64]$payload.size) -Dynamic
+    $written = [int64]0
+    $disk = Mount-VHD -Path $path -NoDriveLetter -Passthru | Get-Disk
+    try {
+        $stream = [IO.File]::Open('\\\\.\\PhysicalDrive' + $disk.Number, 'Open', 'ReadWrite', 'ReadWrite')
+        try {
+            foreach ($line in $input) {
+                $parts = ([string]$line).Split(' ')
+                $bytes = [Convert]::FromBase64String($parts[1])
+                [void]$stream.Seek([int64]$parts[0], 'Begin')
+                $stream.Write($bytes, 0, $bytes.Length)
+                $written += $bytes.Length
+            }
+            $stream.Flush()
+        } finally {
+            $stream.Dispose()
+        }
+    } finally {
+        Dismount-VHD -Path $path
+    }
+    Write-VmsafeResult @{ path = $path; written = $written }
+"""
+
+# Files a failed restore wrote; a file that is not there is fine. .NET's File, not Remove-Item, so that no path is
+# read as a wildcard pattern.
+RESTORE_REMOVE = """    foreach ($path in $payload.paths) {
+        if ([IO.File]::Exists([string]$path)) { [IO.File]::Delete([string]$path) }
+    }
+    Write-VmsafeResult @{ removed = @($payload.paths).Count }
+"""
+
+# A new VM from the recorded hardware: New-VM adds one network adapter of its own, which is removed so the VM has
+# exactly the recorded ones. A failure removes the half-made VM (not its disk files: the provider does that).
+RESTORE_NEW_VM = """    if (Get-VM | Where-Object { [string]$_.Name -eq [string]$payload.name }) {
+        throw [InvalidOperationException]::new('A VM with this name exists already: ' + $payload.name)
+    }
+    $vm = New-VM -Name ([string]$payload.name) -Generation ([int16]$payload.generation) -MemoryStartupBytes ([int64]$payload.memory_bytes) -NoVHD
+    try {
+        Set-VM -VM $vm -ProcessorCount ([int64]$payload.processors) -Notes ([string]$payload.notes)
+        Get-VMNetworkAdapter -VM $vm | Remove-VMNetworkAdapter
+        foreach ($nic in $payload.nics) {
+            if ($nic.mac -and $nic.switch) {
+                Add-VMNetworkAdapter -VM $vm -Name ([string]$nic.name) -SwitchName ([string]$nic.switch) -StaticMacAddress ([string]$nic.mac)
+            } elseif ($nic.mac) {
+                Add-VMNetworkAdapter -VM $vm -Name ([string]$nic.name) -StaticMacAddress ([string]$nic.mac)
+            } elseif ($nic.switch) {
+                Add-VMNetworkAdapter -VM $vm -Name ([string]$nic.name) -SwitchName ([string]$nic.switch)
+            } else {
+                Add-VMNetworkAdapter -VM $vm -Name ([string]$nic.name)
+            }
+        }
+        if ($payload.firmware -and $payload.secure_boot_template) {
+            Set-VMFirmware -VM $vm -EnableSecureBoot $payload.secure_boot -SecureBootTemplate ([string]$payload.secure_boot_template)
+        } elseif ($payload.firmware) {
+            Set-VMFirmware -VM $vm -EnableSecureBoot $payload.secure_boot
+        }
+        foreach ($drive in $payload.drives) {
+            if ([string]$drive.controller_type -eq 'SCSI') {
+                $controllers = 0
+                Get-VMScsiController -VM $vm | ForEach-Object { $controllers++ }
+                while ($controllers -le [int]$drive.controller_number) { Add-VMScsiController -VM $vm; $controllers++ }
+            }
+            Add-VMHardDiskDrive -VM $vm -ControllerType $drive.controller_type -ControllerNumber ([int]$drive.controller_number) -ControllerLocation ([int]$drive.controller_location) -Path ([string]$drive.path)
+        }
+        if ($payload.start) { Start-VM -VM $vm }
+    } catch {
+        Remove-VM -VM $vm -Force
+        throw
+    }
+    $made = Get-VM | Where-Object { [string]$_.Id -eq [string]$vm.Id }
+    Write-VmsafeResult @{ id = [string]$made.Id; name = [string]$made.Name; state = [string]$made.State }
+"""
+
+# Over the original: every drive is switched to its new, complete VHDX; when one switch fails, the drives already
+# switched are put back and the error is raised (the VM is as it was; the provider removes the new files). After
+# all switched: the VM's reference points are destroyed (their RCT ids belong to the old files, so the next backup
+# is a full one) and the old files are deleted.
+RESTORE_SWITCH = BACKUP_HELPERS + """    if ([string]$vm.State -ne 'Off') {
+        throw [InvalidOperationException]::new('the VM is ' + [string]$vm.State + ', not Off')
+    }
+    $checkpoints = 0
+    Get-VMSnapshot -VM $vm | ForEach-Object { $checkpoints++ }
+    if ($checkpoints -gt 0) {
+        throw [InvalidOperationException]::new('the VM has checkpoints')
+    }
+    $done = @()
+    try {
+        foreach ($drive in $payload.drives) {
+            $hdd = Get-VMHardDiskDrive -VM $vm -ControllerType $drive.controller_type -ControllerNumber ([int]$drive.controller_number) -ControllerLocation ([int]$drive.controller_location)
+            $old = [string]$hdd.Path
+            Set-VMHardDiskDrive -VMHardDiskDrive $hdd -Path ([string]$drive.path)
+            $done += @{ drive = $drive; old = $old }
+        }
+    } catch {
+        foreach ($item in $done) {
+            $back = Get-VMHardDiskDrive -VM $vm -ControllerType $item.drive.controller_type -ControllerNumber ([int]$item.drive.controller_number) -ControllerLocation ([int]$item.drive.controller_location)
+            Set-VMHardDiskDrive -VMHardDiskDrive $back -Path ([string]$item.old)
+        }
+        throw
+    }
+    foreach ($point in @(Get-CimAssociatedInstance -InputObject $vmCim -ResultClassName Msvm_VirtualSystemReferencePoint)) {
+        $arguments = @{ AffectedReferencePoint = $point }
+        Wait-VmsafeJob (Invoke-CimMethod -InputObject $refSvc -MethodName DestroyReferencePoint -Arguments $arguments) 'DestroyReferencePoint'
+    }
+    foreach ($item in $done) {
+        [IO.File]::Delete([string]$item.old)
+    }
+    Write-VmsafeResult @{ switched = @($done | ForEach-Object { [string]$_.drive.path }); state = [string](Get-VmsafeVm).State }
+"""
+
+# Scripts that read stdin (the provider sends it through WS-Man Send).
+STDIN_SCRIPTS = frozenset({"restore_write"})
+
 BODIES: dict[str, str] = {
+    "restore_info": RESTORE_INFO,
+    "restore_host_info": HOST_INFO,
+    "restore_new_vm": RESTORE_NEW_VM,
+    "restore_remove": RESTORE_REMOVE,
+    "restore_switch": RESTORE_SWITCH,
+    "restore_write": RESTORE_WRITE,
     "backup_begin": BACKUP_BEGIN,
     "backup_changes": BACKUP_CHANGES,
     "backup_convert": BACKUP_CONVERT,

@@ -771,9 +771,12 @@ class LibvirtProvider(HypervisorProvider):
         """target -> image format (qcow2, raw, ...) of each disk a backup covers: a restore in place keeps it."""
         return {target: fmt for target, _path, fmt in libvirt_backup.disk_targets(self._domain(vm))}
 
+    restore_options = frozenset({"keep_macs"})
+
     def define_restored_vm(self, definition: str, name: str, disk_files: dict[str, tuple[str, str]],
-                           start: bool) -> VmRef:
-        """Define a new VM from a backed-up definition: new name, new UUID, new MACs, restored disk files.
+                           start: bool, keep_macs: bool = False) -> VmRef:
+        """Define a new VM from a backed-up definition: new name, new UUID, new MACs (unless ``keep_macs``),
+        restored disk files.
 
         ``disk_files`` maps target -> (path, format). Raises UnsupportedOperation when the name is taken.
         """
@@ -790,7 +793,7 @@ class LibvirtProvider(HypervisorProvider):
             for node in root.findall(tag):
                 root.remove(node)
         for iface in root.findall("./devices/interface"):
-            for mac in iface.findall("mac"):
+            for mac in [] if keep_macs else iface.findall("mac"):
                 iface.remove(mac)  # libvirt generates a new MAC, so the copy never clashes with the original
         devices = root.find("devices")
         for node in root.findall("./devices/disk"):

@@ -87,6 +87,13 @@ def _backups() -> t.Any:
     return vmware_backup
 
 
+def _restores() -> t.Any:
+    """The restore half of this provider (vm_restore only)."""
+    from ansible_collections.vmsafe.protect.plugins.module_utils._providers import vmware_restore  # pylint: disable=import-outside-toplevel
+
+    return vmware_restore
+
+
 def _parse_time(value: t.Any) -> datetime.datetime:
     if isinstance(value, datetime.datetime):
         return value if value.tzinfo else value.replace(tzinfo=datetime.timezone.utc)
@@ -634,12 +641,16 @@ class VmwareProvider(HypervisorProvider):
                     target=disk.deviceInfo.label, key=disk.key, size=self._capacity(disk),
                     url=backups.DatastoreHttp.url(datacenter, datastore.lstrip("["), flat),
                     change_id=backing.changeId, since=start, query=query, http=http))
-            definition = {
+            # the hardware (firmware, controllers, disk placement, network cards) a restore to a new VM rebuilds
+            dc_obj = _restores().datacenter_of(vim, obj)
+            groups = {net.key: net.name for net in dc_obj.network or []
+                      if isinstance(net, vim.dvs.DistributedVirtualPortgroup)}
+            definition = _restores().describe(vim, config, groups)
+            definition.update({
                 "name": obj.name, "guest_id": obj.config.guestId, "num_cpus": obj.config.hardware.numCPU,
                 "memory_mb": obj.config.hardware.memoryMB, "datacenter": datacenter,
                 "datastore": stores[0] if stores else None,
-                "disks": [{"label": d.target, "capacity": d.size} for d in disks],
-            }
+            })
         except (vmodl.MethodFault, ProviderError, ValueError) as exc:
             http.close()
             remove()
@@ -650,61 +661,56 @@ class VmwareProvider(HypervisorProvider):
             vm=vm, checkpoint=backups.change_ids(disks), consistency=created.consistency,
             vm_definition=json.dumps(definition, sort_keys=True), disks=disks, remove_snapshot=remove, http=http)
 
+    # -- restores (see vmware_restore) ------------------------------------------------------------
+
+    restore_location = "remote"
+    restore_options = frozenset({"keep_macs", "backup_id"})
+
+    @property
+    def sdk(self) -> tuple[t.Any, t.Any]:
+        """pyVmomi's (vim, vmodl), for vmware_restore."""
+        return vim, vmodl
+
+    def obj(self, vm: VmRef) -> t.Any:
+        return self._obj(vm)
+
+    def http(self) -> vmware_backup.DatastoreHttp:
+        return self._http()
+
+    def wait(self, task: t.Any, timeout: int, what: str) -> t.Any:
+        return self._wait(task, timeout, what)
+
+    def run_task(self, start: t.Callable[[], t.Any], timeout: int, what: str, verb: str, vm: VmRef) -> t.Any:
+        return self._run(start, timeout, what, verb, vm)
+
+    @staticmethod
+    def moid(obj: t.Any) -> str:
+        return _moid(obj)
+
     def define_restored_vm(self, definition: str, name: str, disk_files: dict[str, tuple[str, str]],
-                           start: bool) -> VmRef:
-        """Upload the restored flat images next to a new VM's files and create the VM (new name, UUID, MACs)."""
-        spec = json.loads(definition or "{}")
-        try:
-            self.find_vm(VmSelector(name=name))
-        except VmNotFound:
-            pass
-        else:
-            raise InvalidArgument(f"A VM named '{name}' already exists on vmware host {self.host}; choose another "
-                                  f"new_vm_name.")
-        datastore = spec.get("datastore") or ""
-        content = self.si.RetrieveContent()
-        datacenter = next((dc for dc in content.rootFolder.childEntity
-                           if isinstance(dc, vim.Datacenter) and dc.name == spec.get("datacenter")), None)
-        if datacenter is None or not datastore:
-            raise InvalidArgument(f"The backup's definition names datacenter {spec.get('datacenter')!r} and datastore "
-                                  f"{datastore!r}, which vmware host {self.host} does not have.")
-        http = self._http()
-        backups = _backups()
-        controller = vim.vm.device.ParaVirtualSCSIController(key=-100, busNumber=0, sharedBus="noSharing")
-        devices = [vim.vm.device.VirtualDeviceSpec(operation="add", device=controller)]
-        try:
-            for unit, disk in enumerate(spec.get("disks") or []):
-                local, _fmt = disk_files[disk["label"]]
-                base = f"{name}/{name}_{unit}"
-                with open(local, "rb") as handle:
-                    http.request("PUT", backups.DatastoreHttp.url(datacenter.name, datastore, base + "-flat.vmdk"),
-                                 body=handle, headers={"Content-Length": str(os.path.getsize(local)),
-                                                       "Content-Type": "application/octet-stream"})
-                descriptor = backups.DESCRIPTOR.format(sectors=int(disk["capacity"]) // 512,
-                                                       flat=f"{name}_{unit}-flat.vmdk")
-                http.request("PUT", backups.DatastoreHttp.url(datacenter.name, datastore, base + ".vmdk"),
-                             body=descriptor.encode(), headers={"Content-Type": "text/plain"})
-                backing = vim.vm.device.VirtualDisk.FlatVer2BackingInfo(fileName=f"[{datastore}] {base}.vmdk",
-                                                                        diskMode="persistent")
-                devices.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=vim.vm.device.VirtualDisk(
-                    key=-(200 + unit), controllerKey=-100, unitNumber=unit, capacityInBytes=int(disk["capacity"]),
-                    backing=backing)))
-        finally:
-            http.close()
-        config = vim.vm.ConfigSpec(name=name, guestId=spec.get("guest_id") or "otherGuest64",
-                                   numCPUs=spec.get("num_cpus") or 1, memoryMB=spec.get("memory_mb") or 1024,
-                                   files=vim.vm.FileInfo(vmPathName=f"[{datastore}] {name}/"), deviceChange=devices)
-        pool = next(iter(self._resource_pools(datacenter)), None)
-        if pool is None:
-            raise ProviderError(f"Datacenter {datacenter.name} on vmware host {self.host} has no resource pool.")
-        ref = VmRef(id="", name=name, state="", host=self.host)
-        created = self._run(lambda: datacenter.vmFolder.CreateVM_Task(config=config, pool=pool), 600,
-                            f"create VM '{name}'", "create the restored VM", ref)
-        vm = self.find_vm(VmSelector(id=_moid(created)))
-        if start:
-            self._run(created.PowerOnVM_Task, 600, f"power on VM '{name}'", "power on the restored VM", vm)
-            vm = self.find_vm(VmSelector(id=vm.id))
-        return vm
+                           start: bool, keep_macs: bool = False, backup_id: str = "") -> VmRef:
+        """Upload the restored flat images and create a VM with the recorded hardware (new UUID; new MACs unless
+        ``keep_macs``)."""
+        return _restores().define(self, definition, name, disk_files, start, keep_macs, backup_id)
+
+    def restored_from(self, vm: VmRef) -> str | None:
+        return _restores().restored_from(self, vm)
+
+    def vm_disks(self, vm: VmRef) -> dict[str, str]:
+        return _restores().vm_disks(self, vm)
+
+    def prepare_restore_in_place(self, vm: VmRef) -> None:
+        _restores().check_shut_off(self, vm)
+
+    def restore_paths(self, vm: VmRef, names: list[str], token: str) -> dict[str, str]:
+        return _restores().restore_paths(self, vm, names, token)
+
+    def restore_over_vm(self, vm: VmRef, disk_files: dict[str, str], paths: dict[str, str], timeout: int) -> None:
+        _restores().restore_over(self, vm, disk_files, paths, timeout)
+
+    @staticmethod
+    def resource_pools(datacenter: t.Any) -> list[t.Any]:
+        return VmwareProvider._resource_pools(datacenter)
 
     @staticmethod
     def _resource_pools(datacenter: t.Any) -> list[t.Any]:
