@@ -295,45 +295,45 @@ def _days(nights: int, today: datetime.date) -> list[datetime.date]:
 
 
 def night_strip(backups: t.Iterable[tuple[str, str, datetime.datetime]], tests: t.Iterable[TestRecord],
-                nights: int = 30, today: datetime.date | None = None) -> dict[str, list[dict[str, t.Any]]]:
+                nights: int = 30, today: datetime.date | None = None,
+                kept: t.Collection[str] | None = None) -> dict[str, list[dict[str, t.Any]]]:
     """Per VM, one entry per UTC day of the last ``nights`` days (oldest first).
 
-    ``backups`` are (id, VM, time), kept and pruned alike. A day's state: ``proven`` when a backup of that day
-    passed a restore test, else ``failed`` when a restore test of one of its backups failed, else ``backed_up``
-    when it has a backup, else ``missing``. Each entry: date, state, backups (count), tests (passed/failed counts).
+    ``backups`` are (id, VM, time), kept and pruned alike (``kept``: the ids still in the repository; None = all).
+    A day's state: ``proven`` when a backup of that day passed a restore test, else ``failed`` when a restore test
+    of one of its backups failed, else ``backed_up`` when it has a backup, else ``missing``. Each entry: date, state,
+    backups (count), tests_passed, tests_failed, and details (one line per backup: its id and its last test).
     """
     day0 = today or utcnow().date()
     days = _days(nights, day0)
     first = days[0]
-    by_vm: dict[str, dict[datetime.date, dict[str, t.Any]]] = {}
-    backup_day: dict[str, datetime.date] = {}
-    for backup_id, vm, when in backups:
+    last_test: dict[str, TestRecord] = {}
+    counts: dict[str, list[int]] = {}
+    for test in sorted(tests, key=lambda r: (r.time, r.id)):
+        last_test[test.backup_id] = test
+        counts.setdefault(test.backup_id, [0, 0])[0 if test.passed else 1] += 1
+    by_vm: dict[str, dict[datetime.date, list[str]]] = {}
+    for backup_id, vm, when in sorted(backups, key=lambda b: (b[2], b[0])):
         day = when.astimezone(datetime.timezone.utc).date()
-        backup_day[backup_id] = day
         if first <= day <= day0:
-            entry = by_vm.setdefault(vm, {}).setdefault(day, {"backups": 0, "passed": 0, "failed": 0})
-            entry["backups"] += 1
-    for test in tests:
-        day = backup_day.get(test.backup_id)
-        if day is None or not first <= day <= day0:
-            continue
-        entry = by_vm.setdefault(test.vm_name, {}).setdefault(day, {"backups": 0, "passed": 0, "failed": 0})
-        entry["passed" if test.passed else "failed"] += 1
+            by_vm.setdefault(vm, {}).setdefault(day, []).append(backup_id)
     strip: dict[str, list[dict[str, t.Any]]] = {}
     for vm in sorted(by_vm):
         row = []
         for day in days:
-            entry = by_vm[vm].get(day, {"backups": 0, "passed": 0, "failed": 0})
-            if entry["passed"]:
-                state = "proven"
-            elif entry["failed"]:
-                state = "failed"
-            elif entry["backups"]:
-                state = "backed_up"
-            else:
-                state = "missing"
-            row.append({"date": day.isoformat(), "state": state, "backups": entry["backups"],
-                        "tests_passed": entry["passed"], "tests_failed": entry["failed"]})
+            ids = by_vm[vm].get(day, [])
+            passed = sum(counts.get(b, [0, 0])[0] for b in ids)
+            failed = sum(counts.get(b, [0, 0])[1] for b in ids)
+            details = []
+            for backup_id in ids:
+                test = last_test.get(backup_id)
+                line = f"backup {backup_id}: " + (f"restore test {test.result}" if test else "not tested")
+                if kept is not None and backup_id not in kept:
+                    line += " (pruned since)"
+                details.append(line)
+            state = "proven" if passed else "failed" if failed else "backed_up" if ids else "missing"
+            row.append({"date": day.isoformat(), "state": state, "backups": len(ids), "tests_passed": passed,
+                        "tests_failed": failed, "details": details})
         strip[vm] = row
     return strip
 

@@ -139,12 +139,15 @@ def test_night_strip_states() -> None:
                ("b4", "web", at(29)), ("d1", "db", at(30)), ("old", "web", at(1))]
     tests = [_rec("b2", "web", "passed"), _rec("b3", "web", "failed"), _rec("b3x", "web", "passed"),
              _rec("b4", "web", "failed"), _rec("gone", "web", "passed")]
-    strip = attest.night_strip(backups, tests, nights=5, today=datetime.date(2026, 11, 30))
+    strip = attest.night_strip(backups, tests, nights=5, today=datetime.date(2026, 11, 30),
+                               kept={"b2", "b3", "b3x", "b4", "d1"})
     assert sorted(strip) == ["db", "web"]
     assert [d["date"][-2:] for d in strip["web"]] == ["26", "27", "28", "29", "30"]
     assert [d["state"] for d in strip["web"]] == ["backed_up", "proven", "proven", "failed", "missing"]
     assert strip["web"][2]["backups"] == 2 and strip["web"][2]["tests_failed"] == 1
     assert [d["state"] for d in strip["db"]] == ["missing"] * 4 + ["backed_up"]
+    assert strip["web"][0]["details"] == ["backup b1: not tested (pruned since)"]
+    assert strip["web"][2]["details"] == ["backup b3: restore test failed", "backup b3x: restore test passed"]
 
 
 def test_storage_series_accumulates_stored_bytes_and_dedup(repo: Repository) -> None:
