@@ -114,7 +114,7 @@ def plan_network(conn: t.Any, name: str, subnet: str | None) -> dict[str, t.Any]
             raise InvalidArgument(f"subnet '{subnet}' is not an IPv4 network such as 10.250.3.0/24: {exc}") from None
         if chosen.version != 4 or chosen.prefixlen > 28:
             raise InvalidArgument(f"subnet '{subnet}' must be an IPv4 network of at least 16 addresses (/28).")
-        clash = [str(u) for u in used if u.overlaps(chosen)]
+        clash = sorted({str(u) for u in used if u.overlaps(chosen)})
         if clash:
             raise InvalidArgument(f"subnet '{subnet}' overlaps {', '.join(clash)} (a libvirt network or a host route); "
                                   "choose another or leave subnet unset.")
@@ -150,9 +150,10 @@ def create_network(conn: t.Any, plan: t.Mapping[str, t.Any]) -> dict[str, t.Any]
 
 def remove_network(conn: t.Any, net: t.Any) -> None:
     try:
+        persistent = net.isPersistent()  # a transient network is gone once destroyed: ask first
         if net.isActive():
             net.destroy()
-        if net.isPersistent():
+        if persistent:
             net.undefine()
     except libvirt.libvirtError as exc:
         raise ProviderError(f"Failed to remove network '{net.name()}' on libvirt host {conn.getURI()}: {exc}") from exc

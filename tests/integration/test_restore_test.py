@@ -78,8 +78,8 @@ def test_failed_boot_is_recorded_and_everything_is_removed(lab, tmp_path):
         "restore_test_probes": [{"type": "tcp", "port": 22, "timeout": 2}]})
     assert rc != 0  # restore_test_fail_on_failure (default true)
     failing = [r for r in results if r["_status"] == "failed"]
-    assert [r["_task"] for r in failing] == ["Fail when a backup did not pass its restore test "
-                                             "(restore_test_fail_on_failure)"], failing
+    assert [r["_task"].split(" : ")[-1] for r in failing] == [
+        "Fail when a backup did not pass its restore test (restore_test_fail_on_failure)"], failing
     assert PASS not in json.dumps(results)
     (entry,) = results_of(results)
     assert entry["vm"] == vm and entry["backup_id"] == backed["backup_id"] and entry["passed"] is False
