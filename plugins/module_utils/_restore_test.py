@@ -203,8 +203,8 @@ def isolate_domain_xml(xml: str, network: str, console_path: str) -> tuple[str, 
                 changes.append(f"QEMU command-line option {values[i]} {values[i + 1].split(',')[0]} removed")
         if not commandline.findall(f"{{{QEMU_NS}}}arg") and not list(commandline):
             root.remove(commandline)
-    if not interfaces and not changes:
-        # no NIC at all: give it one, so that a guest that configures any NIC can be reached
+    if not interfaces:
+        # no libvirt NIC (none at all, or only QEMU command-line ones, dropped above): give it one on the network
         new = ET.SubElement(devices, "interface", type="network")
         ET.SubElement(new, "source", network=network)
         ET.SubElement(new, "model", type="virtio")

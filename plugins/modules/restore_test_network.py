@@ -82,6 +82,13 @@ network:
     forward: null
     active: true
     persistent: false
+applied:
+  description:
+    - When the module failed part-way, the steps that had completed before the failure, in order; the network is in
+      the state they left it. An empty list when it failed before changing anything.
+  returned: failure
+  type: list
+  elements: str
 elapsed:
   description: Seconds the module ran.
   returned: success

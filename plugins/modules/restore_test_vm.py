@@ -190,6 +190,13 @@ kept_files:
   type: list
   elements: str
   sample: []
+applied:
+  description:
+    - When the module failed part-way, the steps that had completed before the failure, in order; the VM is in
+      the state they left it. An empty list when it failed before changing anything.
+  returned: failure
+  type: list
+  elements: str
 elapsed:
   description: Seconds the module ran.
   returned: success

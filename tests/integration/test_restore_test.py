@@ -11,8 +11,10 @@ backed up again, tested failed; the audit report shows both.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -207,3 +209,68 @@ def test_good_backup_passes_broken_guest_fails_and_the_report_shows_both(libvirt
         assert good["backup_id"] in markdown and bad["backup_id"] in markdown
     finally:
         labvm.destroy(name)
+
+
+# ------------------------------------------------------------------ the audit report's strip and storage chart
+def test_audit_report_draws_nights_and_storage_as_inline_svg_and_renders_in_chromium(tmp_path):
+    from test_playbooks_audit_nightly import chromium, png_pixels  # pylint: disable=import-error,import-outside-toplevel
+
+    from ansible_collections.vmsafe.protect.plugins.module_utils._backup import attest  # pylint: disable=import-outside-toplevel
+    from ansible_collections.vmsafe.protect.plugins.module_utils._backup.backends import LocalBackend  # pylint: disable=import-outside-toplevel
+    from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import DiskSource, Repository  # pylint: disable=import-outside-toplevel
+
+    repo_path = str(tmp_path / "repo")
+    repo = Repository.init(LocalBackend(repo_path), passphrase=PASS, chunk_size=4096, segment_chunks=8,
+                           kdf={"name": "argon2id", "iterations": 1, "lanes": 1, "memory_kib": 1024})
+    now = datetime.datetime.now(datetime.timezone.utc).replace(hour=1, minute=0)
+    rng = random.Random(4)
+    base = rng.randbytes(64 * 4096)
+    made = {}
+    # "test" is the one VM of libvirt's test:///default driver (the audited hypervisor); "gone01" exists only in backups
+    for vm, days_ago in (("test", 9), ("test", 5), ("test", 3), ("test", 1), ("gone01", 2)):
+        data = bytearray(base)
+        data[:4096] = rng.randbytes(4096)
+        made[(vm, days_ago)] = repo.backup(vm, [DiskSource("vda", len(data), [(0, len(data), bytes(data))])],
+                                           time=now - datetime.timedelta(days=days_ago))
+    attest.record_test(repo, made[("test", 5)].id, "passed", [{"type": "ssh", "ok": True}], duration=20)
+    attest.record_test(repo, made[("test", 1)].id, "failed", [{"type": "ssh", "ok": False}], duration=60,
+                       message="no DHCP lease within 60 s")
+    repo.close()
+
+    report = tmp_path / "report"
+    rc, results = playbook("snapshot_audit.yml", tmp_path, {
+        "snapshot_audit_repository": repo_path, "snapshot_audit_passphrase": PASS,
+        "snapshot_audit_report_dir": str(report), "snapshot_audit_history_days": 12,
+        "snapshot_audit_hypervisors": [{"name": "testdriver", "hypervisor": "libvirt", "uri": "test:///default"}]})
+    assert rc == 0, [(r["_task"], r["_status"], r.get("msg")) for r in results if r["_status"] == "failed"]
+    html = (report / "snapshot_audit.html").read_text()
+    assert "<script" not in html.lower() and "javascript:" not in html.lower() and "http://" not in html.replace(
+        'xmlns="http://www.w3.org/2000/svg"', "")
+    markdown = (report / "snapshot_audit.md").read_text()
+    strip_md = re.search(r"\| test \| `([PBF.]+)` \|", markdown)
+    assert strip_md and strip_md.group(1) == "..B...P.B.F.", markdown  # 12 days, newest last: -9 B, -5 P, -3 B, -1 F
+
+    dom = chromium("--dump-dom", f"file://{report}/snapshot_audit.html")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "<script" not in dom.stdout.lower()
+    rows = dict(re.findall(r'<tr data-vm="([^"]+)">(.*?)</tr>', dom.stdout, re.S))
+    assert sorted(rows) == ["gone01", "test"]
+    states = re.findall(r'<rect class="night (\w+)"', rows["test"])
+    assert states == ["missing"] * 2 + ["backed_up"] + ["missing"] * 3 + ["proven", "missing", "backed_up", "missing",
+                                                                          "failed", "missing"]
+    assert f"backup {made[('test', 1)].id}: restore test failed" in rows["test"]
+    assert f"backup {made[('test', 5)].id}: restore test passed" in rows["test"]
+    assert made[("test", 5)].id in rows["test"].split("</svg>", 1)[1]  # last proven restorable, as text
+    assert re.findall(r'<rect class="night (\w+)"', rows["gone01"]).count("backed_up") == 1
+    chart = re.search(r'<svg[^>]*id="storage-chart".*?</svg>', dom.stdout, re.S)
+    assert chart and len(re.findall(r'<rect class="stored"', chart.group(0))) == 12
+    assert re.search(r'<polyline class="dedup" points="[\d. ,]+"', chart.group(0))
+
+    shot = tmp_path / "history.png"
+    proc = chromium(f"--screenshot={shot}", "--window-size=1280,1400", f"file://{report}/snapshot_audit.html")
+    assert proc.returncode == 0 and shot.exists(), proc.stderr[-2000:]
+    _width, _height, pixels = png_pixels(str(shot))
+    count = {rgb: sum(1 for p in pixels if p == rgb) for rgb in ((0x1D, 0x6B, 0x2F), (0xC0, 0x39, 0x2B), (0x4A, 0x78, 0xA8))}
+    # one proven and one failed night (12 x 16 px each, plus a legend square) and the stored-bytes bars were drawn
+    assert count[(0x1D, 0x6B, 0x2F)] >= 150 and count[(0xC0, 0x39, 0x2B)] >= 150, count
+    assert count[(0x4A, 0x78, 0xA8)] >= 500, count
