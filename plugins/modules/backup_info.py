@@ -81,7 +81,8 @@ vms:
     - Per VM, the number of backups, the newest and oldest backup ids and the newest one's age.
     - C(last_proven_restorable) is the time of the newest passing restore test of any of the VM's backups (pruned ones
       included: the test records outlive them), C(last_proven_backup) that backup's id and
-      C(last_proven_restorable_age_seconds) its age; C(last_test) is the newest test, passed or failed. They are
+      C(last_proven_restorable_age_seconds) its age; C(last_test) is the newest test, passed or failed (with its
+      C(message), why it failed). They are
       C(null) when no test was recorded.
   returned: success
   type: dict
@@ -94,7 +95,7 @@ vms:
       last_proven_restorable: "2026-11-23T05:10:42Z"
       last_proven_restorable_age_seconds: 1200
       last_proven_backup: 20261123T020000Z-3f9a1c2e
-      last_test: {"time": "2026-11-23T05:10:42Z", "result": "passed", "backup_id": "20261123T020000Z-3f9a1c2e"}
+      last_test: {"time": "2026-11-23T05:10:42Z", "result": "passed", "backup_id": "20261123T020000Z-3f9a1c2e", "message": ""}
 history:
   description:
     - With O(history_days) above 0. C(nights) holds per VM one entry per UTC day, oldest first, with the day's
@@ -157,7 +158,8 @@ def work(module: t.Any, repo: t.Any, now: t.Any) -> dict[str, t.Any]:
         entry.update(count=entry["count"] + 1, newest=item["id"], newest_age_seconds=item["age_seconds"])
     for test in tests:  # oldest first: the last one written wins
         entry = vms.setdefault(test.vm_name, {"count": 0, "oldest": None, "newest": None, "newest_age_seconds": None})
-        entry["last_test"] = {"time": stamp(test.time), "result": test.result, "backup_id": test.backup_id}
+        entry["last_test"] = {"time": stamp(test.time), "result": test.result, "backup_id": test.backup_id,
+                              "message": test.message}
         if test.passed:
             entry.update(last_proven_restorable=stamp(test.time), last_proven_backup=test.backup_id,
                          last_proven_restorable_age_seconds=max(0, int((now - test.time).total_seconds())))
