@@ -23,24 +23,11 @@ import uuid
 
 import pytest
 
-from it_helpers import LONG, ROOT, ansible_env, run_ansible  # pylint: disable=import-error
+from it_helpers import LONG, ROOT, run_ansible  # pylint: disable=import-error
+from test_playbooks_audit_nightly import chromium, playbook, png_pixels  # pylint: disable=import-error
 
 pytestmark = pytest.mark.libvirt
 PASS = "restore-test-passphrase"  # test data, not a secret
-
-
-def playbook(name: str, tmp_path: t.Any, extra: dict[str, t.Any]) -> tuple[int, list[dict[str, t.Any]]]:
-    inv = tmp_path / "inventory.ini"
-    inv.write_text(f"localhost ansible_connection=local ansible_python_interpreter={sys.executable}\n")
-    extra_file = tmp_path / f"extra-{uuid.uuid4().hex[:6]}.json"
-    extra_file.write_text(json.dumps(extra))
-    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", str(inv),
-                           "-e", f"@{extra_file}", os.path.join(ROOT, "playbooks", name)],
-                          capture_output=True, text=True, env=ansible_env(), check=False, timeout=1200)
-    try:
-        return proc.returncode, json.loads(proc.stdout)
-    except json.JSONDecodeError as exc:
-        raise AssertionError(f"no JSON from ansible-playbook (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}") from exc
 
 
 def virsh(*args: str) -> str:
@@ -213,8 +200,6 @@ def test_good_backup_passes_broken_guest_fails_and_the_report_shows_both(libvirt
 
 # ------------------------------------------------------------------ the audit report's strip and storage chart
 def test_audit_report_draws_nights_and_storage_as_inline_svg_and_renders_in_chromium(tmp_path):
-    from test_playbooks_audit_nightly import chromium, png_pixels  # pylint: disable=import-error,import-outside-toplevel
-
     from ansible_collections.vmsafe.protect.plugins.module_utils._backup import attest  # pylint: disable=import-outside-toplevel
     from ansible_collections.vmsafe.protect.plugins.module_utils._backup.backends import LocalBackend  # pylint: disable=import-outside-toplevel
     from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import DiskSource, Repository  # pylint: disable=import-outside-toplevel
@@ -249,6 +234,8 @@ def test_audit_report_draws_nights_and_storage_as_inline_svg_and_renders_in_chro
     markdown = (report / "snapshot_audit.md").read_text()
     strip_md = re.search(r"\| test \| `([PBF.]+)` \|", markdown)
     assert strip_md and strip_md.group(1) == "..B...P.B.F.", markdown  # 12 days, newest last: -9 B, -5 P, -3 B, -1 F
+    orphans = markdown.split("## Backups of VMs not found on the audited hypervisors", 1)[1]
+    assert re.search(rf"\| gone01 \| 1 \| {made[('gone01', 2)].id} \|", orphans), orphans
 
     dom = chromium("--dump-dom", f"file://{report}/snapshot_audit.html")
     assert dom.returncode == 0, dom.stderr[-2000:]
