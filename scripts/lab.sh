@@ -24,6 +24,8 @@ DEB_PACKAGES=(
   # backup_files: libguestfs and its binding for the system Python; supermin builds the appliance from the host's
   # kernel, and a container's /boot is empty (the cloud kernel is the small one)
   libguestfs-tools python3-guestfs linux-image-cloud-amd64
+  # restore tests: an isolated libvirt network with DHCP (libvirt runs dnsmasq and sets iptables rules)
+  dnsmasq-base iptables
 )
 
 # Only benchmarks/ needs these: the peer tools measured in the same run (benchmarks/README.md).
