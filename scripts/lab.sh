@@ -7,6 +7,7 @@
 #   scripts/lab.sh start     start libvirtd (idempotent; prints the URI)
 #   scripts/lab.sh stop      stop the libvirtd this script started (by its pid file, never by name)
 #   scripts/lab.sh status    say whether libvirtd answers
+#   scripts/lab.sh install-bench   the peers the benchmarks compare against (borg, restic, virtnbdbackup + libnbd)
 #
 # Environment: VMSAFE_PYTHON (python used for .venv, default python3), VMSAFE_SKIP_APT=1 (skip apt-get).
 set -euo pipefail
@@ -24,6 +25,9 @@ DEB_PACKAGES=(
   # kernel, and a container's /boot is empty (the cloud kernel is the small one)
   libguestfs-tools python3-guestfs linux-image-cloud-amd64
 )
+# Only the benchmarks need these: borg and restic (benchmarks/backup_bench.py, vm_backup_bench.py), virtnbdbackup /
+# virtnbdrestore and libnbd's binding for the system Python (benchmarks/vm_vs_virtnbd_bench.py).
+BENCH_PACKAGES=(borgbackup restic virtnbdbackup python3-libnbd)
 
 log() { printf '[lab] %s\n' "$*" >&2; }
 
@@ -37,7 +41,9 @@ need_root() {
 install_debs() {
   if [ "${VMSAFE_SKIP_APT:-0}" = 1 ]; then return; fi
   local missing=()
-  for p in "${DEB_PACKAGES[@]}"; do
+  local wanted=("$@")
+  [ "${#wanted[@]}" -gt 0 ] || wanted=("${DEB_PACKAGES[@]}")
+  for p in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ "${#missing[@]}" -eq 0 ]; then log "Debian packages present"; return; fi
@@ -124,8 +130,9 @@ stop() {
 mkdir -p "$LAB"
 case "${1:-}" in
   install) need_root; install_debs; configure_libvirt; install_venv ;;
+  install-bench) need_root; install_debs "${BENCH_PACKAGES[@]}" ;;
   start) start ;;
   stop) stop ;;
   status) if libvirtd_running; then echo "running (pid $(cat "$PIDFILE"))"; else echo "stopped"; exit 3; fi ;;
-  *) echo "usage: $0 install|start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 install|install-bench|start|stop|status" >&2; exit 2 ;;
 esac
