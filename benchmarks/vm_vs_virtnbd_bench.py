@@ -40,7 +40,6 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "lab"))
 
 import backup_bench as bb  # noqa: E402  pylint: disable=wrong-import-position,import-error
 import labvm  # noqa: E402  pylint: disable=wrong-import-position,import-error
-from vm_backup_bench import write_through_qemu  # noqa: E402  pylint: disable=wrong-import-position,import-error
 
 PASS = "bench-passphrase-not-secret"
 COLLECTIONS = os.path.join(ROOT, ".lab", "collections")
@@ -89,6 +88,39 @@ def compare(reference: str, image: str, fmt: str) -> None:
         raise SystemExit(f"{image} differs from the disk at backup time (qemu-img compare exit {proc.returncode})")
 
 
+def apply_same_writes(raw: str, writes: list[tuple[int, int]], noise: str) -> None:
+    """Put into the reference image the bytes write_through_qemu wrote (its noise files)."""
+    fd = os.open(raw, os.O_WRONLY)
+    try:
+        for i, (offset, _length) in enumerate(writes):
+            with open(os.path.join(noise, f"{i}.bin"), "rb") as handle:
+                os.pwrite(fd, handle.read(), offset)
+    finally:
+        os.close(fd)
+
+
+def write_noise(writes: list[tuple[int, int]], noise: str) -> None:
+    """One file of random bytes per write (no two writes deduplicate), the same for both VMs and the reference."""
+    os.makedirs(noise)
+    for i, (_offset, length) in enumerate(writes):
+        with open(os.path.join(noise, f"{i}.bin"), "wb") as handle:
+            handle.write(os.urandom(length))
+
+
+def write_through_qemu(vm: str, writes: list[tuple[int, int]], noise: str) -> None:
+    """Apply the writes inside QEMU (HMP qemu-io), each from its noise file."""
+    conn = labvm.connect()
+    try:
+        dom = conn.lookupByName(vm)
+        for i, (offset, length) in enumerate(writes):
+            path = os.path.join(noise, f"{i}.bin")
+            out = labvm._hmp_qemu_io(dom, vm, f"write -s {path} {offset} {length}")  # pylint: disable=protected-access
+            if f"wrote {length}/{length}" not in out:
+                raise SystemExit(f"write through QEMU failed: {out}")
+    finally:
+        conn.close()
+
+
 def one_round(vm: str, peer_vm: str, raw: str, size: int, work: str, round_: int) -> dict[str, Result]:
     got: dict[str, Result] = {}
     repo = os.path.join(work, f"repo-{round_}")
@@ -100,9 +132,11 @@ def one_round(vm: str, peer_vm: str, raw: str, size: int, work: str, round_: int
     got["virtnbd full"] = virtnbd(["virtnbdbackup", "-d", peer_vm, "-l", "full", "-z", "-o", vnb])
     bb.log(f"virtnbdbackup -z full: {got['virtnbd full'].seconds:.2f} s, {bb.dir_bytes(vnb) / 1e6:.0f} MB")
     writes = bb.clustered_writes(size, random.Random(11 + round_))
-    write_through_qemu(vm, writes, os.path.join(work, f"noise-{round_}"))
-    write_through_qemu(peer_vm, writes, os.path.join(work, f"noise-{round_}"))
-    bb.apply_writes(raw, writes)
+    noise = os.path.join(work, f"noise-{round_}")
+    write_noise(writes, noise)
+    for name in (vm, peer_vm):
+        write_through_qemu(name, writes, noise)
+    apply_same_writes(raw, writes, noise)
     got["vmsafe incr"] = module("vm_backup", {"vm_name": vm, "repository": repo, "passphrase": PASS}, work)
     if got["vmsafe incr"].out["mode"] != "incremental":
         raise SystemExit(f"vm_backup took a {got['vmsafe incr'].out['mode']}: {got['vmsafe incr'].out['reason']}")
