@@ -7,7 +7,7 @@
 #   scripts/lab.sh start     start libvirtd (idempotent; prints the URI)
 #   scripts/lab.sh stop      stop the libvirtd this script started (by its pid file, never by name)
 #   scripts/lab.sh status    say whether libvirtd answers
-#   scripts/lab.sh install-bench   the peers the benchmarks compare against (BENCH_PACKAGES; not needed by tests)
+#   scripts/lab.sh install-bench   the peers the benchmarks compare against (borg, restic, virtnbdbackup + libnbd)
 #
 # Environment: VMSAFE_PYTHON (python used for .venv, default python3), VMSAFE_SKIP_APT=1 (skip apt-get).
 set -euo pipefail
@@ -27,9 +27,9 @@ DEB_PACKAGES=(
   # restore tests: an isolated libvirt network with DHCP (libvirt runs dnsmasq and sets iptables rules)
   dnsmasq-base iptables
 )
-
-# Only benchmarks/ needs these: the peer tools measured in the same run (benchmarks/README.md).
-BENCH_PACKAGES=(borgbackup restic)
+# Only the benchmarks need these: borg and restic (benchmarks/backup_bench.py, vm_backup_bench.py), virtnbdbackup /
+# virtnbdrestore and libnbd's binding for the system Python (benchmarks/vm_vs_virtnbd_bench.py).
+BENCH_PACKAGES=(borgbackup restic virtnbdbackup python3-libnbd)
 
 log() { printf '[lab] %s\n' "$*" >&2; }
 
@@ -43,7 +43,9 @@ need_root() {
 install_debs() {
   if [ "${VMSAFE_SKIP_APT:-0}" = 1 ]; then return; fi
   local missing=()
-  for p in "${@:-${DEB_PACKAGES[@]}}"; do
+  local wanted=("$@")
+  [ "${#wanted[@]}" -gt 0 ] || wanted=("${DEB_PACKAGES[@]}")
+  for p in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ "${#missing[@]}" -eq 0 ]; then log "Debian packages present"; return; fi

@@ -4,7 +4,7 @@
 """vmsafe-recover: list, verify and restore backups without Ansible (docs/disaster-recovery.md).
 
 Needs only the backup engine's Python packages (zstandard, cryptography; paramiko for sftp:// repositories) and,
-for qcow2/vmdk/vhdx output, ``qemu-img``. Run it as a file from any copy of the collection (git checkout or the
+for vmdk/vhdx output, ``qemu-img`` (raw and qcow2 are written by the engine). Run it as a file from any copy of the collection (git checkout or the
 extracted release tarball, whatever the folder is called)::
 
     python3 COLLECTION/plugins/module_utils/_recovery_cli.py --repository /backup/vmsafe list
@@ -64,6 +64,8 @@ import typing as t  # noqa: E402
 import xml.etree.ElementTree as ET  # noqa: E402
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup import errors as backup_errors  # noqa: E402
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup import qcow2  # noqa: E402
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup import restore as restore_unit  # noqa: E402
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.backends import open_backend  # noqa: E402
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import Repository  # noqa: E402
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup_reader import BackupDiskReader  # noqa: E402
@@ -273,12 +275,16 @@ def cmd_break_lock(repo: Repository, args: argparse.Namespace) -> int:
 def restore_image(repo: Repository, record: t.Any, disk: str, path: str, fmt: str, timeout: int) -> None:
     """Restore one disk of ``record`` to ``path`` as ``fmt``; nothing is left under ``path`` on failure.
 
-    Raw is written sparse by the engine; other formats go through a hidden raw file and ``qemu-img convert``,
-    as vm_restore does, so both write the same bytes. Raises RecoverError.
+    Raw and qcow2 are written sparse by the engine (qcow2 laid out by _backup/qcow2.py); vmdk and vhdx go through
+    a hidden raw file and ``qemu-img convert``, as vm_restore does, so both write the same bytes. Raises RecoverError.
     """
     try:
         if fmt == "raw":
             repo.restore(record.id, disk, path, sparse=True)  # the engine writes <path>.vmsafe-partial, then renames
+            return
+        entry = record.disk(disk)
+        if fmt == "qcow2" and entry is not None and qcow2.supported(entry.chunk_size, entry.size):
+            restore_unit.restore(repo, record.id, disk, path, layout=qcow2.Qcow2Layout(entry.size, entry.chunk_size))
             return
         raw = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.vmsafe-raw")
         repo.restore(record.id, disk, raw, sparse=True)
@@ -298,8 +304,8 @@ def restore_image(repo: Repository, record: t.Any, disk: str, path: str, fmt: st
     except subprocess.CalledProcessError as exc:
         raise RecoverError(f"Failed to convert disk {disk} to {fmt}: {exc.stderr.strip()}") from exc
     except FileNotFoundError as exc:
-        raise RecoverError("qemu-img is needed to write qcow2, vmdk or vhdx images: install qemu-utils "
-                           "(or restore with --format raw).") from exc
+        raise RecoverError("qemu-img is needed to write vmdk or vhdx images: install qemu-utils "
+                           "(or restore with --format raw or qcow2).") from exc
     finally:
         for leftover in (raw, partial):
             if os.path.exists(leftover):
@@ -414,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "restore":
             p_cmd.add_argument("--dest", required=True, help="existing directory for the image files")
             p_cmd.add_argument("--format", default="qcow2", choices=sorted(EXTENSIONS),
-                               help="image format (default qcow2; all but raw need qemu-img)")
+                               help="image format (default qcow2; vmdk and vhdx need qemu-img)")
             p_cmd.add_argument("--disk", action="append", help="only this disk (repeatable; default: all)")
             p_cmd.add_argument("--libvirt-xml", metavar="FILE",
                                help="also write the VM's libvirt definition with its disks pointing at the restored "

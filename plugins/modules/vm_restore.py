@@ -182,6 +182,8 @@ import tempfile
 import typing as t
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup import errors as backup_errors
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup import qcow2
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup import restore as restore_unit
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.manifest import path_component
 from ansible_collections.vmsafe.protect.plugins.module_utils._changes import Step
 from ansible_collections.vmsafe.protect.plugins.module_utils._connection import connection_spec
@@ -390,6 +392,14 @@ class RestoreTask(ProviderTask):
                 tmp = final + ".vmsafe-restore"
                 self.repo.restore(self.record.id, entry["disk"], tmp, sparse=True)
                 os.replace(tmp, final)
+                return
+            disk = self.record.disk(entry["disk"])
+            on_device = os.path.exists(final) and stat.S_ISBLK(os.stat(final).st_mode)
+            if entry["format"] == "qcow2" and qcow2.supported(disk.chunk_size, disk.size) and not on_device:
+                # the engine writes the qcow2 image itself: data clusters in disk order, zero chunks left out,
+                # metadata last; written to a partial file and renamed over the final name when complete
+                restore_unit.restore(self.repo, self.record.id, entry["disk"], final,
+                                     layout=qcow2.Qcow2Layout(disk.size, disk.chunk_size))
                 return
             raw = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.vmsafe-raw")
             self.repo.restore(self.record.id, entry["disk"], raw, sparse=True)

@@ -64,6 +64,7 @@ def restore(
     disk_name: str,
     target: str | int,
     sparse: bool = True,
+    layout: t.Any = None,
 ) -> dict[str, t.Any]:
     """Restore one disk to a file path, block device path or open file descriptor.
 
@@ -71,6 +72,9 @@ def restore(
     and verified, so a failed restore never leaves wrong data under the target name.
     With ``sparse`` zero chunks become holes in regular files; block devices always get
     zeros written. Every chunk is authenticated and hash-checked before it is written.
+    ``layout`` (a regular file only) writes another image format directly: the engine asks its
+    ``place(chunk, length)`` for each stored chunk's file offset (in chunk order, from one thread), zero chunks
+    are skipped, and its ``finish(fd)`` writes the format's metadata before the final fsync (see qcow2.py).
     Returns statistics. Raises BackupNotFoundError, DiskNotFoundError, CorruptChunkError.
     """
     record = repo.get(backup_id)
@@ -105,18 +109,26 @@ def restore(
         try:
             mode = os.fstat(fd).st_mode
             is_block = stat_mod.S_ISBLK(mode)
+            if layout is not None and not stat_mod.S_ISREG(mode):
+                raise RestoreTargetError(f"The restore target '{target}' must be a regular file for this format.")
             if stat_mod.S_ISREG(mode):
                 os.ftruncate(fd, 0)
-                os.ftruncate(fd, disk.size)
-            write_zeros = is_block or not sparse
+                if layout is None:
+                    os.ftruncate(fd, disk.size)
+                else:
+                    layout.bind(fd)
+            write_zeros = (is_block or not sparse) and layout is None
             direct_fd = _open_direct(fd, disk.chunk_size)
             try:
-                result = _restore_into(repo, record, disk, index, fd, write_zeros, lock, direct_fd)
+                result = _restore_into(repo, record, disk, index, fd, write_zeros, lock, direct_fd,
+                                       layout.place if layout is not None else None)
                 if direct_fd is not None:
                     os.fsync(direct_fd)
             finally:
                 if direct_fd is not None:
                     os.close(direct_fd)
+            if layout is not None:
+                layout.finish(fd)
             os.fsync(fd)
         except BaseException as exc:
             if close_fd:
@@ -156,6 +168,7 @@ def _restore_into(
     write_zeros: bool,
     lock: Lock,
     direct_fd: int | None = None,
+    place: t.Callable[[int, int], int] | None = None,
 ) -> dict[str, t.Any]:
     csize = disk.chunk_size
     codec = repo.codec
@@ -171,25 +184,25 @@ def _restore_into(
             view = view[count:]
             pos += count
 
-    def work(batch: list[tuple[int, bytes, bytes, int, str]]) -> int:
+    def work(batch: list[tuple[int, int, bytes, bytes, int, str]]) -> int:
         # every chunk of the batch is checked before anything of the batch is written
-        plains: list[tuple[int, bytes]] = []
-        for chunk, cid, raw, length, pack in batch:
+        plains: list[tuple[int, bytes]] = []  # (file offset, plaintext)
+        for chunk, pos, cid, raw, length, pack in batch:
             try:
-                plains.append((chunk, codec.open(BLOB_DATA, cid, raw, length)))
+                plains.append((pos, codec.open(BLOB_DATA, cid, raw, length)))
             except IntegrityError as exc:
                 raise CorruptChunkError(
                     cid.hex(), str(exc), record.id, disk.name, chunk, chunk * csize, pack
                 ) from None
         i = 0
         while i < len(plains):
-            chunk, plain = plains[i]
+            pos, plain = plains[i]
             j = i
             if direct_fd is not None:
-                while j < len(plains) and plains[j][0] == chunk + (j - i) and len(plains[j][1]) == csize:
+                while j < len(plains) and plains[j][0] == pos + (j - i) * csize and len(plains[j][1]) == csize:
                     j += 1
             if j == i:
-                pwrite_all(fd, plain, chunk * csize)
+                pwrite_all(fd, plain, pos)
                 i += 1
                 continue
             # a run of adjacent full chunks: one aligned O_DIRECT write, no page-cache copy
@@ -198,7 +211,7 @@ def _restore_into(
                 buf = local.buf = mmap.mmap(-1, batch_size * csize)
             for k in range(i, j):
                 buf[(k - i) * csize : (k - i + 1) * csize] = plains[k][1]
-            pwrite_all(t.cast(int, direct_fd), memoryview(buf)[: (j - i) * csize], chunk * csize)
+            pwrite_all(t.cast(int, direct_fd), memoryview(buf)[: (j - i) * csize], pos)
             i = j
         return sum(len(p) for _c, p in plains)
 
@@ -207,34 +220,34 @@ def _restore_into(
             length = chunk_length(chunk, disk.size, csize)
             os.pwrite(fd, zero[:length], chunk * csize)
 
-    def read_batch(items: list[tuple[int, bytes, int, t.Any]]) -> list[tuple[int, bytes, bytes, int, str]]:
+    def read_batch(items: list[tuple[int, int, bytes, int, t.Any]]) -> list[tuple[int, int, bytes, bytes, int, str]]:
         """Read the stored blobs of a batch, one read per run of adjacent blobs in a pack."""
-        out: list[tuple[int, bytes, bytes, int, str]] = []
+        out: list[tuple[int, int, bytes, bytes, int, str]] = []
         i = 0
         while i < len(items):
             j = i + 1
-            loc = items[i][3]
+            loc = items[i][4]
             end = loc.offset + loc.length
-            while j < len(items) and items[j][3].pack == loc.pack and items[j][3].offset == end:
-                end += items[j][3].length
+            while j < len(items) and items[j][4].pack == loc.pack and items[j][4].offset == end:
+                end += items[j][4].length
                 j += 1
             try:
                 data = repo.backend.read_range(pack_object_name(loc.pack), loc.offset, end - loc.offset)
             except FileNotFoundError:
-                chunk, cid = items[i][0], items[i][1]
+                chunk, cid = items[i][0], items[i][2]
                 raise CorruptChunkError(
                     cid.hex(), "its pack file is missing", record.id, disk.name, chunk, chunk * csize, loc.pack
                 ) from None
-            for chunk, cid, length, item_loc in items[i:j]:
+            for chunk, pos, cid, length, item_loc in items[i:j]:
                 start = item_loc.offset - loc.offset
-                out.append((chunk, cid, data[start : start + item_loc.length], length, item_loc.pack))
+                out.append((chunk, pos, cid, data[start : start + item_loc.length], length, item_loc.pack))
             i = j
         return out
 
     batch_size = max(1, (1024 * 1024) // csize)
     window = repo.threads * 3
     pending: "collections.deque[concurrent.futures.Future[int]]" = collections.deque()
-    batch: list[tuple[int, bytes, int, t.Any]] = []
+    batch: list[tuple[int, int, bytes, int, t.Any]] = []
     next_chunk = 0
     nchunks = chunk_count(disk.size, csize)
     with concurrent.futures.ThreadPoolExecutor(repo.threads, thread_name_prefix="vmsafe-restore") as pool:
@@ -261,7 +274,7 @@ def _restore_into(
                 if write_zeros:
                     zeros_until(next_chunk, chunk)
                 next_chunk = chunk + 1
-                batch.append((chunk, cid, length, loc))
+                batch.append((chunk, chunk * csize if place is None else place(chunk, length), cid, length, loc))
                 if len(batch) >= batch_size:
                     submit()
             if batch:

@@ -757,6 +757,10 @@ class LibvirtProvider(HypervisorProvider):
         how = "" if active else "; the VM is shut off, so its images are read with qemu-nbd"
         return checkpoint, f"checkpoint {checkpoint} of the last backup is intact{how}"
 
+    def backup_base_guess(self, vm: VmRef) -> dict[str, t.Any] | None:
+        """The last backup's ``last`` record as it most likely is, before the repository is open (see guess_last)."""
+        return libvirt_backup.guess_last(self._domain(vm))
+
     def backup_begin(self, vm: VmRef, since: str | None, quiesce: bool, quiesce_fallback: str) -> t.Any:
         self._qemu_img_cache.clear()
         return libvirt_backup.begin(self._domain(vm), vm, since, quiesce, quiesce_fallback, self.warn, self.kvm)

@@ -341,6 +341,25 @@ def checkpoint_names(dom: t.Any) -> list[str]:
     return [name for _when, name in sorted(dated)]
 
 
+def guess_last(dom: t.Any) -> dict[str, t.Any] | None:
+    """What the repository's last backup of this VM most likely recorded: the newest vmsafe checkpoint and the disks'
+    sizes now (vm_backup's ``last_info``), or None without a vmsafe checkpoint.
+
+    vm_backup starts the export from this guess while the repository key is still being unlocked, and keeps it only
+    when the repository's real record gives the same base.
+    """
+    names = [name for name in checkpoint_names(dom) if name.startswith(CHECKPOINT_PREFIX)]
+    if not names:
+        return None
+    sizes = {}
+    for disk in backup_disks(dom):
+        try:
+            sizes[disk.target] = dom.blockInfo(disk.target)[0]
+        except libvirt.libvirtError:
+            return None
+    return {"checkpoint": names[-1], "disks": sizes}
+
+
 def backup_disks(dom: t.Any, warn: t.Callable[[str], None] | None = None) -> list[BackupDisk]:
     """The disks a backup covers: image files and block devices (LVM, ...), of any format.
 
