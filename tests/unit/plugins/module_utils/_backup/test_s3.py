@@ -397,17 +397,17 @@ def test_backup_only_credential_cannot_delete_backups(seaweedfs: t.Any, tmp_path
 @pytest.mark.parametrize("who", [
     "admin",
     pytest.param("backup", marks=pytest.mark.xfail(strict=True, reason=(
-        "open (issue #17): a backup-only credential cannot take back a manifest written after its lock was lost; "
-        "the fix needs the lock token in the manifest and prune-written broken-lock records, see "
-        "docs/repository-format.md section 11"))),
+        "open (issue #17): a backup-only credential may neither delete the manifest nor write the tombstone that "
+        "voids it (tombstones/ is denied to it, or it could hide other backups); closing it needs prune-written "
+        "broken-lock records, see docs/repository-format.md section 11"))),
 ])
 def test_manifest_written_after_the_lock_was_lost_never_looks_committed(
         seaweedfs: t.Any, tmp_path: t.Any, who: str) -> None:
     """The window the lock timing cannot close: a backup passes its last lock check before the manifest, then
     (stalled for longer than the stale-lock age, or its lock removed with break_lock) a prune runs and collects the
     backup's packs, which no manifest used yet, and then the manifest lands. The backup's check after the manifest
-    fails and it deletes the manifest again: with a credential that can delete, nothing committed-looking
-    remains; a backup-only credential cannot delete it, and a manifest whose packs are gone stays listed."""
+    fails and it voids the manifest: a tombstone first, then a delete. With a credential that may do both, nothing
+    committed-looking remains; a backup-only credential may do neither, and the manifest stays listed."""
     bucket = seaweedfs.new_bucket("lost")
     seaweedfs.client().put_bucket_policy(Bucket=bucket, Policy=deny_delete_policy(bucket, "repo"))
     location = f"s3://{bucket}/repo"
@@ -433,7 +433,11 @@ def test_manifest_written_after_the_lock_was_lost_never_looks_committed(
     for record in records:
         admin.restore(record.id, "vda", str(tmp_path / "r.raw"))
     assert records == [], "a manifest written after the lock was lost is listed as a backup"
-    assert admin.verify().ok
+    assert admin.verify(read_data=True).ok
+    left = [n for n, _s in admin.backend.list("snapshots")]
+    assert left == ([] if who == "admin" else left) and len(left) == (0 if who == "admin" else 1)
+    assert admin.prune({"keep_last": 1}).replayed_removed == [n.split("/", 1)[1] for n in left]
+    assert admin.backend.list("snapshots") == [] and admin.verify(read_data=True).ok
     host.close()
     admin.close()
 
