@@ -301,32 +301,7 @@ class RestoreTask(ProviderTask):
         remote = target != "image" and self.provider.restore_location == "remote"
         self._check_restore_options(target)
         if target == "original":
-            if not p["force"]:
-                raise InvalidArgument("target: original replaces the VM's disks with the backup's: set force: true to "
-                                      "confirm, or restore to a new VM (target: new_vm) or to image files first.")
-            self.vm = self.provider.find_vm(VmSelector(name=p["vm_name"] or self.record.vm_name))
-            if self.vm.state != "shutoff":
-                # checked here too, so check mode says it; the provider checks again right before the switch
-                raise InvalidArgument(
-                    f"Failed to restore over VM '{self.vm.name}' on {self.provider.name} host {self.provider.host}: it "
-                    f"is {self.vm.state}. target: original replaces its disks and needs it shut off: shut it off "
-                    f"(shut down the guest), then run again; or restore to a new VM (target: new_vm).")
-            current = self.provider.vm_disks(self.vm)
-            missing = [n for n in names if n not in current]
-            if missing:
-                raise InvalidArgument(f"VM '{self.vm.name}' has no disk {', '.join(missing)} any more; restore to a new "
-                                      f"VM instead.")
-            if remote:
-                if p["dest"] and not os.path.isdir(p["dest"]):
-                    raise InvalidArgument(f"dest must be an existing directory (for the local images uploaded to the "
-                                          f"host), got {p['dest']!r}.")
-                # the new images on the host; local raw images are written first (in dest, else a scratch folder)
-                self.provider.prepare_restore_in_place(self.vm)
-                paths = self.provider.restore_paths(self.vm, names, secrets.token_hex(4))
-            else:
-                paths = {n: current[n] for n in names}
-                # Each disk keeps its own format (a raw file or a block device stays raw).
-                formats = getattr(self.provider, "vm_disk_formats", lambda _vm: {})(self.vm)
+            paths, formats = self._plan_original(names, remote)
         else:
             if not p["dest"] or not os.path.isdir(p["dest"]):
                 raise InvalidArgument(f"dest must be an existing directory for target: {target}, got {p['dest']!r}.")
@@ -397,6 +372,41 @@ class RestoreTask(ProviderTask):
                                       f"{disk.content_digest[:16]}...). Remove it or choose another dest.")
             done.add(name)
         return done
+
+    def _plan_original(self, names: list[str], remote: bool) -> tuple[dict[str, str], dict[str, str]]:
+        """Checks for target: original; return (disk -> where it is written, disk -> format to keep).
+
+        Raises InvalidArgument without force, for a VM that is not shut off, or that lacks a disk of the backup.
+        """
+        p = self.params
+        formats: dict[str, str] = {}
+        if not p["force"]:
+            raise InvalidArgument("target: original replaces the VM's disks with the backup's: set force: true to "
+                                  "confirm, or restore to a new VM (target: new_vm) or to image files first.")
+        self.vm = self.provider.find_vm(VmSelector(name=p["vm_name"] or self.record.vm_name))
+        if self.vm.state != "shutoff":
+            # checked here too, so check mode says it; the provider checks again right before the switch
+            raise InvalidArgument(
+                f"Failed to restore over VM '{self.vm.name}' on {self.provider.name} host {self.provider.host}: it "
+                f"is {self.vm.state}. target: original replaces its disks and needs it shut off: shut it off "
+                f"(shut down the guest), then run again; or restore to a new VM (target: new_vm).")
+        current = self.provider.vm_disks(self.vm)
+        missing = [n for n in names if n not in current]
+        if missing:
+            raise InvalidArgument(f"VM '{self.vm.name}' has no disk {', '.join(missing)} any more; restore to a new "
+                                  f"VM instead.")
+        if remote:
+            if p["dest"] and not os.path.isdir(p["dest"]):
+                raise InvalidArgument(f"dest must be an existing directory (for the local images uploaded to the "
+                                      f"host), got {p['dest']!r}.")
+            # the new images on the host; local raw images are written first (in dest, else a scratch folder)
+            self.provider.prepare_restore_in_place(self.vm)
+            paths = self.provider.restore_paths(self.vm, names, secrets.token_hex(4))
+        else:
+            paths = {n: current[n] for n in names}
+            # Each disk keeps its own format (a raw file or a block device stays raw).
+            formats = getattr(self.provider, "vm_disk_formats", lambda _vm: {})(self.vm)
+        return paths, formats
 
     def _check_restore_options(self, target: str) -> None:
         """Refuse options the provider cannot honour (keep_mac_addresses) before anything is done."""
