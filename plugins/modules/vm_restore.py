@@ -19,7 +19,7 @@ description:
     unencrypted repository, whose definitions are not authenticated), with a new name, UUID and MAC addresses
     (the backed-up ones with O(keep_mac_addresses)), optionally started. The new VM gets the backed-up VM's CPU and
     memory, firmware, disk controllers and network cards (see the notes per hypervisor). A VM named O(new_vm_name)
-    that was not made by an earlier run from this backup is never touched: the task fails.
+    that was not made by an earlier run from this backup is never touched; the task fails.
   - V(original) replaces the disks of the original VM, which must be shut off (a running VM is refused, also in check
     mode); it needs O(force=true). The VM keeps its own MAC addresses and settings. On VMware and Hyper-V each disk
     is first written to a new file on the host, and only when all are complete are the VM's disks switched to them;
