@@ -15,10 +15,16 @@ description:
   - V(image) writes sparse image files (V(raw), V(qcow2), V(vmdk) or V(vhdx)) into O(dest). It needs no hypervisor
     library (libvirt-python, pyVmomi, pywinrm), only C(qemu-img) and C(qemu-nbd) for formats other than V(raw)
     and for checking files made by an earlier run.
-  - V(new_vm) writes qcow2 disks into O(dest) and defines a new VM from the stored definition (refused for an
-    unencrypted repository, whose definitions are not authenticated), with a new name,
-    UUID and MAC addresses, optionally started.
-  - V(original) replaces the disks of the original VM, which must be shut off; it needs O(force=true).
+  - V(new_vm) writes the disks into O(dest) and defines a new VM from the stored definition (refused for an
+    unencrypted repository, whose definitions are not authenticated), with a new name, UUID and MAC addresses
+    (the backed-up ones with O(keep_mac_addresses)), optionally started. The new VM gets the backed-up VM's CPU and
+    memory, firmware, disk controllers and network cards (see the notes per hypervisor). A VM named O(new_vm_name)
+    that was not made by an earlier run from this backup is never touched; the task fails.
+  - V(original) replaces the disks of the original VM, which must be shut off (a running VM is refused, also in check
+    mode); it needs O(force=true). The VM keeps its own MAC addresses and settings. On VMware and Hyper-V each disk
+    is first written to a new file on the host, and only when all are complete are the VM's disks switched to them;
+    a failure before that leaves the VM as it was and removes the new files, and the old disk files are deleted
+    after the switch.
   - Never overwrites a file it was not told to; a failed restore leaves no partial file under a final name.
 author: vmsafe.protect contributors (@vmsafe-protect)
 extends_documentation_fragment:
@@ -59,6 +65,8 @@ options:
   dest:
     description:
       - Directory for the restored image files (O(target=image) and O(target=new_vm)). It must exist.
+      - With O(target=original) on VMware and Hyper-V, where the local raw images are written before they are uploaded
+        (and deleted afterwards); a temporary directory when unset.
     type: path
   format:
     description:
@@ -81,6 +89,15 @@ options:
       - Start the new VM after defining it (O(target=new_vm)).
     type: bool
     default: false
+  keep_mac_addresses:
+    description:
+      - Give the new VM's network cards the backed-up VM's MAC addresses (O(target=new_vm)). By default they get new
+        ones, so the copy can run next to the original. Use it when the original is gone and the guest's network
+        configuration or licences depend on the MACs. O(target=original) always keeps the VM's own.
+      - Supported on libvirt, VMware and Hyper-V.
+    type: bool
+    default: false
+    version_added: 0.1.0
   force:
     description:
       - Required for O(target=original), which replaces the VM's disks with the backup's.
@@ -94,8 +111,22 @@ options:
 notes:
   - Restoring over the original VM drops its backup checkpoints, so its next backup is a full one (libvirt only).
   - On VMware, O(target=new_vm) uploads each restored disk through the datastore HTTP interface next to the new VM's
-    files and creates the VM from the stored definition (new UUID and MACs). Hyper-V restores to images only
-    (O(format=vhdx) gives a VHDX to attach).
+    files and creates the VM from the stored definition (new UUID and MACs) with its firmware (BIOS or EFI, secure
+    boot), hardware version, cores per socket, disk controllers (type, bus, sharing), each disk at its controller
+    and unit, and its network cards (type, network or distributed port group, connect at power on, wake on LAN). A
+    network the datacenter lacks stops the task before anything is uploaded. O(target=original) uploads new disk
+    files next to the VM's, switches the VM to them in one reconfiguration, deletes the old files and turns Changed
+    Block Tracking off (the next vm_backup is a full one). Verified against vcsim only (see docs/vmware.md).
+  - On Hyper-V, each restored disk becomes a new dynamic VHDX on the host, its data sent over WinRM (only the non-zero
+    ranges). O(target=new_vm) puts them in the host's default virtual hard disk folder and creates the VM with the
+    backed-up generation, memory, processors, secure boot setting and template, each drive at its controller and
+    location, and the network adapters on their virtual switches. O(target=original) switches each drive to its new
+    VHDX (putting back the ones switched when one fails), destroys the VM's backup reference points (the next
+    vm_backup is a full one) and deletes the old VHDX files. Verified against the project's simulator only (see
+    docs/hyperv.md).
+  - Backups made before the firmware, controllers and network cards were recorded restore to a new VM with defaults
+    there (no network card, BIOS or the host's default firmware, one SCSI controller) and a warning naming what was
+    left out.
   - On VirtualBox, O(target=new_vm) writes VMDK files into O(dest) (uploaded over SFTP next to the new VM on a remote
     host) and creates the VM with C(VBoxManage createvm), C(storagectl) and C(storageattach). O(target=original) is not
     supported there. Verified against the project's fake VBoxManage only (see docs/virtualbox.md).
@@ -118,6 +149,32 @@ EXAMPLES = r"""
     dest: /var/lib/libvirt/images
     start: true
 
+- name: Rebuild a lost VMware VM from its newest backup, with its own MAC addresses
+  vmsafe.protect.vm_restore:
+    hypervisor: vmware
+    hostname: vcenter.example.com
+    username: svc-vmsafe@vsphere.local
+    password: "{{ vcenter_password }}"
+    repository: /backup/vmsafe
+    passphrase: "{{ vmsafe_passphrase }}"
+    vm_name: web01
+    target: new_vm
+    new_vm_name: web01
+    keep_mac_addresses: true
+    dest: /srv/restore-staging
+
+- name: Put a shut-off Hyper-V VM back to last night's backup
+  vmsafe.protect.vm_restore:
+    hypervisor: hyperv
+    hostname: hv01.example.com
+    username: EXAMPLE\svc-vmsafe
+    password: "{{ hv_password }}"
+    repository: /backup/vmsafe
+    passphrase: "{{ vmsafe_passphrase }}"
+    vm_name: sql01
+    target: original
+    force: true
+
 - name: Export one disk of a given backup as a VHDX file
   vmsafe.protect.vm_restore:
     repository: /backup/vmsafe
@@ -139,6 +196,8 @@ files:
   description:
     - Per disk, the file written (or that would be), its format, size and the content digest it was checked against.
     - C(restored) is V(false) for a file an earlier run made that still holds exactly this disk (left as it is).
+    - With O(target=original) on VMware and Hyper-V, C(path) is the disk's new file on the host (C([datastore] dir/file.vmdk)
+      or the VHDX path); in check mode it names a file of the same form (each run picks a new name).
   returned: success
   type: list
   elements: dict
@@ -150,7 +209,9 @@ files:
       digest: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
       restored: true
 vm:
-  description: The VM defined (O(target=new_vm)) or restored over (O(target=original)).
+  description:
+    - The VM defined (O(target=new_vm)) or restored over (O(target=original)).
+    - In check mode with O(target=new_vm), the VM that would be defined, with an empty C(id).
   returned: when O(target) is not V(image)
   type: dict
   sample: {"id": "6c7f1e0a-0d55-4b8e-9d2f-3a4c5b6d7e8f", "name": "web01-restored", "state": "running", "host": "qemu:///system"}
@@ -242,32 +303,7 @@ class RestoreTask(ProviderTask):
         remote = target != "image" and self.provider.restore_location == "remote"
         self._check_restore_options(target)
         if target == "original":
-            if not p["force"]:
-                raise InvalidArgument("target: original replaces the VM's disks with the backup's: set force: true to "
-                                      "confirm, or restore to a new VM (target: new_vm) or to image files first.")
-            self.vm = self.provider.find_vm(VmSelector(name=p["vm_name"] or self.record.vm_name))
-            if self.vm.state != "shutoff":
-                # checked here too, so check mode says it; the provider checks again right before the switch
-                raise InvalidArgument(
-                    f"Failed to restore over VM '{self.vm.name}' on {self.provider.name} host {self.provider.host}: it "
-                    f"is {self.vm.state}. target: original replaces its disks and needs it shut off: shut it off "
-                    f"(shut down the guest), then run again; or restore to a new VM (target: new_vm).")
-            current = self.provider.vm_disks(self.vm)
-            missing = [n for n in names if n not in current]
-            if missing:
-                raise InvalidArgument(f"VM '{self.vm.name}' has no disk {', '.join(missing)} any more; restore to a new "
-                                      f"VM instead.")
-            if remote:
-                if p["dest"] and not os.path.isdir(p["dest"]):
-                    raise InvalidArgument(f"dest must be an existing directory (for the local images uploaded to the "
-                                          f"host), got {p['dest']!r}.")
-                # the new images on the host; local raw images are written first (in dest, else a scratch folder)
-                self.provider.prepare_restore_in_place(self.vm)
-                paths = self.provider.restore_paths(self.vm, names, secrets.token_hex(4))
-            else:
-                paths = {n: current[n] for n in names}
-                # Each disk keeps its own format (a raw file or a block device stays raw).
-                formats = getattr(self.provider, "vm_disk_formats", lambda _vm: {})(self.vm)
+            paths, formats = self._plan_original(names, remote)
         else:
             if not p["dest"] or not os.path.isdir(p["dest"]):
                 raise InvalidArgument(f"dest must be an existing directory for target: {target}, got {p['dest']!r}.")
@@ -338,6 +374,41 @@ class RestoreTask(ProviderTask):
                                       f"{disk.content_digest[:16]}...). Remove it or choose another dest.")
             done.add(name)
         return done
+
+    def _plan_original(self, names: list[str], remote: bool) -> tuple[dict[str, str], dict[str, str]]:
+        """Checks for target: original; return (disk -> where it is written, disk -> format to keep).
+
+        Raises InvalidArgument without force, for a VM that is not shut off, or that lacks a disk of the backup.
+        """
+        p = self.params
+        formats: dict[str, str] = {}
+        if not p["force"]:
+            raise InvalidArgument("target: original replaces the VM's disks with the backup's: set force: true to "
+                                  "confirm, or restore to a new VM (target: new_vm) or to image files first.")
+        self.vm = self.provider.find_vm(VmSelector(name=p["vm_name"] or self.record.vm_name))
+        if self.vm.state != "shutoff":
+            # checked here too, so check mode says it; the provider checks again right before the switch
+            raise InvalidArgument(
+                f"Failed to restore over VM '{self.vm.name}' on {self.provider.name} host {self.provider.host}: it "
+                f"is {self.vm.state}. target: original replaces its disks and needs it shut off: shut it off "
+                f"(shut down the guest), then run again; or restore to a new VM (target: new_vm).")
+        current = self.provider.vm_disks(self.vm)
+        missing = [n for n in names if n not in current]
+        if missing:
+            raise InvalidArgument(f"VM '{self.vm.name}' has no disk {', '.join(missing)} any more; restore to a new "
+                                  f"VM instead.")
+        if remote:
+            if p["dest"] and not os.path.isdir(p["dest"]):
+                raise InvalidArgument(f"dest must be an existing directory (for the local images uploaded to the "
+                                      f"host), got {p['dest']!r}.")
+            # the new images on the host; local raw images are written first (in dest, else a scratch folder)
+            self.provider.prepare_restore_in_place(self.vm)
+            paths = self.provider.restore_paths(self.vm, names, secrets.token_hex(4))
+        else:
+            paths = {n: current[n] for n in names}
+            # Each disk keeps its own format (a raw file or a block device stays raw).
+            formats = getattr(self.provider, "vm_disk_formats", lambda _vm: {})(self.vm)
+        return paths, formats
 
     def _check_restore_options(self, target: str) -> None:
         """Refuse options the provider cannot honour (keep_mac_addresses) before anything is done."""

@@ -245,8 +245,8 @@ def test_describe_records_controllers_nics_and_firmware_from_a_config():
     config = vim.vm.ConfigInfo(firmware="efi", version="vmx-19",
                                bootOptions=vim.vm.BootOptions(efiSecureBootEnabled=True),
                                hardware=vim.vm.VirtualHardware(numCoresPerSocket=2, device=[
-                                   vim.vm.device.VirtualLsiLogicSASController(key=1000, busNumber=1,
-                                                                               sharedBus="noSharing"),
+                                   vim.vm.device.VirtualLsiLogicSASController(
+                                       key=1000, busNumber=1, sharedBus="noSharing"),
                                    vim.vm.device.VirtualAHCIController(key=15000, busNumber=0),
                                    vim.vm.device.VirtualDisk(
                                        key=2001, controllerKey=1000, unitNumber=3, capacityInBytes=MiB,

@@ -170,8 +170,14 @@ def define(p: HypervProvider, definition: str, name: str, disk_files: dict[str, 
             p.warn(f"Disk {target} of the backed-up VM was not restored (not in disks), so the new VM '{name}' does "
                    f"not have it.")
             continue
+        keys = ("controller_type", "controller_number", "controller_location")
+        in_order = spec.get("drives") or []
         if target in places:
-            place = {k: places[target][k] for k in ("controller_type", "controller_number", "controller_location")}
+            place = {k: places[target][k] for k in keys}
+        elif recorded and len(in_order) == len(spec.get("disks") or []):
+            # the frozen disks and the drives are listed in the same order, but a host may name the frozen disks
+            # differently (docs/hyperv.md, the open question): the n-th disk goes where the n-th drive was
+            place = {k: in_order[index][k] for k in keys}
         elif recorded:
             place = drive(target)
         else:

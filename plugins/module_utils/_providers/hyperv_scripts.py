@@ -417,7 +417,10 @@ RESTORE_NEW_VM = """    if (Get-VM | Where-Object { [string]$_.Name -eq [string]
                 Get-VMScsiController -VM $vm | ForEach-Object { $controllers++ }
                 while ($controllers -le [int]$drive.controller_number) { Add-VMScsiController -VM $vm; $controllers++ }
             }
-            Add-VMHardDiskDrive -VM $vm -ControllerType $drive.controller_type -ControllerNumber ([int]$drive.controller_number) -ControllerLocation ([int]$drive.controller_location) -Path ([string]$drive.path)
+            $kind = [string]$drive.controller_type
+            $number = [int]$drive.controller_number
+            $location = [int]$drive.controller_location
+            Add-VMHardDiskDrive -VM $vm -ControllerType $kind -ControllerNumber $number -ControllerLocation $location -Path ([string]$drive.path)
         }
         if ($payload.start) { Start-VM -VM $vm }
     } catch {
@@ -443,14 +446,17 @@ RESTORE_SWITCH = BACKUP_HELPERS + """    if ([string]$vm.State -ne 'Off') {
     $done = @()
     try {
         foreach ($drive in $payload.drives) {
-            $hdd = Get-VMHardDiskDrive -VM $vm -ControllerType $drive.controller_type -ControllerNumber ([int]$drive.controller_number) -ControllerLocation ([int]$drive.controller_location)
+            $kind = [string]$drive.controller_type
+            $number = [int]$drive.controller_number
+            $location = [int]$drive.controller_location
+            $hdd = Get-VMHardDiskDrive -VM $vm -ControllerType $kind -ControllerNumber $number -ControllerLocation $location
             $old = [string]$hdd.Path
             Set-VMHardDiskDrive -VMHardDiskDrive $hdd -Path ([string]$drive.path)
-            $done += @{ drive = $drive; old = $old }
+            $done += @{ kind = $kind; number = $number; location = $location; path = [string]$drive.path; old = $old }
         }
     } catch {
         foreach ($item in $done) {
-            $back = Get-VMHardDiskDrive -VM $vm -ControllerType $item.drive.controller_type -ControllerNumber ([int]$item.drive.controller_number) -ControllerLocation ([int]$item.drive.controller_location)
+            $back = Get-VMHardDiskDrive -VM $vm -ControllerType $item.kind -ControllerNumber $item.number -ControllerLocation $item.location
             Set-VMHardDiskDrive -VMHardDiskDrive $back -Path ([string]$item.old)
         }
         throw
@@ -462,7 +468,7 @@ RESTORE_SWITCH = BACKUP_HELPERS + """    if ([string]$vm.State -ne 'Off') {
     foreach ($item in $done) {
         [IO.File]::Delete([string]$item.old)
     }
-    Write-VmsafeResult @{ switched = @($done | ForEach-Object { [string]$_.drive.path }); state = [string](Get-VmsafeVm).State }
+    Write-VmsafeResult @{ switched = @($done | ForEach-Object { [string]$_.path }); state = [string](Get-VmsafeVm).State }
 """
 
 # Scripts that read stdin (the provider sends it through WS-Man Send).

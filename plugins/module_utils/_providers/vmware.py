@@ -15,7 +15,6 @@ import datetime
 import difflib
 import http.client
 import json
-import os
 import ssl
 import time
 import traceback

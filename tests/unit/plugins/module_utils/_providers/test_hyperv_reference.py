@@ -146,9 +146,9 @@ def test_reads_beyond_the_reference_are_the_pinned_ones():
         untraced |= checker.untraced
     assert {(obj, prop) for obj, prop, evidence in reads if evidence == "none"} == UNDOCUMENTED_READS
     # what cannot be traced is data the script makes itself or .NET objects, never a cmdlet's output
-    made_here = {"$_.id", "$buffer.Length", "$m.Value", "$new.Count", "$bytes.Length"}
+    made_here = {"$_.id", "$buffer.Length", "$m.Value", "$new.Count", "$bytes.Length", "$_.path"}
     # elements of the payload's lists (restore_new_vm, restore_switch) and the restore_switch's own hashtables
-    payload_items = ("$nic.", "$drive.", "$item.", "$_.drive", "@($payload.")
+    payload_items = ("$nic.", "$drive.", "$item.", "@($payload.")
     assert all(u.startswith(("$payload.", "$_.Exception", "[") + payload_items) or u in made_here
                for u in untraced), untraced
 
