@@ -14,8 +14,8 @@ description:
     from the backup; its data moves to local storage later, while it runs.
   - O(state=running) serves the backup's disks read-only over NBD from the repository, with the collection's own NBD
     server run as a detached process that outlives the module. Each disk gets a local qcow2 overlay in O(dest) that
-    takes the guest's writes. The module then starts the VM on the overlays: a new VM named O(name), or the
-    shut-off original with O(target=original). It returns as soon as the VM runs.
+    takes the guest's writes. The module then starts the VM on the overlays (a new VM named O(name), or the
+    shut-off original with O(target=original)) and returns as soon as the VM runs.
   - O(state=migrated) copies each disk's whole content (the backup plus the overlay) to a standalone local qcow2 image
     in O(dest) while the VM runs (libvirt block copy, then a pivot), one disk after another, each within O(timeout).
     It then stops the NBD server and removes the overlays and the recovery's state.
@@ -119,7 +119,7 @@ notes:
     gets I/O errors reading blocks it had not read before. RV(server.lock) shows it. Migrate promptly.
   - A reboot of the host stops the NBD server; O(state=running) again starts it (and the VM) as before, from the
     recorded state. A VM that kept running while its server died (killed) has lost its disks' backing store and
-    gets I/O errors: O(state=running) starts the server again, but QEMU does not reconnect, so restart that VM too.
+    gets I/O errors; O(state=running) starts the server again, but QEMU does not reconnect, so restart that VM too.
 seealso:
   - module: vmsafe.protect.vm_restore
   - module: vmsafe.protect.vm_backup
