@@ -145,10 +145,10 @@ def spawn(folder: str, code: str, config: dict[str, t.Any], timeout: float, pyth
         proc = subprocess.Popen(  # pylint: disable=consider-using-with
             [python or sys.executable, "-s", "-m", MODULE], stdin=subprocess.PIPE, stdout=log, stderr=log,
             cwd=folder, env=env, start_new_session=True, close_fds=True)
-    assert proc.stdin is not None
     try:
-        proc.stdin.write(json.dumps(config).encode("utf-8"))
-        proc.stdin.close()
+        if proc.stdin is not None:
+            proc.stdin.write(json.dumps(config).encode("utf-8"))
+            proc.stdin.close()
     except BrokenPipeError:
         pass
     deadline = time.monotonic() + timeout
@@ -169,9 +169,8 @@ def stop(pid: int | None, start: int | None, timeout: float = 30.0) -> bool:
     """Stop the server (SIGTERM, then SIGKILL after ``timeout``); return whether one was running."""
     if not alive(pid, start):
         return False
-    assert pid is not None
     try:
-        os.kill(int(pid), signal.SIGTERM)
+        os.kill(int(t.cast(int, pid)), signal.SIGTERM)
     except ProcessLookupError:
         return True
     deadline = time.monotonic() + timeout
@@ -281,4 +280,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

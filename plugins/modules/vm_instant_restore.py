@@ -14,8 +14,8 @@ description:
     from the backup; its data moves to local storage later, while it runs.
   - O(state=running) serves the backup's disks read-only over NBD from the repository, with the collection's own NBD
     server run as a detached process that outlives the module. Each disk gets a local qcow2 overlay in O(dest) that
-    takes the guest's writes. The module then starts the VM on the overlays: a new VM named O(name), or the
-    shut-off original with O(target=original). It returns as soon as the VM runs.
+    takes the guest's writes. The module then starts the VM on the overlays (a new VM named O(name), or the
+    shut-off original with O(target=original)) and returns as soon as the VM runs.
   - O(state=migrated) copies each disk's whole content (the backup plus the overlay) to a standalone local qcow2 image
     in O(dest) while the VM runs (libvirt block copy, then a pivot), one disk after another, each within O(timeout).
     It then stops the NBD server and removes the overlays and the recovery's state.
@@ -116,10 +116,10 @@ notes:
   - If the NBD server's repository lock goes stale (the repository - an sftp:// or s3:// one - could not be reached
     for 15 minutes to refresh it, or someone removed it with break_lock), the server records C(lock=lost) and takes a
     new lock as soon as it can; a prune that ran in between may have deleted data of the backup, and the guest then
-    gets I/O errors reading blocks it had not read before. RV(server.lock) shows it. Migrate promptly.
+    gets I/O errors reading blocks it had not read before. The C(lock) of RV(server) shows it. Migrate promptly.
   - A reboot of the host stops the NBD server; O(state=running) again starts it (and the VM) as before, from the
     recorded state. A VM that kept running while its server died (killed) has lost its disks' backing store and
-    gets I/O errors: O(state=running) starts the server again, but QEMU does not reconnect, so restart that VM too.
+    gets I/O errors; O(state=running) starts the server again, but QEMU does not reconnect, so restart that VM too.
 seealso:
   - module: vmsafe.protect.vm_restore
   - module: vmsafe.protect.vm_backup
@@ -388,7 +388,6 @@ class InstantRestoreTask(ProviderTask):
 
     def _resume(self, changes: ChangeSet) -> None:
         """Plan the steps an earlier run of this recovery did not reach (overlays, the VM)."""
-        assert self.state is not None
         p = self.params
         self.params = dict(p, backup_id=self.state["backup_id"])
         try:
@@ -425,7 +424,6 @@ class InstantRestoreTask(ProviderTask):
 
     def _start_server(self) -> None:
         p = self.params
-        assert self.state is not None
         code = os.path.join(self.folder, "code")
         if os.path.isdir(code):
             shutil.rmtree(code)
@@ -451,7 +449,6 @@ class InstantRestoreTask(ProviderTask):
         os.chmod(disk["overlay"], 0o600)
 
     def _start_vm(self) -> None:
-        assert self.state is not None
         overlays = {d["disk"]: d["overlay"] for d in self.state["disks"]}
         if self.state["target"] == "original":
             self.state["original_definition"] = self.helper.original_definition(self.vm)
@@ -499,7 +496,6 @@ class InstantRestoreTask(ProviderTask):
 
     def _plan_release(self, changes: ChangeSet) -> None:
         """Stop the server (when it runs), then remove the overlays and the state folder."""
-        assert self.state is not None
         status = self._status()
         if server.alive(status.get("pid"), status.get("start")):
             changes.step(f"stop the NBD server (pid {status['pid']}) and release its repository lock",
@@ -507,7 +503,6 @@ class InstantRestoreTask(ProviderTask):
         changes.step(f"remove the overlays and {self.folder}", self._remove_files)
 
     def _remove_files(self) -> None:
-        assert self.state is not None
         for disk in self.state["disks"]:
             for path in (disk["overlay"], disk["socket"], disk["path"] + ".vmsafe-partial"):
                 if os.path.exists(path):
@@ -521,10 +516,11 @@ class InstantRestoreTask(ProviderTask):
             return
         if self._on_overlays():
             if not p["remove_vm"]:
+                then = (" and give the original its definition back" if self.state["target"] == "original"
+                        else " and undefine it")
                 raise InvalidArgument(
                     f"VM '{p['name']}' still runs from the backup (its disks are the recovery's overlays): set "
-                    f"remove_vm: true to destroy it{' and give the original its definition back' if self.state['target'] == 'original' else ' and undefine it'}, "
-                    f"or keep it with state: migrated.")
+                    f"remove_vm: true to destroy it{then}, or keep it with state: migrated.")
             original = self.state.get("original_definition") if self.state["target"] == "original" else None
             what = "give it back its definition from before the recovery" if original else "undefine it"
             changes.step(f"destroy VM '{p['name']}' and {what}", lambda: self.helper.remove(self.vm, original))

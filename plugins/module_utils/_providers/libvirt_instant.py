@@ -11,7 +11,6 @@ undefines an instant VM, or gives the original back its definition from before t
 
 from __future__ import annotations
 
-import os
 import time
 import typing as t
 import xml.etree.ElementTree as ET
