@@ -44,6 +44,16 @@ options:
       - zstd level for a repository this task creates (0 turns compression off).
     type: int
     default: 2
+  kdf_memory:
+    description:
+      - Memory cost in MiB of the key derivation (Argon2id, t=3, p=4) that protects the repository key with the
+        passphrase. Every job that opens the repository pays it once, in time and in peak memory.
+      - Used when this task creates the repository or changes its passphrase. Given for an existing repository whose
+        key file uses another memory cost, the key is re-wrapped under the same passphrase with this one.
+      - When not set, a new repository gets the default of 32 MiB (see docs/repository-format.md for the measurement
+        behind it), and an existing key file is left as it is. RFC 9106's second recommended option is 64.
+    type: int
+    version_added: 0.1.0
   new_passphrase:
     description:
       - The passphrase the repository key is to be wrapped with from now on. O(passphrase) must be the current one.
@@ -63,6 +73,12 @@ EXAMPLES = r"""
     repository_key_file: /etc/vmsafe/id_ed25519
     passphrase: "{{ vmsafe_passphrase }}"
 
+- name: A repository whose key derivation costs 256 MiB (RFC 9106 spends more where memory allows)
+  vmsafe.protect.backup_repository:
+    repository: /backup/vmsafe
+    passphrase: "{{ vmsafe_passphrase }}"
+    kdf_memory: 256
+
 - name: Rotate the repository passphrase
   vmsafe.protect.backup_repository:
     repository: /backup/vmsafe
@@ -81,6 +97,11 @@ passphrase_changed:
   returned: always
   type: bool
   sample: true
+kdf_changed:
+  description: Whether the key was re-wrapped for O(kdf_memory) (would be, in check mode).
+  returned: always
+  type: bool
+  sample: false
 info:
   description: The repository's parameters (none of them secret).
   returned: success, except in check mode when the repository does not exist yet
@@ -104,8 +125,12 @@ info:
     config_authenticated:
       description: Whether the config carries a MAC (encrypted) or a checksum (unencrypted).
       type: bool
+    kdf:
+      description: The key file's key derivation and its parameters (the salt left out); empty when unencrypted.
+      type: dict
   sample: {"id": "3f9a1c2e0b7d4e5f8a9b0c1d2e3f4a5b", "encryption": "aes-256-gcm", "chunk_size": 65536,
-           "compression_level": 2, "key_file_version": 2, "config_authenticated": true}
+           "compression_level": 2, "key_file_version": 2, "config_authenticated": true,
+           "kdf": {"name": "argon2id", "iterations": 3, "lanes": 4, "memory_kib": 32768}}
 elapsed:
   description: Seconds the task took.
   returned: always
@@ -120,26 +145,44 @@ import typing as t
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._argspec import mask_url_passwords
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup import errors as backup_errors
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.crypto import kdf_for_memory
 from ansible_collections.vmsafe.protect.plugins.module_utils._errors import VmsafeError
 from ansible_collections.vmsafe.protect.plugins.module_utils._repository import open_repository, repository_spec, wrap
 
 
+def key_file(repo: t.Any) -> dict[str, t.Any]:
+    if repo.encryption == "none":
+        return {}
+    try:
+        doc = json.loads(repo.backend.read("keys/repokey"))
+    except (ValueError, FileNotFoundError, backup_errors.BackupError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 def info(repo: t.Any) -> dict[str, t.Any]:
-    version = 0
-    if repo.encryption != "none":
-        try:
-            version = int(json.loads(repo.backend.read("keys/repokey")).get("version", 0))
-        except (ValueError, FileNotFoundError, backup_errors.BackupError):
-            version = 0
+    doc = key_file(repo)
+    kdf = doc.get("kdf") if isinstance(doc.get("kdf"), dict) else {}
     return {"id": repo.config["id"], "encryption": repo.encryption, "chunk_size": repo.chunk_size,
-            "compression_level": repo.compression_level, "key_file_version": version,
-            "config_authenticated": "mac" in repo.config or "checksum" in repo.config}
+            "compression_level": repo.compression_level, "key_file_version": int(doc.get("version", 0) or 0),
+            "config_authenticated": "mac" in repo.config or "checksum" in repo.config,
+            "kdf": {k: v for k, v in kdf.items() if k != "salt"}}
+
+
+def wanted_kdf(p: dict[str, t.Any]) -> dict[str, t.Any] | None:
+    if p["kdf_memory"] is None:
+        return None
+    try:
+        return kdf_for_memory(p["kdf_memory"])
+    except backup_errors.BackupError as exc:
+        raise VmsafeError(f"{exc} Set kdf_memory to a number of MiB in that range, or leave it out.") from exc
 
 
 def work(module: t.Any) -> dict[str, t.Any]:
     p = module.params
-    result: dict[str, t.Any] = {"changed": False, "created": False, "passphrase_changed": False}
+    result: dict[str, t.Any] = {"changed": False, "created": False, "passphrase_changed": False, "kdf_changed": False}
     new = p["new_passphrase"]
+    kdf = wanted_kdf(p)
     try:
         repo = open_repository(p)
     except VmsafeError as exc:
@@ -155,16 +198,22 @@ def work(module: t.Any) -> dict[str, t.Any]:
         if module.check_mode:
             result["passphrase_changed"] = bool(new)
             return result
-        repo = open_repository(p, create={"encryption": p["encryption"], "compression_level": p["compression_level"]})
+        create: dict[str, t.Any] = {"encryption": p["encryption"], "compression_level": p["compression_level"]}
+        if kdf is not None and p["encryption"] != "none":
+            create["kdf"] = kdf
+        repo = open_repository(p, create=create)
     try:
         if not result["created"] and repo.encryption != p["encryption"]:
             module.warn(f"The repository is {repo.encryption}, not {p['encryption']}: encryption is chosen at creation "
                         "and cannot change.")
-        if new and new != p["passphrase"]:
-            result.update(changed=True, passphrase_changed=True)
+        current = info(repo)["kdf"]
+        rewrap = (kdf is not None and not result["created"] and repo.encryption != "none"
+                  and any(current.get(k) != v for k, v in kdf.items()))
+        if (new and new != p["passphrase"]) or rewrap:
+            result.update(changed=True, passphrase_changed=bool(new and new != p["passphrase"]), kdf_changed=rewrap)
             if not module.check_mode:
                 try:
-                    repo.change_passphrase(new)
+                    repo.change_passphrase(new or p["passphrase"], kdf)
                 except backup_errors.BackupError as exc:
                     raise wrap(exc, p["repository"]) from exc
         result["info"] = info(repo)
@@ -178,6 +227,7 @@ def main() -> None:
         encryption={"type": "str", "default": "aes-256-gcm", "choices": ["aes-256-gcm", "none"]},
         compression_level={"type": "int", "default": 2},
         new_passphrase={"type": "str", "no_log": True},
+        kdf_memory={"type": "int"},
     )
     module = spec.create_ansible_module(supports_check_mode=True)
     mask_url_passwords(module)

@@ -179,3 +179,28 @@ def test_backup_repository_creates_once_and_changes_the_passphrase_idempotently(
     out = tmp_path / "out.raw"
     repo.restore(record.id, "vda", str(out))
     assert out.read_bytes() == data
+
+
+def test_backup_repository_kdf_memory_at_creation_and_rewrapped_later(tmp_path: t.Any) -> None:
+    location = str(tmp_path / "repo")
+    args = {"repository": location, "passphrase": PASSPHRASE}
+    created = run_ansible("backup_repository", args)
+    assert created["info"]["kdf"] == {"name": "argon2id", "iterations": 3, "lanes": 4, "memory_kib": 32 * 1024}
+    data = os.urandom(20000)
+    record = Repository.open(LocalBackend(location), PASSPHRASE).backup("vm", [DiskSource("vda", 20000, [(0, 20000, data)])])
+    raised = dict(args, kdf_memory=40)
+    planned = run_ansible("backup_repository", raised, check=True)
+    assert planned["changed"] and planned["kdf_changed"] and not planned["passphrase_changed"]
+    assert json.loads(open(os.path.join(location, "keys", "repokey"), encoding="utf-8").read())["kdf"]["memory_kib"] == 32768
+    done = run_ansible("backup_repository", raised)
+    assert done["changed"] and done["kdf_changed"] and done["info"]["kdf"]["memory_kib"] == 40 * 1024
+    assert not run_ansible("backup_repository", raised)["changed"]
+    assert not run_ansible("backup_repository", args)["changed"]  # no kdf_memory: the key file is left as it is
+    out = tmp_path / "out.raw"
+    Repository.open(LocalBackend(location), PASSPHRASE).restore(record.id, "vda", str(out))
+    assert out.read_bytes() == data
+    other = str(tmp_path / "other")
+    made = run_ansible("backup_repository", {"repository": other, "passphrase": PASSPHRASE, "kdf_memory": 8})
+    assert made["created"] and made["info"]["kdf"]["memory_kib"] == 8192
+    bad = run_ansible("backup_repository", dict(args, kdf_memory=5))
+    assert bad["_status"] == "failed" and "8..4096 MiB" in bad["msg"] and "kdf_memory" in bad["msg"], bad

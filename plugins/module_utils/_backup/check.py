@@ -200,6 +200,8 @@ def verify(repo: "Repository", backup_id: str | None = None, read_data: bool = F
             names = [repo.manifest_name(backup_id)]
         else:
             names = [n for n, _s in repo.backend.list("snapshots") if ".tmp-" not in n]
+            void = repo.voided(n.split("/", 1)[1] for n in names)  # failed backups' leftovers: prune removes them
+            names = [n for n in names if n.split("/", 1)[1] not in void]
         used: dict[bytes, tuple[str, str, int, int]] = {}
         for name in names:
             bid = name.split("/", 1)[1]
@@ -276,7 +278,7 @@ def _name_damaged(repo: "Repository", report: VerifyReport) -> None:
         return
     report.damaged = [d for d in report.damaged if d.backup_id is not None]
     index = repo._index or repo.load_index()
-    for record in repo.list():
+    for record in repo.list(include_pruned=True):
         for disk in record.disks:
             for seg_id in disk.segments:
                 if seg_id is None:

@@ -117,7 +117,7 @@ def _used_blobs(repo: "Repository", index: Index) -> set[bytes]:
     cannot see what is used must not delete anything)."""
     used: set[bytes] = set()
     seen_maps: set[str] = set()
-    for record in repo.list():
+    for record in repo.list(include_pruned=True):
         for disk in record.disks:
             for seg_id in disk.segments:
                 if seg_id is None or seg_id in seen_maps:

@@ -113,16 +113,15 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.packs impor
     read_pack_header,
 )
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup import backup as backup_unit
-from ansible_collections.vmsafe.protect.plugins.module_utils._backup import check as check_unit
-from ansible_collections.vmsafe.protect.plugins.module_utils._backup import prune as prune_unit
-from ansible_collections.vmsafe.protect.plugins.module_utils._backup import restore as restore_unit
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.backup import DiskSource
-from ansible_collections.vmsafe.protect.plugins.module_utils._backup.check import DamagedChunk, VerifyReport
-from ansible_collections.vmsafe.protect.plugins.module_utils._backup.prune import PruneResult
-from ansible_collections.vmsafe.protect.plugins.module_utils._backup.retention import RetentionPolicy
+
+if t.TYPE_CHECKING:  # the restore, check and prune units are imported when first used: a backup job needs none
+    from ansible_collections.vmsafe.protect.plugins.module_utils._backup.check import RepairResult, VerifyReport
+    from ansible_collections.vmsafe.protect.plugins.module_utils._backup.prune import PruneResult
+    from ansible_collections.vmsafe.protect.plugins.module_utils._backup.retention import RetentionPolicy
 
 #: the engine's API, importable from here as before the split
-__all__ = ["DamagedChunk", "DiskSource", "PruneResult", "Repository", "VerifyReport"]
+__all__ = ["DiskSource", "Repository"]
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from ansible_collections.vmsafe.protect.plugins.module_utils._backup.backends import Backend
@@ -361,8 +360,10 @@ class Repository:
         garbage collection can have run since our data was written (GC needs an exclusive lock, which cannot
         coexist with ours unless ours was lost). Hence the order: packs → lock check → index → lock check →
         manifest (created, never replacing) → lock check. If the lock turns out lost after the manifest was
-        written, the manifest is removed again and the backup fails: a GC may have started before it was
-        visible, and a reported success must always restore.
+        written, the manifest is voided and the backup fails: a GC may have started before it was visible, and a
+        reported success must always restore. Voiding writes its tombstone first (a create, which a backup-only
+        credential may do), then deletes the manifest; where the credential cannot delete, the tombstone keeps it
+        out of list() until a prune removes it.
         """
         if packs:
             lock.check()
@@ -373,7 +374,13 @@ class Repository:
         try:
             lock.check()
         except LockLostError:
-            self.backend.delete(name)
+            tombstone = self._seal_entry("tombstones", record, reason="uncommitted")
+            for void in (lambda: self.backend.create_exclusive(f"tombstones/{record.id}", tombstone),
+                         lambda: self.backend.delete(name)):
+                try:
+                    void()
+                except (BackupError, OSError):
+                    pass  # a backup-only credential cannot delete: the tombstone voids it, the next prune removes it
             raise
         # the journal entry: from now on, this manifest vanishing without a tombstone is noticed by verify
         self.backend.write_atomic(f"journal/{record.id}", self._seal_entry("journal", record))
@@ -383,17 +390,21 @@ class Repository:
     # the manifest is deleted, and the journal entry after it). A manifest with a tombstone was replayed (or its
     # prune interrupted: the next prune finishes it); a journal entry with neither manifest nor tombstone means the
     # manifest was removed outside prune. Entries are sealed like manifests, bound to their names.
-    def _seal_entry(self, kind: str, record: BackupRecord) -> bytes:
+    def _seal_entry(self, kind: str, record: BackupRecord, reason: str | None = None) -> bytes:
         doc = {"id": record.id, "vm_name": record.vm_name, "time": utcnow().isoformat()}
+        if reason:
+            doc["reason"] = reason  # "uncommitted": a manifest its backup voided (lock lost), not a pruned one
         return self.codec.seal_meta(f"{kind}:{record.id}".encode(), json.dumps(doc).encode("utf-8"))
 
     def _entry_ids(self, kind: str) -> dict[str, dict[str, t.Any]]:
         """Authentic entries of ``journal`` or ``tombstones`` by backup id (damaged ones are skipped)."""
+        return self._entry_ids_of(kind, *(n.rsplit("/", 1)[-1] for n, _s in self.backend.list(kind) if ".tmp-" not in n))
+
+    def _entry_ids_of(self, kind: str, *backup_ids: str) -> dict[str, dict[str, t.Any]]:
+        """Authentic entries of ``kind`` for the given backup ids (missing or damaged ones are skipped)."""
         found: dict[str, dict[str, t.Any]] = {}
-        for name, _size in self.backend.list(kind):
-            if ".tmp-" in name:
-                continue
-            backup_id = name.rsplit("/", 1)[-1]
+        for backup_id in backup_ids:
+            name = f"{kind}/{backup_id}"
             try:
                 doc = json.loads(self.codec.open_meta(f"{kind}:{backup_id}".encode(), self.backend.read(name), name))
             except (BackupError, FileNotFoundError, ValueError):
@@ -410,6 +421,12 @@ class Repository:
         self.backend.delete(self.manifest_name(record.id))
         self.backend.delete(f"journal/{record.id}")
 
+    def voided(self, backup_ids: t.Iterable[str]) -> set[str]:
+        """Those of ``backup_ids`` whose manifest its own backup voided (lock lost; see commit_backup)."""
+        tombstoned = {n.rsplit("/", 1)[-1] for n, _s in self.backend.list("tombstones") if ".tmp-" not in n}
+        entries = self._entry_ids_of("tombstones", *(b for b in backup_ids if b in tombstoned))
+        return {b for b, doc in entries.items() if doc.get("reason") == "uncommitted"}
+
     def history_problems(self) -> tuple[list[str], list[str]]:
         """Return (error messages, ids of replayed manifests) from comparing manifests, journal and tombstones."""
         present = {n.rsplit("/", 1)[-1] for n, _s in self.backend.list("snapshots") if ".tmp-" not in n}
@@ -418,8 +435,10 @@ class Repository:
         errors = []
         replayed = sorted(present & set(tombstones))
         # with its journal entry still there, it is a prune that was killed between its tombstone and the manifest's
-        # deletion (prune finishes it); a completed prune removed the journal entry, so without one it came back
-        for backup_id in (b for b in replayed if b not in journal):
+        # deletion (prune finishes it); a completed prune removed the journal entry, so without one it came back;
+        # a tombstone marked "uncommitted" is a backup that lost its lock and could not delete its manifest
+        # (prune removes it; nothing was lost, the backup reported failure)
+        for backup_id in (b for b in replayed if b not in journal and tombstones[b].get("reason") != "uncommitted"):
             errors.append(
                 f"Backup {backup_id} of VM {tombstones[backup_id].get('vm_name')} was pruned on "
                 f"{tombstones[backup_id].get('time')}, but its manifest is back (replayed from an old copy of the "
@@ -546,14 +565,25 @@ class Repository:
             raise CorruptMetadataError(f"The {what} names another backup ({record.id}); it was moved or replaced.")
         return record
 
-    def list(self, vm_name: str | None = None) -> list[BackupRecord]:
-        """Return the backups (optionally of one VM), oldest first. Damaged manifests raise CorruptMetadataError."""
+    def list(self, vm_name: str | None = None, include_pruned: bool = False) -> list[BackupRecord]:
+        """Return the backups (optionally of one VM), oldest first. Damaged manifests raise CorruptMetadataError.
+
+        A manifest with an authentic tombstone was pruned (it came back from an old copy, or a prune was killed
+        before deleting it): it is left out unless ``include_pruned`` (GC and verify, which must see every
+        manifest that is there).
+        """
         records = []
+        tombstoned = set()
+        if not include_pruned:
+            tombstoned = {n.rsplit("/", 1)[-1] for n, _s in self.backend.list("tombstones") if ".tmp-" not in n}
         for name, _size in self.backend.list("snapshots"):
             if ".tmp-" in name:
                 continue
+            backup_id = name.split("/", 1)[1]
+            if backup_id in tombstoned and backup_id in self._entry_ids_of("tombstones", backup_id):
+                continue
             try:
-                record = self.get(name.split("/", 1)[1])
+                record = self.get(backup_id)
             except BackupNotFoundError:
                 continue  # pruned meanwhile
             if vm_name is None or record.vm_name == vm_name:
@@ -570,25 +600,37 @@ class Repository:
 
     def restore(self, backup_id: str, disk_name: str, target: str | int, sparse: bool = True) -> dict[str, t.Any]:
         """See restore.restore()."""
+        from ansible_collections.vmsafe.protect.plugins.module_utils._backup import restore as restore_unit
+
         return restore_unit.restore(self, backup_id, disk_name, target, sparse)
 
     def verify(self, backup_id: str | None = None, read_data: bool = False) -> VerifyReport:
         """See check.verify()."""
+        from ansible_collections.vmsafe.protect.plugins.module_utils._backup import check as check_unit
+
         return check_unit.verify(self, backup_id, read_data)
 
     def rebuild_index(self) -> int:
         """See check.rebuild_index()."""
+        from ansible_collections.vmsafe.protect.plugins.module_utils._backup import check as check_unit
+
         return check_unit.rebuild_index(self)
 
-    def repair(self) -> check_unit.RepairResult:
+    def repair(self) -> RepairResult:
         """See check.repair()."""
+        from ansible_collections.vmsafe.protect.plugins.module_utils._backup import check as check_unit
+
         return check_unit.repair(self)
 
     def prune(self, policy: RetentionPolicy | t.Mapping[str, t.Any], dry_run: bool = False,
               now: datetime.datetime | None = None, vm_name: str | None = None) -> PruneResult:
         """See prune.prune()."""
+        from ansible_collections.vmsafe.protect.plugins.module_utils._backup import prune as prune_unit
+
         return prune_unit.prune(self, policy, dry_run, now, vm_name)
 
     def gc(self) -> PruneResult:
         """See prune.gc()."""
+        from ansible_collections.vmsafe.protect.plugins.module_utils._backup import prune as prune_unit
+
         return prune_unit.gc(self)

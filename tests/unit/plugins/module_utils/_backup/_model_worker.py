@@ -11,6 +11,10 @@ operations, its log file and its quirks:
 - ``skew``: its clock is an hour off (the time written in its locks and backups);
 - ``stall``: its lock may go unrefreshed (SAFE_SECONDS is short and backups pause inside the export).
 
+Workers whose locks others may break (``stall``, ``age_locks``) also pause at random between writing a backup's
+packs and committing it (a hung storage call): the moment a GC that broke the lock can collect what the backup
+is about to reference.
+
 Every backup that returns is logged (one JSON line, appended and fsynced) *after* it returned: the driver then
 requires each logged backup of a "keep" VM to exist and restore bit-identical, whatever was killed meanwhile.
 """
@@ -106,6 +110,15 @@ def main() -> None:
         locks.REFRESH_SECONDS = 3600.0
     else:
         locks.REFRESH_SECONDS = 0.2
+    if cfg.get("stall") or cfg.get("age_locks"):
+        real_commit = Repository.commit_backup
+
+        def slow_commit(self: Repository, *args: t.Any, **kwargs: t.Any) -> None:
+            if rng.random() < 0.6:
+                time.sleep(rng.uniform(0.3, 1.2))
+            real_commit(self, *args, **kwargs)
+
+        Repository.commit_backup = slow_commit  # type: ignore[method-assign]
     repo = open_repo(cfg["repository"])
     repo.lock_wait = 20.0
     repo.threads = 1

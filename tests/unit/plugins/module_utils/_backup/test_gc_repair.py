@@ -99,6 +99,8 @@ def test_a_replayed_manifest_is_reported_and_removed_again_by_prune(tmp_path: t.
     repo.backend.write_atomic(f"snapshots/{old.id}", saved)  # replayed from an old copy of the repository
     report = repo.verify()
     assert not report.ok and any(old.id in e and "replayed" in e for e in report.errors)
+    assert [r.id for r in repo.list()] == [new.id]  # a pruned backup is not offered for restore
+    assert [r.id for r in repo.list(include_pruned=True)] == [old.id, new.id]
     dry = repo.prune(RetentionPolicy(keep_last=1), dry_run=True)
     assert dry.replayed_removed == [old.id] and [k.record.id for k in dry.kept] == [new.id]
     repo.prune(RetentionPolicy(keep_last=1))

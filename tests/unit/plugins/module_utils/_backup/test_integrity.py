@@ -251,14 +251,17 @@ def test_restore_never_follows_a_planted_link_at_the_partial_name(tmp_path: t.An
     assert oct(target.stat().st_mode & 0o777) == "0o600"
 
 
-def test_default_key_derivation_meets_rfc_9106() -> None:
-    from ansible_collections.vmsafe.protect.plugins.module_utils._backup.crypto import default_kdf
+def test_default_key_derivation_is_memory_hard_and_stronger_than_before() -> None:
+    from ansible_collections.vmsafe.protect.plugins.module_utils._backup.crypto import default_kdf, kdf_for_memory
 
     kdf = default_kdf()
     if kdf["name"] == "argon2id":
-        assert kdf["memory_kib"] >= 65536 and kdf["iterations"] >= 3 and kdf["lanes"] >= 4
+        # RFC 9106's t and p; 32 MiB x 3 passes is 2.5x the earlier 19 MiB x 2 (docs/repository-format.md §3)
+        assert kdf["memory_kib"] >= 32768 and kdf["iterations"] >= 3 and kdf["lanes"] >= 4
+        assert kdf_for_memory(64)["memory_kib"] == 65536
     else:
-        assert kdf["n"] >= 1 << 17
+        assert kdf["n"] * kdf["r"] * 128 >= 32 * 1024 * 1024
+        assert kdf_for_memory(64)["n"] * kdf["r"] * 128 == 64 * 1024 * 1024
 
 
 def test_names_from_a_manifest_become_safe_path_components() -> None:

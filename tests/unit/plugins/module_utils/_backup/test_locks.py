@@ -261,6 +261,45 @@ def test_backup_whose_lock_was_broken_and_pruned_never_commits(repo: Repository)
     small_backup(repo)  # the repository works on
 
 
+def test_a_backup_that_loses_its_lock_while_its_manifest_appears_voids_it_even_without_delete_rights(
+        repo: Repository, monkeypatch: t.Any) -> None:
+    """The open case of a backup-only credential: the lock is broken and a prune + GC runs while the manifest is
+    being written (GC saw no manifest and collected the new packs); the backup cannot delete its manifest. Its
+    tombstone voids it: not listed, verify passes, the next prune removes it, and the backup reported failure."""
+    keep = small_backup(repo, "other")
+    backend = repo.backend
+    real_create, real_delete = backend.create_exclusive, backend.delete
+    other = Repository.open(type(backend)(backend.location), PASSPHRASE)
+
+    def create(name: str, data: bytes) -> None:
+        if name.startswith("snapshots/"):
+            other.break_lock()
+            other.prune(RetentionPolicy(keep_last=1))  # GC: the new packs are used by nothing visible
+        real_create(name, data)
+
+    def delete(name: str) -> None:
+        if name.startswith("snapshots/"):
+            raise PermissionError(13, "AccessDenied (backup-only credential)", name)
+        real_delete(name)
+
+    monkeypatch.setattr(backend, "create_exclusive", create)
+    monkeypatch.setattr(backend, "delete", delete)
+    data = os.urandom(300_000)
+    with pytest.raises(LockLostError):
+        repo.backup("vm", [DiskSource("vda", len(data), [(0, len(data), data)])])
+    monkeypatch.undo()
+    voided = [n.split("/", 1)[1] for n, _s in backend.list("snapshots") if n.split("/", 1)[1] != keep.id]
+    assert len(voided) == 1, "the manifest stays (no delete right), voided by its tombstone"
+    assert [r.id for r in repo.list()] == [keep.id]
+    report = repo.verify(read_data=True)
+    assert report.ok, report.errors
+    result = other.prune(RetentionPolicy(keep_last=1))
+    assert result.replayed_removed == voided
+    assert [n for n, _s in backend.list("snapshots")] == [f"snapshots/{keep.id}"]
+    assert repo.verify(read_data=True).ok
+    small_backup(repo)
+
+
 def test_concurrent_backups_share_the_repository(tmp_path: t.Any) -> None:
     """Backups take shared locks: two processes back up at once, both results restore."""
     repo = make_repo(str(tmp_path / "repo"))
