@@ -394,20 +394,44 @@ def test_backup_only_credential_cannot_delete_backups(seaweedfs: t.Any, tmp_path
     admin.close()
 
 
+def test_backup_only_credential_cannot_void_committed_backups(seaweedfs: t.Any) -> None:
+    """Why the backup-only policy denies writing tombstones/: a tombstone (a prune's, or a backup's own "uncommitted"
+    void) hides a manifest from list() and makes the next prune remove it. A compromised hypervisor host holds the
+    repository key and could seal one for every backup; with the policy, the store refuses it and the backups stay
+    listed and survive a prune run with the admin credential."""
+    bucket = seaweedfs.new_bucket("void")
+    seaweedfs.client().put_bucket_policy(Bucket=bucket, Policy=deny_delete_policy(bucket, "repo"))
+    location = f"s3://{bucket}/repo"
+    host = Repository.init(open_backend(location, **seaweedfs.options("backup")), PASSPHRASE, chunk_size=4096,
+                           pack_size=MIB, segment_chunks=8, kdf=FAST_KDF)
+    image = make_image(random.Random(9), 200_000)
+    record = host.backup("vm", [DiskSource("vda", len(image), [(0, len(image), image)])])
+    forged = host._seal_entry("tombstones", record, reason="uncommitted")  # pylint: disable=protected-access
+    with pytest.raises(BackendError, match="Access denied"):
+        host.backend.create_exclusive(f"tombstones/{record.id}", forged)
+    admin = Repository.open(open_backend(location, **seaweedfs.options("admin")), PASSPHRASE)
+    assert admin.prune({"keep_last": 5}).pruned == []
+    assert [r.id for r in admin.list()] == [record.id]
+    host.close()
+    admin.close()
+
+
 @pytest.mark.parametrize("who", [
     "admin",
     pytest.param("backup", marks=pytest.mark.xfail(strict=True, reason=(
-        "open (issue #17): a backup-only credential may neither delete the manifest nor write the tombstone that "
-        "voids it (tombstones/ is denied to it, or it could hide other backups); closing it needs prune-written "
-        "broken-lock records, see docs/repository-format.md section 11"))),
+        "open (issue #17): a backup-only credential can neither delete the manifest nor void it with a tombstone "
+        "(tombstones/ must stay denied to it, see test_backup_only_credential_cannot_void_committed_backups); the "
+        "fix needs the lock token in the manifest and prune-written broken-lock records, see "
+        "docs/repository-format.md section 11"))),
 ])
 def test_manifest_written_after_the_lock_was_lost_never_looks_committed(
         seaweedfs: t.Any, tmp_path: t.Any, who: str) -> None:
     """The window the lock timing cannot close: a backup passes its last lock check before the manifest, then
     (stalled for longer than the stale-lock age, or its lock removed with break_lock) a prune runs and collects the
     backup's packs, which no manifest used yet, and then the manifest lands. The backup's check after the manifest
-    fails and it voids the manifest: a tombstone first, then a delete. With a credential that may do both, nothing
-    committed-looking remains; a backup-only credential may do neither, and the manifest stays listed."""
+    fails and it voids the manifest (tombstone "uncommitted", then delete): with a credential that can delete,
+    nothing committed-looking remains; a backup-only credential may do neither (the policy denies tombstones/),
+    and a manifest whose packs are gone stays listed."""
     bucket = seaweedfs.new_bucket("lost")
     seaweedfs.client().put_bucket_policy(Bucket=bucket, Policy=deny_delete_policy(bucket, "repo"))
     location = f"s3://{bucket}/repo"
