@@ -287,11 +287,11 @@ class BackupTask(ProviderTask):
             since, reason = self.provider.backup_base(self.vm, last_info)
         if p["mode"] == "full":
             since, reason = None, "mode: full was requested"
-        if self.speculation is not None and self.speculation[1] != since:
-            self._drop_speculation()  # guessed wrong: that export has the wrong base; _run begins the right one
         elif p["mode"] == "incremental" and since is None:
             raise VmsafeError(f"Cannot take an incremental backup of VM '{self.vm.name}': {reason}. Use mode: auto "
                               f"(falls back to a full backup) or mode: full.")
+        if self.speculation is not None and self.speculation[1] != since:
+            self._drop_speculation()  # guessed wrong: that export has the wrong base; _run begins the right one
         self.since, self.reason = since, reason
         self.mode = "incremental" if since else "full"
         self.record: t.Any = None
@@ -308,7 +308,7 @@ class BackupTask(ProviderTask):
             return
         try:
             info = guess(self.vm) if p["mode"] != "full" else None
-            since, reason = self.provider.backup_base(self.vm, info) if info is not None else (None, "")
+            since, reason = self.provider.backup_base(self.vm, info) if p["mode"] != "full" else (None, "")
         except Exception:  # pylint: disable=broad-except  # only a guess: plan() asks again and reports what fails
             return
         if p["mode"] == "full":
