@@ -115,6 +115,12 @@ packs_repacked:
   returned: success
   type: int
   sample: 1
+uploads_aborted:
+  description: Incomplete uploads of dead writers removed by garbage collection (S3 multipart uploads older than a
+    lock takes to become stale; always 0 on local and SFTP repositories).
+  returned: success
+  type: int
+  sample: 0
 replayed_removed:
   description: Backups whose manifest was back after an earlier prune (replayed from an old copy, or an interrupted
     prune); they never count towards the policy and are removed again (would be, in check mode).
@@ -171,11 +177,12 @@ def work(module: t.Any, repo: t.Any, now: t.Any) -> dict[str, t.Any]:
     return {
         **extra,
         "changed": bool(result.pruned) or bool(result.packs_deleted) or bool(result.packs_repacked) or bool(broken)
-        or bool(result.replayed_removed),
+        or bool(result.replayed_removed) or bool(result.uploads_aborted),
         "pruned": [_brief(r) for r in result.pruned],
         "kept": [dict(_brief(k.record), reason=k.reason) for k in result.kept],
         "bytes_freed": result.bytes_freed, "packs_deleted": result.packs_deleted,
         "packs_repacked": result.packs_repacked, "replayed_removed": list(result.replayed_removed),
+        "uploads_aborted": result.uploads_aborted,
     }
 
 
