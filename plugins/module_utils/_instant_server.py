@@ -24,6 +24,7 @@ then fail with EIO (counted in ``read_errors``).
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -44,6 +45,10 @@ STATUS_FILE = "server.json"
 LOG_FILE = "server.log"
 #: how often the server checks that its repository lock is still its own
 CHECK_SECONDS = 30.0
+#: the engine's units, loaded before the copy: the engine imports some only when first used (restore, check,
+#: prune, the S3 backend), and the server must find every one whatever this run of the module touched
+ENGINE_UNITS = ("backends", "s3", "backup", "restore", "check", "prune", "retention", "chunker", "sink", "config",
+                "crypto", "errors", "index", "locks", "manifest", "packs", "repository")
 
 
 # --- the module's side -----------------------------------------------------------------------------------------------
@@ -55,6 +60,11 @@ def copy_code(dest: str) -> list[str]:
     Works from a git checkout, an installed collection and an AnsiballZ payload alike (the loader gives the source).
     Every package level gets an ``__init__.py``, so this copy shadows any other ``ansible_collections`` on the path.
     """
+    for unit in ENGINE_UNITS:
+        try:
+            importlib.import_module(f"{PACKAGE}._backup.{unit}")
+        except ImportError:
+            pass  # a unit this version of the engine does not have
     written = []
     for name, module in sorted(sys.modules.items()):
         if module is None or not (name == PACKAGE or name.startswith(PACKAGE + ".")):

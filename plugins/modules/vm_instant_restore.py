@@ -424,6 +424,8 @@ class InstantRestoreTask(ProviderTask):
 
     def _start_server(self) -> None:
         p = self.params
+        if self.repo is None:  # a restart: check the repository and passphrase here, where errors are reported
+            self.repo = open_repository(p)
         code = os.path.join(self.folder, "code")
         if os.path.isdir(code):
             shutil.rmtree(code)

@@ -151,8 +151,14 @@ def test_original_abandoned_recovery_is_cleaned_and_errors_name_the_fix(lab, ans
     assert run["vm"]["id"] == lab.virsh("domuuid", vm).strip() and run["vm"]["state"] == "running"
     assert lab.check(vm, 0x66, 0, MiB)  # the backup's content, not the disk's
 
-    # abandoned: the server dies (a crash, a reboot) and nobody migrates
+    # the server dies (a crash): running again starts it again, from the recorded state
     os.kill(run["server"]["pid"], signal.SIGKILL)
+    restarted = ansible("vm_instant_restore", dict(args, force=True))
+    assert restarted["_status"] == "ok" and restarted["changed"] is True, restarted
+    assert any("start the NBD server again" in step for step in restarted["plan"])
+    assert restarted["server"]["alive"] is True and restarted["server"]["pid"] != run["server"]["pid"]
+    # abandoned: it dies again and nobody migrates
+    os.kill(restarted["server"]["pid"], signal.SIGKILL)
     refused = ansible("vm_instant_restore", dict(args, state="absent"))
     assert refused["_status"] == "failed" and "remove_vm: true" in refused["msg"], refused
     gone = ansible("vm_instant_restore", dict(args, state="absent", remove_vm=True), diff=True)
