@@ -77,6 +77,9 @@ def test_failed_boot_is_recorded_and_everything_is_removed(lab, tmp_path):
     run = run_name(results)
     assert leftovers(run) == [] and os.listdir(dest) == []  # test VM, network and folder are gone
     assert vm in virsh("list", "--name").split()  # the original is untouched
+    # check mode of the removal on a VM that exists: says it would remove it, removes nothing
+    would = run_ansible("restore_test_vm", {"vm_name": vm, "dest": str(dest), "state": "absent"}, check=True)
+    assert would["changed"] and would["removed_files"] == [] and vm in virsh("list", "--name").split()
 
     info = run_ansible("backup_info", {"repository": repo, "passphrase": PASS, "history_days": 3})
     (b,) = info["backups"]
