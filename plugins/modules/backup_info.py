@@ -26,8 +26,8 @@ options:
     type: str
   history_days:
     description:
-      - Also return RV(history) for the last this many days (UTC): per VM a state per day, and the repository's stored
-        bytes and deduplication per day. V(0) returns no history.
+      - Also return RV(history) for the last this many days (UTC), with per VM a state per day, and the repository's
+        stored bytes and deduplication per day. V(0) returns no history.
     type: int
     default: 0
     version_added: 0.2.0
@@ -80,7 +80,7 @@ vms:
   description:
     - Per VM, the number of backups, the newest and oldest backup ids and the newest one's age.
     - C(last_proven_restorable) is the time of the newest passing restore test of any of the VM's backups (pruned ones
-      included: the test records outlive them), C(last_proven_backup) that backup's id and
+      included, as the test records outlive them), C(last_proven_backup) that backup's id and
       C(last_proven_restorable_age_seconds) its age; C(last_test) is the newest test, passed or failed (with its
       C(message), why it failed). They are
       C(null) when no test was recorded.
@@ -99,8 +99,8 @@ vms:
 history:
   description:
     - With O(history_days) above 0. C(nights) holds per VM one entry per UTC day, oldest first, with the day's
-      C(state) (V(proven): a backup of that day passed a restore test; V(failed): a restore test of one failed;
-      V(backed_up); V(missing)), the number of C(backups) (pruned ones included, from their tombstones) and of
+      C(state) (V(proven) when a backup of that day passed a restore test, V(failed) when a restore test of one
+      failed, else V(backed_up) or V(missing)), the number of C(backups) (pruned ones included, from their tombstones) and of
       C(tests_passed) and C(tests_failed), and C(details) (per backup of that day, its id and its last restore test).
     - C(storage) holds per day the bytes the backups still kept had added to the repository by then
       (C(stored_bytes)), their non-zero data (C(data_bytes)) and C(dedup_ratio) (data per stored byte); bytes of

@@ -56,9 +56,9 @@ options:
       - Seconds the test took (restore, boot and probes).
     type: float
     default: 0
-  message:
+  reason:
     description:
-      - A short text for people, for example why the test failed.
+      - A short text for people, for example why the test failed. Stored as the record's C(message).
     type: str
     default: ""
   restored_as:
@@ -85,6 +85,14 @@ EXAMPLES = r"""
     probes: "{{ probe.probes }}"
     duration: "{{ probe.elapsed }}"
     restored_as: web01-restoretest
+
+- name: Record a failed test with the reason
+  vmsafe.protect.backup_test_result:
+    repository: /backup/vmsafe
+    passphrase: "{{ vmsafe_passphrase }}"
+    backup_id: "{{ newest.id }}"
+    result: failed
+    reason: "{{ probe.message }}"
 """
 
 RETURN = r"""
@@ -125,7 +133,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._repository import 
 
 def work(module: t.Any, repo: t.Any, now: datetime.datetime) -> dict[str, t.Any]:
     params = module.params
-    args = (params["result"], params["probes"], params["duration"], params["message"], params["restored_as"])
+    args = (params["result"], params["probes"], params["duration"], params["reason"], params["restored_as"])
     try:
         if module.check_mode:
             test = attest.new_test(repo.get(params["backup_id"]), *args, time=now)
@@ -145,7 +153,7 @@ def main() -> None:
         result={"type": "str", "required": True, "choices": ["passed", "failed"]},
         probes={"type": "list", "elements": "dict", "default": []},
         duration={"type": "float", "default": 0},
-        message={"type": "str", "default": ""},
+        reason={"type": "str", "default": ""},
         restored_as={"type": "str", "default": ""},
     )
     run_repository_module(spec, work)

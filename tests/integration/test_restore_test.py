@@ -77,6 +77,9 @@ def test_failed_boot_is_recorded_and_everything_is_removed(lab, tmp_path):
     run = run_name(results)
     assert leftovers(run) == [] and os.listdir(dest) == []  # test VM, network and folder are gone
     assert vm in virsh("list", "--name").split()  # the original is untouched
+    # check mode of the removal on a VM that exists: says it would remove it, removes nothing
+    would = run_ansible("restore_test_vm", {"vm_name": vm, "dest": str(dest), "state": "absent"}, check=True)
+    assert would["changed"] and would["removed_files"] == [] and vm in virsh("list", "--name").split()
 
     info = run_ansible("backup_info", {"repository": repo, "passphrase": PASS, "history_days": 3})
     (b,) = info["backups"]
@@ -129,7 +132,7 @@ def guest_ssh(port: int, key: str, command: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.long
-@pytest.mark.skipif(not LONG, reason="boots the Debian guest three times (about 3-4 minutes): scripts/test.sh --long")
+@pytest.mark.skipif(not LONG, reason="boots the Debian guest three times (4-8 minutes): scripts/test.sh --long")
 def test_good_backup_passes_broken_guest_fails_and_the_report_shows_both(libvirtd, tmp_path):
     sys.path.insert(0, os.path.join(ROOT, "tests", "lab"))
     import guest as guestlab  # pylint: disable=import-outside-toplevel,import-error
@@ -159,6 +162,8 @@ def test_good_backup_passes_broken_guest_fails_and_the_report_shows_both(libvirt
         assert ok["passed"] is True and ok["backup_id"] == good["backup_id"], ok
         assert [p["ok"] for p in ok["probes"]] == [True, True, True], ok["probes"]
         assert ok["address"] and not ok["address"].startswith("127.")  # reached on the isolated network
+        print(f"good backup: passed, boot to lease {ok['boot_seconds']} s, whole test {ok['duration']} s, "
+              f"probes {[(p['name'], p['seconds']) for p in ok['probes']]}")
         assert leftovers(run_name(results)) == [] and os.listdir(dest) == []
 
         # make the guest unbootable (no init: the kernel panics), then back it up as it is
@@ -172,6 +177,7 @@ def test_good_backup_passes_broken_guest_fails_and_the_report_shows_both(libvirt
         (failed,) = results_of(results)
         assert failed["passed"] is False and failed["backup_id"] == bad["backup_id"], failed
         assert "no DHCP lease" in failed["message"] or "stopped" in failed["message"], failed
+        print(f"broken guest: failed after {failed['duration']} s: {failed['message']}")
         assert leftovers(run_name(results)) == [] and os.listdir(dest) == []
 
         info = run_ansible("backup_info", {"repository": repo, "passphrase": PASS})

@@ -18,7 +18,6 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors impo
 )
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import DiskSource, Repository
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.retention import RetentionPolicy
-from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup._helpers import make_repo
 
 UTC = datetime.timezone.utc
 
@@ -41,8 +40,8 @@ def test_record_reads_back_with_its_probes_and_is_listed_per_vm(two: t.Any) -> N
     other = attest.record_test(repo, second.id, "passed", [{"type": "tcp", "ok": True}], duration=12)
     records, problems = attest.list_tests(repo)
     assert problems == []
-    assert [(r.id, r.backup_id, r.result) for r in records] == [(rec.id, first.id, "failed"),
-                                                               (other.id, second.id, "passed")]
+    expected = [(rec.id, first.id, "failed"), (other.id, second.id, "passed")]
+    assert [(r.id, r.backup_id, r.result) for r in records] == expected
     assert records[0].probes[1]["output"] == "['a', 'b']" and records[0].duration == 31.2
     assert records[0].message == "no answer" and records[0].restored_as == "x" and records[0].vm_name == "web01"
     assert attest.list_tests(repo, "db01") == ([], [])
@@ -93,7 +92,7 @@ def test_prune_gc_and_verify_ignore_records_and_records_outlive_their_backup(two
     assert repo.gc().packs_deleted == 0
     report = repo.verify(read_data=True)
     assert report.ok, report.errors
-    records, _ = attest.list_tests(repo)
+    records, _problems = attest.list_tests(repo)
     assert [r.id for r in records] == [rec.id, later.id]  # history stays
     target = str(tmp_path / "r.raw")
     repo.restore(second.id, "vda", target)
