@@ -246,7 +246,8 @@ def test_checker_finds_unknown_options_and_bad_choices():
     # the repository-only modules of the backup group refuse uri (vm_backup and vm_restore take it)
     refusing = sorted(p.split(" ")[1] for p in problems if "has no option 'uri'" in p)
     assert refusing == ["vmsafe.protect.backup_files", "vmsafe.protect.backup_info", "vmsafe.protect.backup_prune",
-                        "vmsafe.protect.backup_repository", "vmsafe.protect.backup_verify"], refusing
+                        "vmsafe.protect.backup_repository", "vmsafe.protect.backup_test_result",
+                        "vmsafe.protect.backup_verify"], refusing
     assert len(problems) == 2 + len(refusing)
 
 
