@@ -42,7 +42,7 @@ import threading
 import time
 import typing as t
 
-from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors import LockedError, LockLostError
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors import BackupError, LockedError, LockLostError
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from ansible_collections.vmsafe.protect.plugins.module_utils._backup.backends import Backend
@@ -140,6 +140,33 @@ def is_stale(info: t.Mapping[str, t.Any], age: float | None, me: t.Mapping[str, 
     return age is not None and age > STALE_SECONDS
 
 
+#: A lock removed by another process leaves a record here first (``tombstones/lock-<token>``): a manifest written
+#: under that lock and never confirmed by its journal entry is not a backup (Repository.list, prune, verify). Only
+#: exclusive lockers and break_lock write these; a backup-only credential is denied ``tombstones/``.
+BROKEN_PREFIX = "tombstones/lock-"
+
+
+def lock_token(name: str) -> str:
+    """The token of a lock object ``locks/<token>-<seq>``."""
+    return name.rsplit("/", 1)[-1].rsplit("-", 1)[0]
+
+
+def record_broken(backend: "Backend", name: str, info: t.Mapping[str, t.Any] | None, why: str) -> None:
+    """Record that the lock object ``name`` is being removed by someone else. Raises BackendError/OSError."""
+    doc = {"token": lock_token(name), "why": why, "owner": (info or {}).get("owner"),
+           "operation": (info or {}).get("operation"), "time": _now().isoformat()}
+    try:
+        backend.create_exclusive(BROKEN_PREFIX + lock_token(name), json.dumps(doc).encode("utf-8"))
+    except FileExistsError:
+        pass  # recorded before (another refresh of the same lock)
+
+
+def broken_tokens(backend: "Backend") -> set[str]:
+    """Tokens of locks that were removed by someone else than their holder."""
+    return {n[len(BROKEN_PREFIX):] for n, _s in backend.list("tombstones")
+            if n.startswith(BROKEN_PREFIX) and ".tmp-" not in n}
+
+
 class Lock:
     """A held lock, refreshed by a timer thread. Use as a context manager or call release()."""
 
@@ -221,7 +248,19 @@ class Lock:
             except FileNotFoundError:
                 continue
             if is_stale(info, age, self.owner):
-                self.backend.delete(name)
+                # a stale exclusive lock wrote no manifest: anyone may clear it. A stale shared lock may belong to a
+                # stalled backup that still writes its manifest: only an exclusive locker (which is about to let a
+                # GC run) removes it, and it records that first; shared lockers only ignore it.
+                if info.get("exclusive"):
+                    self.backend.delete(name)
+                elif self.exclusive:
+                    try:
+                        record_broken(self.backend, name, info, "stale")
+                    except (BackupError, OSError):
+                        info["name"] = name  # cannot record it (a backup-only credential): it keeps the lock out
+                        conflicts.append(info)
+                        continue
+                    self.backend.delete(name)
                 continue
             if self.exclusive or info.get("exclusive"):
                 info["name"] = name
@@ -338,5 +377,7 @@ def break_locks(backend: "Backend") -> list[dict[str, t.Any]]:
     """
     removed = list_locks(backend)
     for name, _size in backend.list(LOCK_DIR):
+        if ".tmp-" not in name:
+            record_broken(backend, name, read_lock(backend, name), "break_lock")
         backend.delete(name)
     return removed

@@ -232,6 +232,8 @@ class BackupRecord:
     parent: str | None = None
     vm_definition: str = ""
     stats: dict[str, t.Any] = dataclasses.field(default_factory=dict)
+    #: token of the lock the manifest was committed under ("" in manifests made before it was recorded)
+    lock: str = ""
 
     @property
     def size(self) -> int:
@@ -256,6 +258,7 @@ class BackupRecord:
             "size": self.size,
             "disks": [d.to_json() for d in self.disks],
             "stats": dict(self.stats),
+            **({"lock": self.lock} if self.lock else {}),
         }
 
     def encode(self) -> bytes:
@@ -279,6 +282,7 @@ class BackupRecord:
                 parent=doc.get("parent"),
                 vm_definition=str(doc.get("vm_definition", "")),
                 stats=dict(doc.get("stats", {})),
+                lock=str(doc.get("lock", "")),
             )
             if not record.vm_name:
                 raise ValueError("empty VM name")

@@ -95,7 +95,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.index impor
     encode_index,
     iter_index_raw,
 )
-from ansible_collections.vmsafe.protect.plugins.module_utils._backup.locks import Lock, break_locks
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.locks import Lock, break_locks, broken_tokens
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.manifest import (
     BackupRecord,
     DiskRecord,
@@ -370,6 +370,7 @@ class Repository:
             self.write_index(dict(packs))
         lock.check()
         name = self.manifest_name(record.id)
+        record.lock = lock.token  # a manifest whose lock someone else removed stays void until its journal entry
         self.backend.create_exclusive(name, self.codec.seal_meta(b"snapshot:" + record.id.encode(), record.encode()))
         try:
             lock.check()
@@ -422,10 +423,34 @@ class Repository:
         self.backend.delete(f"journal/{record.id}")
 
     def voided(self, backup_ids: t.Iterable[str]) -> set[str]:
-        """Those of ``backup_ids`` whose manifest its own backup voided (lock lost; see commit_backup)."""
+        """Those of ``backup_ids`` that are not backups: voided by their own backup (lock lost; see commit_backup),
+        or written under a lock that someone else removed and never confirmed by a journal entry."""
+        ids = list(backup_ids)
         tombstoned = {n.rsplit("/", 1)[-1] for n, _s in self.backend.list("tombstones") if ".tmp-" not in n}
-        entries = self._entry_ids_of("tombstones", *(b for b in backup_ids if b in tombstoned))
-        return {b for b, doc in entries.items() if doc.get("reason") == "uncommitted"}
+        entries = self._entry_ids_of("tombstones", *(b for b in ids if b in tombstoned))
+        return {b for b, doc in entries.items() if doc.get("reason") == "uncommitted"} | self._lock_voided(ids)
+
+    def _lock_voided(self, backup_ids: t.Iterable[str], records: t.Mapping[str, BackupRecord] | None = None) -> set[str]:
+        """Manifests committed under a lock that another process removed (break_lock, or an exclusive locker that
+        found it stale) and without a journal entry: the backup never confirmed its commit, and a GC may have
+        collected its data while it was written."""
+        broken = broken_tokens(self.backend)
+        if not broken:
+            return set()
+        journal = {n.rsplit("/", 1)[-1] for n, _s in self.backend.list("journal") if ".tmp-" not in n}
+        void = set()
+        for backup_id in backup_ids:
+            if backup_id in journal:
+                continue
+            record = (records or {}).get(backup_id)
+            if record is None:
+                try:
+                    record = self.get(backup_id)
+                except BackupError:
+                    continue
+            if record.lock and record.lock in broken:
+                void.add(backup_id)
+        return void
 
     def history_problems(self) -> tuple[list[str], list[str]]:
         """Return (error messages, ids of replayed manifests) from comparing manifests, journal and tombstones."""
@@ -433,12 +458,15 @@ class Repository:
         journal = self._entry_ids("journal")
         tombstones = self._entry_ids("tombstones")
         errors = []
-        replayed = sorted(present & set(tombstones))
+        # manifests that are not backups (their lock was broken before they were confirmed): prune removes them too
+        unconfirmed = self._lock_voided(present - set(journal) - set(tombstones))
+        replayed = sorted((present & set(tombstones)) | unconfirmed)
         # with its journal entry still there, it is a prune that was killed between its tombstone and the manifest's
         # deletion (prune finishes it); a completed prune removed the journal entry, so without one it came back;
         # a tombstone marked "uncommitted" is a backup that lost its lock and could not delete its manifest
         # (prune removes it; nothing was lost, the backup reported failure)
-        for backup_id in (b for b in replayed if b not in journal and tombstones[b].get("reason") != "uncommitted"):
+        for backup_id in (b for b in replayed if b in tombstones and b not in journal
+                          and tombstones[b].get("reason") != "uncommitted"):
             errors.append(
                 f"Backup {backup_id} of VM {tombstones[backup_id].get('vm_name')} was pruned on "
                 f"{tombstones[backup_id].get('time')}, but its manifest is back (replayed from an old copy of the "
@@ -576,6 +604,7 @@ class Repository:
         tombstoned = set()
         if not include_pruned:
             tombstoned = {n.rsplit("/", 1)[-1] for n, _s in self.backend.list("tombstones") if ".tmp-" not in n}
+        broken = bool(tombstoned) and any(n.startswith("lock-") for n in tombstoned)
         for name, _size in self.backend.list("snapshots"):
             if ".tmp-" in name:
                 continue
@@ -588,6 +617,9 @@ class Repository:
                 continue  # pruned meanwhile
             if vm_name is None or record.vm_name == vm_name:
                 records.append(record)
+        if broken:
+            void = self._lock_voided([r.id for r in records if r.lock], {r.id: r for r in records})
+            records = [r for r in records if r.id not in void]
         records.sort(key=lambda r: (r.time, r.id))
         return records
 

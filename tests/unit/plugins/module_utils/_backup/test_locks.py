@@ -140,6 +140,41 @@ def test_stale_lock_of_dead_process_is_ignored_and_removed(repo: Repository) -> 
     assert not repo.backend.exists("locks/deadbeef")
 
 
+def test_a_stale_shared_lock_is_removed_only_by_an_exclusive_locker_which_records_it_first(repo: Repository) -> None:
+    """A stale shared lock may be a stalled backup still writing its manifest: a backup ignores it, a prune records
+    the broken lock (tombstones/lock-<token>) before removing it, so that manifest can never look committed."""
+    plant_lock(repo, "locks/0123abcd-000007", other_machine(), exclusive=False, age=7200)
+    small_backup(repo)  # a shared locker: ignores it, leaves it
+    assert repo.backend.exists("locks/0123abcd-000007") and not repo.backend.exists("tombstones/lock-0123abcd")
+    repo.gc()  # an exclusive locker
+    assert not repo.backend.exists("locks/0123abcd-000007")
+    record = json.loads(repo.backend.read("tombstones/lock-0123abcd"))
+    assert record["why"] == "stale" and record["owner"]["host"] == "backup-host-2"
+    plant_lock(repo, "locks/4567ef01-000002", other_machine(), exclusive=False)
+    repo.break_lock()
+    assert json.loads(repo.backend.read("tombstones/lock-4567ef01"))["why"] == "break_lock"
+    assert repo.verify(read_data=True).ok and len(repo.list()) == 1  # records are not backups, nor errors
+
+
+def test_a_manifest_whose_lock_was_broken_before_its_journal_entry_is_not_a_backup(repo: Repository) -> None:
+    """A crash (or a stall, then a lost lock) between a manifest and its journal entry, and the lock later broken:
+    the backup never confirmed its commit, so the manifest is not listed, verify skips it, prune removes it. A
+    manifest confirmed by its journal entry stays a backup even when its lock is broken afterwards."""
+    good = small_backup(repo, "vm")
+    pending = small_backup(repo, "vm")
+    repo.backend.delete(f"journal/{pending.id}")  # as if the process died right after writing the manifest
+    lock_of = {r.id: r.lock for r in repo.list(include_pruned=True)}
+    assert lock_of[pending.id] and lock_of[good.id]
+    assert [r.id for r in repo.list()] == [good.id, pending.id]  # nobody broke its lock: still a backup
+    for backup_id in (good.id, pending.id):
+        plant_lock(repo, f"locks/{lock_of[backup_id]}-000009", other_machine(), exclusive=False)
+    repo.break_lock()
+    assert [r.id for r in repo.list()] == [good.id]
+    assert repo.verify(read_data=True).ok
+    assert repo.prune(RetentionPolicy(keep_last=5)).replayed_removed == [pending.id]
+    assert [n for n, _s in repo.backend.list("snapshots")] == [f"snapshots/{good.id}"] and repo.verify().ok
+
+
 def test_lock_of_this_machine_before_a_reboot_is_stale(repo: Repository) -> None:
     owner = dict(this_machine(os.getpid()), boot="0" * 36)
     plant_lock(repo, "locks/before-reboot", owner)

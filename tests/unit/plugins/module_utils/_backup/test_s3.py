@@ -416,22 +416,16 @@ def test_backup_only_credential_cannot_void_committed_backups(seaweedfs: t.Any) 
     admin.close()
 
 
-@pytest.mark.parametrize("who", [
-    "admin",
-    pytest.param("backup", marks=pytest.mark.xfail(strict=True, reason=(
-        "open (issue #17): a backup-only credential can neither delete the manifest nor void it with a tombstone "
-        "(tombstones/ must stay denied to it, see test_backup_only_credential_cannot_void_committed_backups); the "
-        "fix needs the lock token in the manifest and prune-written broken-lock records, see "
-        "docs/repository-format.md section 11"))),
-])
+@pytest.mark.parametrize("who", ["admin", "backup"])
 def test_manifest_written_after_the_lock_was_lost_never_looks_committed(
         seaweedfs: t.Any, tmp_path: t.Any, who: str) -> None:
     """The window the lock timing cannot close: a backup passes its last lock check before the manifest, then
     (stalled for longer than the stale-lock age, or its lock removed with break_lock) a prune runs and collects the
     backup's packs, which no manifest used yet, and then the manifest lands. The backup's check after the manifest
     fails and it voids the manifest (tombstone "uncommitted", then delete): with a credential that can delete,
-    nothing committed-looking remains; a backup-only credential may do neither (the policy denies tombstones/),
-    and a manifest whose packs are gone stays listed."""
+    nothing committed-looking remains. A backup-only credential may do neither (the policy denies tombstones/), but
+    break_lock recorded the broken lock (tombstones/lock-<token>) before removing it, and the manifest names its lock
+    and has no journal entry: it is not listed, verify skips it, and the next prune removes it."""
     bucket = seaweedfs.new_bucket("lost")
     seaweedfs.client().put_bucket_policy(Bucket=bucket, Policy=deny_delete_policy(bucket, "repo"))
     location = f"s3://{bucket}/repo"
