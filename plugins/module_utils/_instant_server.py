@@ -152,7 +152,7 @@ def spawn(folder: str, code: str, config: dict[str, t.Any], timeout: float, pyth
            "PYTHONDONTWRITEBYTECODE": "1"}
     with open(os.path.join(folder, LOG_FILE), "ab") as log:
         # not run_command: this process must outlive the module (own session, no inherited descriptors, no wait)
-        proc = subprocess.Popen(  # pylint: disable=consider-using-with
+        proc = subprocess.Popen(  # pylint: disable=consider-using-with,ansible-bad-function  # must outlive the module
             [python or sys.executable, "-s", "-m", MODULE], stdin=subprocess.PIPE, stdout=log, stderr=log,
             cwd=folder, env=env, start_new_session=True, close_fds=True)
     try:
