@@ -36,6 +36,7 @@ import typing as t
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup import errors as backup_errors
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.backends import open_backend
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import Repository
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.locks import process_start
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup_reader import BackupDiskReader
 from ansible_collections.vmsafe.protect.plugins.module_utils._nbd_server import NbdServer
 
@@ -91,22 +92,6 @@ def copy_code(dest: str) -> list[str]:
             with open(init, "w", encoding="utf-8"):
                 pass
     return written
-
-
-def process_start(pid: int) -> int | None:
-    """The start time (clock ticks since boot) of process ``pid``; None when there is no such live process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            data = handle.read()
-    except OSError:
-        return None
-    fields = data[data.rfind(b")") + 2:].split()  # the command name may hold spaces and parentheses
-    if not fields or fields[0] == b"Z":
-        return None  # a zombie serves nothing
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
 
 
 def alive(pid: int | None, start: int | None) -> bool:

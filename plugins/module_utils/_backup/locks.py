@@ -73,7 +73,9 @@ def boot_id() -> str | None:
     return _read_first_line("/proc/sys/kernel/random/boot_id")
 
 
-def _process_start(pid: int) -> int | None:
+def process_start(pid: int) -> int | None:
+    """The start time (clock ticks since boot) of process ``pid``; None when there is no such live process (a
+    zombie holds nothing and serves nothing)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             data = handle.read()
@@ -81,6 +83,8 @@ def _process_start(pid: int) -> int | None:
         return None
     # the command name may contain spaces and parentheses: split after the last ')'
     fields = data[data.rfind(b")") + 2 :].split()
+    if not fields or fields[0] == b"Z":
+        return None
     try:
         return int(fields[19])
     except (IndexError, ValueError):
@@ -94,7 +98,7 @@ def _pid_alive(pid: int, start: int | None) -> bool:
         return False
     except PermissionError:
         pass
-    current = _process_start(pid)
+    current = process_start(pid)
     if start is not None and current is not None and current != start:
         return False  # the pid was reused by another process
     if current is None and os.path.exists("/proc/self/stat"):
@@ -121,7 +125,7 @@ def owner_identity() -> dict[str, t.Any]:
         "machine": machine_id(),
         "boot": boot_id(),
         "pid": pid,
-        "start": _process_start(pid),
+        "start": process_start(pid),
         "host": socket.gethostname(),
     }
 
