@@ -70,6 +70,14 @@ options:
     type: bool
     default: false
     version_added: 0.1.0
+  test_records_days:
+    description:
+      - Restore-test records (the results M(vmsafe.protect.backup_test_result) and the C(restore_test) role write) of
+        backups that were pruned are removed once they are older than this many days; records of backups that still
+        exist, and each VM's newest passing record, always stay. V(0) keeps them all.
+    type: int
+    default: 400
+    version_added: 0.1.0
 notes:
   - A policy that keeps nothing is refused.
 seealso:
@@ -115,6 +123,12 @@ packs_repacked:
   returned: success
   type: int
   sample: 1
+test_records_removed:
+  description: Restore-test records (see M(vmsafe.protect.backup_test_result)) of pruned backups removed because they
+    were older than O(test_records_days) (0 in check mode).
+  returned: success
+  type: int
+  sample: 0
 uploads_aborted:
   description: Incomplete uploads of dead writers removed by garbage collection (S3 multipart uploads older than a
     lock takes to become stale; always 0 on local and SFTP repositories).
@@ -170,25 +184,27 @@ def work(module: t.Any, repo: t.Any, now: t.Any) -> dict[str, t.Any]:
             broken = [{"operation": lock.get("operation"), "exclusive": bool(lock.get("exclusive")),
                        "host": (lock.get("owner") or {}).get("host"), "pid": (lock.get("owner") or {}).get("pid")}
                       for lock in found]
-        result = repo.prune(policy, dry_run=module.check_mode, now=now, vm_name=p["vm_name"])
+        result = repo.prune(policy, dry_run=module.check_mode, now=now, vm_name=p["vm_name"],
+                            test_records_days=p["test_records_days"])
     except backup_errors.BackupError as exc:
         raise wrap(exc, p["repository"]) from exc
     extra = {} if broken is None else {"locks_broken": broken}
     return {
         **extra,
         "changed": bool(result.pruned) or bool(result.packs_deleted) or bool(result.packs_repacked) or bool(broken)
-        or bool(result.replayed_removed) or bool(result.uploads_aborted),
+        or bool(result.replayed_removed) or bool(result.uploads_aborted) or bool(result.test_records_removed),
         "pruned": [_brief(r) for r in result.pruned],
         "kept": [dict(_brief(k.record), reason=k.reason) for k in result.kept],
         "bytes_freed": result.bytes_freed, "packs_deleted": result.packs_deleted,
         "packs_repacked": result.packs_repacked, "replayed_removed": list(result.replayed_removed),
-        "uploads_aborted": result.uploads_aborted,
+        "uploads_aborted": result.uploads_aborted, "test_records_removed": result.test_records_removed,
     }
 
 
 def main() -> None:
     spec = repository_spec().update_argspec(vm_name={"type": "str"}, keep_within={"type": "str"},
                                             break_lock={"type": "bool", "default": False},
+                                            test_records_days={"type": "int", "default": 400},
                                             **{k: {"type": "int", "default": 0} for k in KEEPS})
     run_repository_module(spec, work)
 

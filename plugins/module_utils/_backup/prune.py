@@ -60,6 +60,8 @@ class PruneResult:
     replayed_removed: list[str] = dataclasses.field(default_factory=list)
     #: incomplete writes of dead writers removed (S3 multipart uploads)
     uploads_aborted: int = 0
+    #: restore-test records of pruned backups removed for their age
+    test_records_removed: int = 0
 
 
 # ------------------------------------------------------------------ prune and GC
@@ -69,8 +71,12 @@ def prune(
     dry_run: bool = False,
     now: datetime.datetime | None = None,
     vm_name: str | None = None,
+    test_records_days: float = 400.0,
 ) -> PruneResult:
     """Delete the backups the policy does not keep (per VM), then garbage-collect.
+
+    Restore-test records (attest.py) of pruned backups older than ``test_records_days`` go too (0: never), except
+    each VM's newest passing one.
 
     Takes an exclusive lock: raises LockedError while a backup, restore or another
     prune runs. Raises InvalidArgumentError for a policy that keeps nothing.
@@ -100,6 +106,10 @@ def prune(
             repo.forget(lock, repo.get(backup_id))
         for record in pruned:
             repo.forget(lock, record)
+        if test_records_days > 0:
+            from ansible_collections.vmsafe.protect.plugins.module_utils._backup import attest
+
+            result.test_records_removed = len(attest.expire_tests(repo, lock, test_records_days, when))
         _gc(repo, result, lock)
         return result
 

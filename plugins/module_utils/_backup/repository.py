@@ -655,11 +655,12 @@ class Repository:
         return check_unit.repair(self)
 
     def prune(self, policy: RetentionPolicy | t.Mapping[str, t.Any], dry_run: bool = False,
-              now: datetime.datetime | None = None, vm_name: str | None = None) -> PruneResult:
+              now: datetime.datetime | None = None, vm_name: str | None = None,
+              test_records_days: float = 400.0) -> PruneResult:
         """See prune.prune()."""
         from ansible_collections.vmsafe.protect.plugins.module_utils._backup import prune as prune_unit
 
-        return prune_unit.prune(self, policy, dry_run, now, vm_name)
+        return prune_unit.prune(self, policy, dry_run, now, vm_name, test_records_days)
 
     def gc(self) -> PruneResult:
         """See prune.gc()."""

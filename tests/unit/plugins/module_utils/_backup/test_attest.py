@@ -119,6 +119,22 @@ def test_expire_keeps_present_backups_and_the_newest_pass(repo: Repository) -> N
     assert left == {passes[1].id, kept_backup.id}  # newest pass of web01, and the record of the kept backup
 
 
+def test_prune_expires_old_test_records_of_pruned_backups(repo: Repository) -> None:
+    rng = random.Random(4)
+    ids = [backup(repo, "web01", day, rng.randbytes(8 * 4096)).id for day in (1, 2, 3)]
+    old = datetime.datetime(2026, 11, 4, tzinfo=UTC)
+    first = attest.record_test(repo, ids[0], "passed", time=old)
+    second = attest.record_test(repo, ids[1], "passed", time=old + datetime.timedelta(hours=1))
+    later = old + datetime.timedelta(days=500)
+    kept = repo.prune(RetentionPolicy(keep_last=1), now=later, test_records_days=0)  # 0: records stay
+    assert kept.test_records_removed == 0 and len(attest.list_tests(repo)[0]) == 2
+    backup(repo, "web01", 4, rng.randbytes(8 * 4096))
+    result = repo.prune(RetentionPolicy(keep_last=1), now=later)
+    assert result.test_records_removed == 1  # the older pass; the newest pass of web01 stays
+    assert {r.id for r in attest.list_tests(repo)[0]} == {second.id} and first.id != second.id
+    assert repo.verify(read_data=True).ok
+
+
 def test_record_size_is_bounded(two: t.Any) -> None:
     repo, first, _second = two
     with pytest.raises(InvalidArgumentError, match="KiB"):
