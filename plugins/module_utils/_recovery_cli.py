@@ -68,6 +68,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup import qcow
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup import restore as restore_unit  # noqa: E402
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.backends import open_backend  # noqa: E402
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import Repository  # noqa: E402
+from ansible_collections.vmsafe.protect.plugins.module_utils._domain_xml import set_disk_sources  # noqa: E402
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup_reader import BackupDiskReader  # noqa: E402
 from ansible_collections.vmsafe.protect.plugins.module_utils._nbd_server import NbdServer  # noqa: E402
 
@@ -195,25 +196,7 @@ def libvirt_definition(definition: str, disk_files: dict[str, tuple[str, str]]) 
         raise RecoverError(f"The backup's VM definition is not XML ({exc}); it is not a libvirt VM.") from exc
     if root.tag != "domain":
         raise RecoverError(f"The backup's VM definition is a <{root.tag}>, not a libvirt <domain>.")
-    for node in root.findall("./devices/disk"):
-        target = node.find("target")
-        if target is None or target.get("dev") not in disk_files:
-            continue
-        path, fmt = disk_files[target.get("dev")]
-        source = node.find("source")
-        if source is None:
-            source = ET.SubElement(node, "source")
-        source.attrib.clear()
-        for child in list(source):  # e.g. <dataStore> of a network disk
-            source.remove(child)
-        source.set("file", path)
-        node.set("type", "file")
-        driver = node.find("driver")
-        if driver is None:
-            driver = ET.SubElement(node, "driver", {"name": "qemu"})
-        driver.set("type", fmt)
-        for store in node.findall("backingStore"):
-            node.remove(store)
+    set_disk_sources(root, disk_files)
     return ET.tostring(root, encoding="unicode") + "\n"
 
 

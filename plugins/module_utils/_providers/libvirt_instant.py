@@ -22,6 +22,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._errors import (
     VmNotFound,
 )
 from ansible_collections.vmsafe.protect.plugins.module_utils._models import VmRef, VmSelector
+from ansible_collections.vmsafe.protect.plugins.module_utils._domain_xml import set_disk_sources
 
 try:
     import libvirt
@@ -37,28 +38,6 @@ def _text(exc: BaseException) -> str:
         return exc.get_error_message() or str(exc)
     return str(exc)
 
-
-def set_disk_sources(root: ET.Element, disk_files: t.Mapping[str, tuple[str, str]]) -> None:
-    """Point each disk of a domain definition whose target is in ``disk_files`` at (path, format)."""
-    for node in root.findall("./devices/disk"):
-        target = node.find("target")
-        if target is None or target.get("dev") not in disk_files:
-            continue
-        path, fmt = disk_files[t.cast(str, target.get("dev"))]
-        source = node.find("source")
-        if source is None:
-            source = ET.SubElement(node, "source")
-        source.attrib.clear()
-        for child in list(source):
-            source.remove(child)
-        source.set("file", path)
-        node.set("type", "file")
-        driver = node.find("driver")
-        if driver is None:
-            driver = ET.SubElement(node, "driver", {"name": "qemu"})
-        driver.set("type", fmt)
-        for store in node.findall("backingStore"):
-            node.remove(store)
 
 
 class LibvirtInstant:
