@@ -39,7 +39,6 @@ def _text(exc: BaseException) -> str:
     return str(exc)
 
 
-
 class LibvirtInstant:
     """Instant recovery through one libvirt connection (this machine's: the NBD server runs here)."""
 
