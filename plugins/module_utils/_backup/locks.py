@@ -165,12 +165,6 @@ def record_broken(backend: "Backend", name: str, info: t.Mapping[str, t.Any] | N
         pass  # recorded before (another refresh of the same lock)
 
 
-def broken_tokens(backend: "Backend") -> set[str]:
-    """Tokens of locks that were removed by someone else than their holder."""
-    return {n[len(BROKEN_PREFIX):] for n, _s in backend.list("tombstones")
-            if n.startswith(BROKEN_PREFIX) and ".tmp-" not in n}
-
-
 class Lock:
     """A held lock, refreshed by a timer thread. Use as a context manager or call release()."""
 

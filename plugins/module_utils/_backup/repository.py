@@ -95,7 +95,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.index impor
     encode_index,
     iter_index_raw,
 )
-from ansible_collections.vmsafe.protect.plugins.module_utils._backup.locks import Lock, break_locks, broken_tokens
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.locks import BROKEN_PREFIX, Lock, break_locks
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.manifest import (
     BackupRecord,
     DiskRecord,
@@ -397,9 +397,22 @@ class Repository:
             doc["reason"] = reason  # "uncommitted": a manifest its backup voided (lock lost), not a pruned one
         return self.codec.seal_meta(f"{kind}:{record.id}".encode(), json.dumps(doc).encode("utf-8"))
 
-    def _entry_ids(self, kind: str) -> dict[str, dict[str, t.Any]]:
-        """Authentic entries of ``journal`` or ``tombstones`` by backup id (damaged ones are skipped)."""
-        return self._entry_ids_of(kind, *(n.rsplit("/", 1)[-1] for n, _s in self.backend.list(kind) if ".tmp-" not in n))
+    def _names(self, kind: str) -> set[str]:
+        """Object names under ``kind/`` (``journal``, ``tombstones``), without the folder and temporary files."""
+        return {n.rsplit("/", 1)[-1] for n, _s in self.backend.list(kind) if ".tmp-" not in n}
+
+    @staticmethod
+    def _broken_locks(tombstone_names: t.Iterable[str]) -> set[str]:
+        """Tokens of the broken-lock records (``tombstones/lock-<token>``, locks.record_broken) among these names."""
+        prefix = BROKEN_PREFIX.rsplit("/", 1)[-1]
+        return {n[len(prefix):] for n in tombstone_names if n.startswith(prefix)}
+
+    def _entry_ids(self, kind: str, names: t.Iterable[str] | None = None) -> dict[str, dict[str, t.Any]]:
+        """Authentic entries of ``journal`` or ``tombstones`` by backup id (damaged ones are skipped); broken-lock
+        records share ``tombstones/`` but are not sealed entries, so they are not read."""
+        prefix = BROKEN_PREFIX.rsplit("/", 1)[-1]
+        listed = self._names(kind) if names is None else names
+        return self._entry_ids_of(kind, *(n for n in listed if not n.startswith(prefix)))
 
     def _entry_ids_of(self, kind: str, *backup_ids: str) -> dict[str, dict[str, t.Any]]:
         """Authentic entries of ``kind`` for the given backup ids (missing or damaged ones are skipped)."""
@@ -426,18 +439,20 @@ class Repository:
         """Those of ``backup_ids`` that are not backups: voided by their own backup (lock lost; see commit_backup),
         or written under a lock that someone else removed and never confirmed by a journal entry."""
         ids = list(backup_ids)
-        tombstoned = {n.rsplit("/", 1)[-1] for n, _s in self.backend.list("tombstones") if ".tmp-" not in n}
+        tombstoned = self._names("tombstones")
         entries = self._entry_ids_of("tombstones", *(b for b in ids if b in tombstoned))
-        return {b for b, doc in entries.items() if doc.get("reason") == "uncommitted"} | self._lock_voided(ids)
+        return ({b for b, doc in entries.items() if doc.get("reason") == "uncommitted"}
+                | self._lock_voided(ids, self._broken_locks(tombstoned)))
 
-    def _lock_voided(self, backup_ids: t.Iterable[str], records: t.Mapping[str, BackupRecord] | None = None) -> set[str]:
+    def _lock_voided(self, backup_ids: t.Iterable[str], broken: set[str], journal: t.Collection[str] | None = None,
+                     records: t.Mapping[str, BackupRecord] | None = None) -> set[str]:
         """Manifests committed under a lock that another process removed (break_lock, or an exclusive locker that
-        found it stale) and without a journal entry: the backup never confirmed its commit, and a GC may have
-        collected its data while it was written."""
-        broken = broken_tokens(self.backend)
+        found it stale: ``broken`` holds their tokens) and without a journal entry: the backup never confirmed its
+        commit, and a GC may have collected its data while it was written."""
         if not broken:
             return set()
-        journal = {n.rsplit("/", 1)[-1] for n, _s in self.backend.list("journal") if ".tmp-" not in n}
+        if journal is None:
+            journal = self._names("journal")
         void = set()
         for backup_id in backup_ids:
             if backup_id in journal:
@@ -454,12 +469,14 @@ class Repository:
 
     def history_problems(self) -> tuple[list[str], list[str]]:
         """Return (error messages, ids of replayed manifests) from comparing manifests, journal and tombstones."""
-        present = {n.rsplit("/", 1)[-1] for n, _s in self.backend.list("snapshots") if ".tmp-" not in n}
+        present = self._names("snapshots")
         journal = self._entry_ids("journal")
-        tombstones = self._entry_ids("tombstones")
+        tombstone_names = self._names("tombstones")
+        tombstones = self._entry_ids("tombstones", tombstone_names)
         errors = []
         # manifests that are not backups (their lock was broken before they were confirmed): prune removes them too
-        unconfirmed = self._lock_voided(present - set(journal) - set(tombstones))
+        unconfirmed = self._lock_voided(present - set(journal) - set(tombstones), self._broken_locks(tombstone_names),
+                                        journal)
         replayed = sorted((present & set(tombstones)) | unconfirmed)
         # with its journal entry still there, it is a prune that was killed between its tombstone and the manifest's
         # deletion (prune finishes it); a completed prune removed the journal entry, so without one it came back;
@@ -601,10 +618,8 @@ class Repository:
         manifest that is there).
         """
         records = []
-        tombstoned = set()
-        if not include_pruned:
-            tombstoned = {n.rsplit("/", 1)[-1] for n, _s in self.backend.list("tombstones") if ".tmp-" not in n}
-        broken = bool(tombstoned) and any(n.startswith("lock-") for n in tombstoned)
+        tombstoned: set[str] = set() if include_pruned else self._names("tombstones")
+        broken = self._broken_locks(tombstoned)
         for name, _size in self.backend.list("snapshots"):
             if ".tmp-" in name:
                 continue
@@ -618,7 +633,7 @@ class Repository:
             if vm_name is None or record.vm_name == vm_name:
                 records.append(record)
         if broken:
-            void = self._lock_voided([r.id for r in records if r.lock], {r.id: r for r in records})
+            void = self._lock_voided([r.id for r in records if r.lock], broken, records={r.id: r for r in records})
             records = [r for r in records if r.id not in void]
         records.sort(key=lambda r: (r.time, r.id))
         return records
