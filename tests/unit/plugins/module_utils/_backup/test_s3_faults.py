@@ -76,13 +76,21 @@ def test_kill_9_backup_or_prune_on_s3(tmp_path: t.Any, seaweedfs: t.Any, monkeyp
     proc.wait()
     killed = completed = 0
     checked: set[str] = set()
-    for iteration in range(ITERATIONS):
+    iteration = 0
+    # the random schedule, then (bounded) backups killed within their first half until one run was interrupted:
+    # a slow calibration run or prunes that finish before their kill would otherwise leave nothing killed
+    while iteration < ITERATIONS or (killed == 0 and iteration < ITERATIONS + 6):
         check = Repository.open(open_backend(location, **options), PASSPHRASE)
         before = [r.id for r in check.list()]
         check.close()
-        operation = "prune" if rng.random() < 0.3 else "backup"
+        if iteration < ITERATIONS:
+            operation = "prune" if rng.random() < 0.3 else "backup"
+            delay = rng.uniform(0.0, 1.2 * duration[operation])
+        else:
+            operation, delay = "backup", rng.uniform(0.0, 0.5 * duration["backup"] / (iteration - ITERATIONS + 1))
         proc, _started = start(operation, 100 + iteration)
-        time.sleep(rng.uniform(0.0, 1.2 * duration[operation]))
+        iteration += 1
+        time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         rest = proc.stdout.read() if proc.stdout else b""
         proc.wait()
