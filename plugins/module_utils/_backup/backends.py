@@ -15,13 +15,9 @@ from __future__ import annotations
 import abc
 import errno
 import os
-import secrets
-import socket
 import stat as stat_mod
 import threading
-import traceback
 import typing as t
-import urllib.parse
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors import (
     BackendError,
@@ -43,6 +39,8 @@ def _require_paramiko() -> t.Any:
         try:
             import paramiko as _paramiko  # pylint: disable=import-outside-toplevel
         except ImportError:
+            import traceback  # pylint: disable=import-outside-toplevel
+
             PARAMIKO_IMPORT_ERROR = traceback.format_exc()
             raise MissingDependencyError("paramiko", "SFTP repositories", PARAMIKO_IMPORT_ERROR) from None
         paramiko = _paramiko
@@ -174,18 +172,35 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def _durable(name: str) -> bool:
+    """Whether a write or delete of object ``name`` must survive a crash of the machine.
+
+    Lock objects need not: a lock only protects processes that run, and a crash of the machine ends them (a lock
+    that a crash takes away belonged to a dead process; one that a crash brings back is stale: its owner's boot id
+    is not the machine's, or it ages out). Skipping their fsyncs saves three of every run's (about 15 ms here).
+    Everything else, tombstones/lock-* (the records of broken locks) included, is durable.
+    """
+    return not name.startswith(LOCK_PREFIX)
+
+
+LOCK_PREFIX = "locks/"
+
+
 class _LocalWriter(ObjectWriter):
     def __init__(self, backend: "LocalBackend", name: str) -> None:
         self._final = backend._path(name)
+        self._durable = _durable(name)
         directory = os.path.dirname(self._final)
         self._dir = directory
-        self._tmp = f"{self._final}{TMP_MARK}{secrets.token_hex(6)}"
+        self._new_dir = False
+        self._tmp = f"{self._final}{TMP_MARK}{os.urandom(6).hex()}"
         try:
             self._fd: int | None = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileNotFoundError:
             os.makedirs(directory, mode=0o700, exist_ok=True)
-            # the new folder (packs/ab/) must survive a crash as much as the pack in it will
-            _fsync_dir(os.path.dirname(directory))
+            # the new folder (packs/ab/) must survive a crash as much as the pack in it will: its parent is
+            # fsynced at commit, off the thread that fills the pack (a pack's commit runs on the sink's syncer)
+            self._new_dir = True
             self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as exc:
             raise BackendError(
@@ -209,7 +224,8 @@ class _LocalWriter(ObjectWriter):
         if self._fd is None:
             raise BackendError("commit after commit/abort")
         try:
-            os.fsync(self._fd)
+            if self._durable:
+                os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
             if exclusive:
@@ -224,7 +240,10 @@ class _LocalWriter(ObjectWriter):
         except OSError as exc:
             self.abort()
             raise BackendError(f"Cannot store '{self._final}': {exc.strerror}.") from exc
-        _fsync_dir(self._dir)
+        if self._durable:
+            _fsync_dir(self._dir)
+            if self._new_dir:
+                _fsync_dir(os.path.dirname(self._dir))
 
     def abort(self) -> None:
         if self._fd is not None:
@@ -315,8 +334,9 @@ class LocalBackend(Backend):
             return
         except OSError as exc:
             raise BackendError(f"Cannot delete '{path}': {exc.strerror}.") from exc
-        # a delete that a crash can undo would resurrect a lock or a pruned manifest
-        _fsync_dir(os.path.dirname(path))
+        # a delete that a crash can undo would resurrect a pruned manifest or a pack GC counted as gone
+        if _durable(name):
+            _fsync_dir(os.path.dirname(path))
 
     def exists(self, name: str) -> bool:
         return os.path.exists(self._path(name))
@@ -356,7 +376,7 @@ class _SFTPWriter(ObjectWriter):
         self._backend = backend
         self._name = name
         self._final = backend._path(name)
-        self._tmp = f"{self._final}{TMP_MARK}{secrets.token_hex(6)}"
+        self._tmp = f"{self._final}{TMP_MARK}{os.urandom(6).hex()}"
         with backend.lock:
             sftp = backend._sftp()
             try:
@@ -377,7 +397,7 @@ class _SFTPWriter(ObjectWriter):
         with self._backend.lock:
             try:
                 self._file.write(bytes(data))
-            except (IOError, OSError, socket.error) as exc:
+            except (IOError, OSError) as exc:
                 raise BackendError(f"Cannot write '{self._tmp}' on {self._backend.location}: {exc}.") from exc
 
     def commit(self, exclusive: bool = False) -> None:
@@ -406,7 +426,7 @@ class _SFTPWriter(ObjectWriter):
                     sftp.posix_rename(self._tmp, self._final)
             except FileExistsError:
                 raise
-            except (IOError, OSError, socket.error) as exc:
+            except (IOError, OSError) as exc:
                 self.abort()
                 raise BackendError(f"Cannot store '{self._final}' on {self._backend.location}: {exc}.") from exc
 
@@ -529,7 +549,7 @@ class SFTPBackend(Backend):
                     "host_key_policy='accept_new' to trust it on first use."
                 ) from exc
             raise BackendError(f"SSH connection to {self.host}:{self.port} failed: {exc}.") from exc
-        except (OSError, socket.error) as exc:
+        except OSError as exc:
             client.close()
             raise BackendError(
                 f"Cannot connect to {self.host}:{self.port}: {exc}. Check the host, port and firewall."
@@ -689,6 +709,14 @@ class SFTPBackend(Backend):
                 self._client = None
 
 
+def _local_backend(path: str, options: dict[str, t.Any]) -> LocalBackend:
+    if options:
+        raise InvalidArgumentError(f"Local repositories take no options, got: {', '.join(sorted(options))}.")
+    if not path:
+        raise InvalidArgumentError("The repository path is empty.")
+    return LocalBackend(path)
+
+
 def open_backend(url_or_path: str, **options: t.Any) -> Backend:
     """Open a backend from ``/path``, ``file:///path``, ``sftp://user@host[:port]/path`` or ``s3://bucket/prefix``.
 
@@ -698,14 +726,13 @@ def open_backend(url_or_path: str, **options: t.Any) -> Backend:
     ``secret_key``, ``ca_bundle``, ``validate_certs``, ...); see ``s3.OPTIONS``.
     Raises InvalidArgumentError for unknown schemes or options, BackendError/HostKeyError on connect.
     """
+    if url_or_path.startswith("/") or ":" not in url_or_path:
+        return _local_backend(url_or_path, options)  # what urlsplit calls scheme-less, without importing urllib
+    import urllib.parse  # pylint: disable=import-outside-toplevel
+
     parsed = urllib.parse.urlsplit(url_or_path)
     if parsed.scheme in ("", "file"):
-        if options:
-            raise InvalidArgumentError(f"Local repositories take no options, got: {', '.join(sorted(options))}.")
-        path = parsed.path if parsed.scheme == "file" else url_or_path
-        if not path:
-            raise InvalidArgumentError("The repository path is empty.")
-        return LocalBackend(path)
+        return _local_backend(parsed.path if parsed.scheme == "file" else url_or_path, options)
     if parsed.scheme == "sftp":
         allowed = {"key_filename", "password", "known_hosts", "host_key_policy", "timeout"}
         unknown = set(options) - allowed

@@ -11,7 +11,7 @@ import collections
 import concurrent.futures
 import dataclasses
 import datetime
-import secrets
+import os
 import typing as t
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.chunker import (
@@ -143,7 +143,7 @@ def backup(
         stats["new_blobs"] = sink.blobs_stored
         stats["packs"] = len(sink.finished)
         stats["seconds"] = round((utcnow() - started).total_seconds(), 3)
-        backup_id = f"{when.astimezone(datetime.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+        backup_id = f"{when.astimezone(datetime.timezone.utc):%Y%m%dT%H%M%SZ}-{os.urandom(4).hex()}"
         record = BackupRecord(
             id=backup_id,
             vm_name=vm_name,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import secrets
+import os
 import typing as t
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors import (
@@ -62,7 +62,7 @@ def new_config(encryption: str, chunk_size: int, segment_chunks: int, pack_size:
     return {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
-        "id": secrets.token_hex(16),
+        "id": os.urandom(16).hex(),
         "chunk_size": chunk_size,
         "segment_chunks": segment_chunks,
         "pack_size": pack_size,

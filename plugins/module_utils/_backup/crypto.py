@@ -19,7 +19,6 @@ import hmac
 import json
 import os
 import threading
-import traceback
 import typing as t
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors import (
@@ -35,6 +34,8 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors impo
 try:
     import zstandard
 except ImportError:  # pragma: no cover - exercised by ansible-test import sanity
+    import traceback  # pylint: disable=import-outside-toplevel  # only when it failed: start-up time
+
     zstandard = None
     ZSTD_IMPORT_ERROR: str | None = traceback.format_exc()
 else:
@@ -47,6 +48,8 @@ try:
 except ImportError:  # pragma: no cover - exercised by ansible-test import sanity
     AESGCM = None
     Scrypt = None
+    import traceback  # pylint: disable=import-outside-toplevel  # only when it failed: start-up time
+
     InvalidTag = Exception
     CRYPTOGRAPHY_IMPORT_ERROR: str | None = traceback.format_exc()
 else:

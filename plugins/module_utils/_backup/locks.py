@@ -36,8 +36,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import secrets
-import socket
 import threading
 import time
 import typing as t
@@ -119,6 +117,15 @@ def describe(info: t.Mapping[str, t.Any]) -> str:
     )
 
 
+def _hostname() -> str:
+    try:
+        return os.uname().nodename  # what socket.gethostname() returns, without importing socket (start-up time)
+    except AttributeError:  # pragma: no cover - not POSIX
+        import socket  # pylint: disable=import-outside-toplevel
+
+        return socket.gethostname()
+
+
 def owner_identity() -> dict[str, t.Any]:
     pid = os.getpid()
     return {
@@ -126,7 +133,7 @@ def owner_identity() -> dict[str, t.Any]:
         "boot": boot_id(),
         "pid": pid,
         "start": process_start(pid),
-        "host": socket.gethostname(),
+        "host": _hostname(),
     }
 
 
@@ -172,7 +179,7 @@ class Lock:
         self.backend = backend
         self.exclusive = exclusive
         self.operation = operation
-        self.token = secrets.token_hex(16)
+        self.token = os.urandom(16).hex()
         self.seq = 0
         self.name = self._name()
         self.owner = owner_identity()
@@ -226,7 +233,7 @@ class Lock:
                     conflicts,
                 )
             # jitter: two racing exclusive lockers must not retry in lockstep forever
-            time.sleep(min(delay * (0.5 + secrets.randbelow(1000) / 1000), max(0.0, deadline - time.monotonic())))
+            time.sleep(min(delay * (0.5 + int.from_bytes(os.urandom(2), 'big') % 1000 / 1000), max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 5.0)
 
     def _conflicts(self) -> list[dict[str, t.Any]]:

@@ -270,9 +270,7 @@ class BackupRecord:
             doc = json.loads(data.decode("utf-8"))
             if doc.get("version") != MANIFEST_VERSION:
                 raise ValueError(f"unsupported manifest version {doc.get('version')}")
-            when = datetime.datetime.strptime(doc["time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
-                tzinfo=datetime.timezone.utc
-            )
+            when = parse_time(doc["time"])
             record = cls(
                 id=str(doc["id"]),
                 vm_name=str(doc["vm_name"]),
@@ -296,3 +294,17 @@ class BackupRecord:
 def utcnow() -> datetime.datetime:
     """The time backups are stamped with: now, in UTC."""
     return datetime.datetime.now(datetime.timezone.utc)
+
+
+def parse_time(text: str) -> datetime.datetime:
+    """A manifest's time, ``YYYY-MM-DDTHH:MM:SS.ffffffZ``, as an aware UTC datetime. Raises ValueError/TypeError.
+
+    fromisoformat when the text has exactly that shape (it avoids importing _strptime: start-up time), strptime
+    (which names the mismatch) otherwise.
+    """
+    if isinstance(text, str) and len(text) == 27 and text[10] == "T" and text[19] == "." and text[20:26].isdigit() \
+            and text[-1] == "Z":
+        when = datetime.datetime.fromisoformat(text[:-1])
+    else:
+        when = datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
+    return when.replace(tzinfo=datetime.timezone.utc)

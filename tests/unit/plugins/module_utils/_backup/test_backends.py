@@ -64,3 +64,45 @@ def test_atomic_writes_are_invisible_until_commit(tmp_path: t.Any) -> None:
     backend.delete("packs/ab/abcd")
     backend.delete("packs/ab/abcd")  # deleting twice is fine
     assert not os.path.exists(tmp_path / "packs" / "ab" / "abcd")
+
+
+@pytest.mark.parametrize("url, message", [("", "path is empty"), ("file://", "path is empty")])
+def test_empty_local_paths_are_refused(url: str, message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        open_backend(url)
+
+
+def test_relative_path_is_local(tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    backend = open_backend("repo")
+    assert isinstance(backend, LocalBackend) and backend.root == str(tmp_path / "repo")
+
+
+def test_what_is_made_durable(tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Data, metadata, new pack folders (in their parent) and deletes are fsynced; lock objects are not (a lock
+    protects running processes, which a crash of the machine ends), so no run pays for their fsyncs."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.path.relpath(os.readlink(f"/proc/self/fd/{fd}"), str(tmp_path)))
+        real_fsync(fd)
+
+    backend = LocalBackend(str(tmp_path))
+    backend.make_dirs(["packs", "locks", "snapshots", "tombstones"])
+    monkeypatch.setattr(os, "fsync", fsync)
+    backend.create_exclusive("locks/abc-000000", b"{}")
+    backend.delete("locks/abc-000000")
+    assert synced == [], "lock objects are written and removed without fsync"
+    backend.create_exclusive("tombstones/lock-abc", b"{}")
+    assert synced[0].startswith("tombstones/lock-abc.tmp-") and synced[1:] == ["tombstones"], synced
+    synced.clear()
+    writer = backend.open_writer("packs/ab/ab12")  # a new folder: its parent must learn of it durably
+    writer.write(b"data")
+    writer.commit()
+    assert synced[0].startswith("packs/ab/ab12.tmp-") and synced[1:] == ["packs/ab", "packs"]
+    synced.clear()
+    backend.delete("snapshots/x")  # absent: nothing to do
+    backend.write_atomic("snapshots/x", b"{}")
+    backend.delete("snapshots/x")
+    assert synced[-1] == "snapshots", "a delete is fsynced in its folder"
