@@ -115,9 +115,17 @@ def prune(
 
 
 def gc(repo: "Repository") -> PruneResult:
-    """Remove data no backup uses and repack half-empty packs (exclusive lock)."""
+    """Remove data no backup uses and repack half-empty packs (exclusive lock).
+
+    Manifests that are not backups (replayed after their prune, or written under a lock that was broken before
+    their journal entry) go first, as in prune: their data may already be collected, and a GC that reads them
+    would stop (a used blob without a location).
+    """
     with repo.lock(True, "gc") as lock:
-        result = PruneResult(kept=[], pruned=[], dry_run=False)
+        _errors, replayed = repo.history_problems()
+        for backup_id in replayed:
+            repo.forget(lock, repo.get(backup_id))
+        result = PruneResult(kept=[], pruned=[], dry_run=False, replayed_removed=list(replayed))
         _gc(repo, result, lock)
         return result
 

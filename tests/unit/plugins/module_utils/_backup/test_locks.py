@@ -20,6 +20,7 @@ import pytest
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors import LockedError, LockLostError
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.locks import Lock, boot_id, list_locks, machine_id
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.packs import pack_object_name
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import DiskSource, Repository
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.retention import RetentionPolicy
 from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup._helpers import (
@@ -173,6 +174,27 @@ def test_a_manifest_whose_lock_was_broken_before_its_journal_entry_is_not_a_back
     assert repo.verify(read_data=True).ok
     assert repo.prune(RetentionPolicy(keep_last=5)).replayed_removed == [pending.id]
     assert [n for n, _s in repo.backend.list("snapshots")] == [f"snapshots/{good.id}"] and repo.verify().ok
+
+
+def test_gc_alone_removes_a_lock_voided_manifest_whose_data_was_collected(repo: Repository) -> None:
+    """A stalled backup's lock is broken, a GC collects its packs, then its manifest appears (a credential that
+    cannot delete it): that manifest is not a backup, and a GC run on its own (not only prune) removes it instead
+    of stopping at its missing maps."""
+    good = small_backup(repo, "vm")
+    stalled = small_backup(repo, "vm")
+    repo.backend.delete(f"journal/{stalled.id}")
+    plant_lock(repo, f"locks/{stalled.lock}-000009", other_machine(), exclusive=False)
+    repo.break_lock()
+    index = repo.load_index()
+    used_by_good = {seg for d in good.disks for seg in d.segments if seg}
+    for seg in (s for d in stalled.disks for s in d.segments if s and s not in used_by_good):
+        location = index.get(bytes.fromhex(seg))
+        assert location is not None
+        repo.backend.delete(pack_object_name(location.pack))  # what the earlier GC collected
+    result = repo.gc()
+    assert result.replayed_removed == [stalled.id]
+    assert [n for n, _s in repo.backend.list("snapshots")] == [f"snapshots/{good.id}"]
+    assert repo.verify(read_data=True).ok
 
 
 def test_lock_of_this_machine_before_a_reboot_is_stale(repo: Repository) -> None:
