@@ -16,6 +16,7 @@ import typing as t
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.chunker import (
     FULL,
+    READ_BATCH,
     BufferPool,
     ChunkPiece,
     Extent,
@@ -310,7 +311,7 @@ def _backup_disk(
     # because a task per 64 KiB chunk spends more time in executor hand-offs than in work
     batch_size = max(1, (1024 * 1024) // csize)
     window = repo.threads * 3
-    buffers = BufferPool((window + 2) * batch_size + 4, csize)
+    buffers = BufferPool((window + 2) * batch_size + READ_BATCH + 4, csize)
 
     def work(batch: list[tuple[bytearray, int]]) -> list[tuple[bytes, bytes, bytearray | None]]:
         results = []

@@ -67,6 +67,19 @@ class FileRange:
         self._pos += count
         return count
 
+    def readinto_many(self, bufs: t.Sequence[t.Any]) -> int:
+        """Fill several buffers with one preadv (they are consecutive on disk); returns the bytes read."""
+        count = os.preadv(self._fd, bufs, self._pos)
+        self._pos += count
+        return count
+
+
+#: whole chunks read by one system call where the reader can (FileRange): one preadv of 16 x 64 KiB instead of
+#: sixteen, and one wait for the GIL instead of sixteen (the reading thread spent a third of a full backup waiting
+#: for the GIL after its reads). 4 GiB full backup: 9.4 -> 8.3 s with 8, 8.1 s with 16. The buffer pool of a
+#: backup has READ_BATCH more buffers for it.
+READ_BATCH = 16
+
 
 def file_extents(fd: int, size: int | None = None, skip_holes: bool = True) -> t.Iterator[Extent]:
     """Yield the data extents of an open image file, skipping holes (SEEK_DATA/SEEK_HOLE).
@@ -155,11 +168,30 @@ def iter_chunks(
             reader = data
         pos = offset
         consumed = 0
+        many = getattr(reader, "readinto_many", None)
         while pos < last_end:
             index = pos // chunk_size
             chunk_start = index * chunk_size
             clen = min(chunk_size, size - chunk_start)
             rel = pos - chunk_start
+            batch = min(READ_BATCH, (min(last_end, size) - pos) // chunk_size) if many is not None and rel == 0 else 0
+            if batch >= 2:
+                piece = flush()
+                if piece is not None:
+                    yield piece
+                bufs = [pool.get() for _unused in range(batch)]
+                views = [memoryview(buf)[:chunk_size] for buf in bufs]
+                got = many(views)
+                for number, view in enumerate(views):
+                    if got < (number + 1) * chunk_size:  # a short read: the rest one buffer at a time
+                        _fill(reader, view[max(0, got - number * chunk_size):])
+                        got = (number + 1) * chunk_size
+                for number, buf in enumerate(bufs):
+                    yield ChunkPiece(FULL, index + number, buf, chunk_size, ())
+                cur_index, cur_buf, intervals = index + batch - 1, None, []
+                pos += batch * chunk_size
+                consumed += batch * chunk_size
+                continue
             count = min(clen - rel, last_end - pos)
             if index != cur_index:
                 piece = flush()
