@@ -57,6 +57,11 @@ class ObjectWriter(abc.ABC):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append data. Raises BackendError."""
 
+    def write_many(self, parts: t.Sequence[bytes | bytearray | memoryview]) -> None:
+        """Append several pieces in order (one system call where the storage allows). Raises BackendError."""
+        for part in parts:
+            self.write(part)
+
     @abc.abstractmethod
     def commit(self, exclusive: bool = False) -> None:
         """Flush to stable storage and publish under the final name. Raises BackendError.
@@ -215,6 +220,24 @@ class _LocalWriter(ObjectWriter):
             while view:
                 written = os.write(self._fd, view)
                 view = view[written:]
+        except OSError as exc:
+            raise BackendError(
+                f"Cannot write '{self._tmp}': {exc.strerror}. Check free space on the repository."
+            ) from exc
+
+    def write_many(self, parts: t.Sequence[bytes | bytearray | memoryview]) -> None:
+        if self._fd is None:
+            raise BackendError("write after commit/abort")
+        views = [memoryview(part).cast("B") for part in parts if len(part)]
+        first = 0
+        try:
+            while first < len(views):
+                written = os.writev(self._fd, views[first:first + 512])
+                while first < len(views) and written >= len(views[first]):
+                    written -= len(views[first])
+                    first += 1
+                if written:
+                    views[first] = views[first][written:]
         except OSError as exc:
             raise BackendError(
                 f"Cannot write '{self._tmp}': {exc.strerror}. Check free space on the repository."

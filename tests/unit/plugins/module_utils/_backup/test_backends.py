@@ -106,3 +106,21 @@ def test_what_is_made_durable(tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch) 
     backend.write_atomic("snapshots/x", b"{}")
     backend.delete("snapshots/x")
     assert synced[-1] == "snapshots", "a delete is fsynced in its folder"
+
+
+def test_write_many_appends_every_piece_in_order(tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One writev per batch of pieces; a short writev (allowed by POSIX) continues where it stopped."""
+    backend = LocalBackend(str(tmp_path))
+    backend.make_dirs(["packs"])
+    parts = [os.urandom(n) for n in (10, 0, 70_000, 1, 5000)] + [bytearray(b"xyz"), memoryview(b"tail")]
+    real_writev = os.writev
+
+    def short_writev(fd: int, buffers: t.Sequence[t.Any]) -> int:
+        return real_writev(fd, [memoryview(buffers[0])[:7]])  # never more than 7 bytes at a time
+
+    writer = backend.open_writer("packs/ab/many")
+    writer.write_many(parts[:3])
+    monkeypatch.setattr(os, "writev", short_writev)
+    writer.write_many(parts[3:])
+    writer.commit()
+    assert backend.read("packs/ab/many") == b"".join(bytes(p) for p in parts)
