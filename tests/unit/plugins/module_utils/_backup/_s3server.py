@@ -126,7 +126,10 @@ def start_seaweedfs(workdir: str, timeout: float = 60.0, extra_args: t.Sequence[
         weed, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={workdir}/data",
         f"-master.port={master}", f"-master.port.grpc={master_grpc}", "-master.telemetry=false",
         "-master.volumeSizeLimitMB=256", f"-volume.port={volume}", f"-volume.port.grpc={volume_grpc}",
-        "-volume.max=0", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
+        # an explicit volume count: with 0 (auto) SeaweedFS allows free disk / 256 MB volumes, and every bucket
+        # (collection) takes 7, so on a machine with 28 GB free the suite's buckets ran out ("No writable volumes
+        # and no free volumes left": PutObject InternalError); volumes are files that grow as they fill
+        "-volume.max=2000", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
         "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-s3.config={config}",
         "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.iam=false", *extra_args,
     ]
