@@ -94,4 +94,3 @@ def test_a_source_that_ends_early_is_an_error() -> None:
     pool = BufferPool(READ_BATCH + 2, CHUNK)
     with pytest.raises(Exception, match="ended before"):
         assemble(iter_chunks([(0, size, reader)], size, CHUNK, pool), pool, size)
-
