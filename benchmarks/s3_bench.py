@@ -42,7 +42,6 @@ from ansible_collections.vmsafe.protect.tests.unit.plugins.module_utils._backup 
 )
 
 GIB = 1024 * 1024 * 1024
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 class Measured(t.NamedTuple):
@@ -53,12 +52,7 @@ class Measured(t.NamedTuple):
     stdout: str
 
 
-def proc_cpu(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    with open(f"/proc/{pid}/stat", "rb") as handle:
-        fields = handle.read().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+proc_cpu = backup_bench.proc_cpu
 
 
 def run(cmd: list[str], env: dict[str, str], server_pid: int | None, cwd: str | None = None,
