@@ -194,7 +194,6 @@ class Tool:
         self.repo = os.path.join(work, f"repo-{self.name}")
         shutil.rmtree(self.repo, ignore_errors=True)
         self.results: dict[str, t.Any] = {}
-        self.floor: dict[str, float] | None = None  # vmsafe only: write_floor of its restored image
 
     def measure(self, label: str, fn: t.Callable[[], Run], repo_before: int | None = None) -> None:
         before = dir_bytes(self.repo) if repo_before is None else repo_before
@@ -347,27 +346,6 @@ class VmsafeBefore(Vmsafe):
     name = "vmsafe-before"
 
 
-def write_floor(work: str, nbytes: int) -> dict[str, float]:
-    """What writing ``nbytes`` (a restored image's allocated bytes) from memory and one fsync take here: the part of
-    a restore no tool can avoid, to read the restore ratios against."""
-    block = os.urandom(4 * MIB)
-    path = os.path.join(work, "write-floor.bin")
-    os.sync()
-    start = time.perf_counter()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        left = nbytes
-        while left > 0:
-            left -= os.write(fd, block[: min(left, len(block))])
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    seconds = time.perf_counter() - start
-    os.unlink(path)
-    log(f"write floor: {nbytes / 1e9:.2f} GB written and fsynced in {seconds:.2f} s")
-    return {"bytes": float(nbytes), "s": seconds}
-
-
 def one_round(
     work: str, image: str, size: int, names: list[str], extra: dict[str, t.Any], no_borg_repokey: bool
 ) -> dict[str, Tool]:
@@ -406,8 +384,6 @@ def one_round(
         got = sha256_file(target)
         if got != expected:
             raise RuntimeError(f"{tool.name} restored different content ({got} != {expected})")
-        if tool.name == "vmsafe":
-            tool.floor = write_floor(work, os.stat(target).st_blocks * 512)
         shutil.rmtree(target_dir, ignore_errors=True)
     log("all restores are bit-identical to the day-3 image")
     return {tool.name: tool for tool in tools}
@@ -509,12 +485,6 @@ def table(tools: list[Tool], size: int, extra: dict[str, t.Any]) -> str:
             rs >= 2.5,
             f"borg/vmsafe {rs:.2f}x " f"(restic/vmsafe {ratio(r['restore']['s'], v['restore']['s'])})",
         )
-        floor = next((tool.floor for tool in tools if tool.name == "vmsafe" and tool.floor), None)
-        if floor:
-            lines.append(
-                f"| (info) restore: writing + fsync of the restored image's {floor['bytes'] / 1e9:.2f} GB from memory "
-                f"| {floor['s']:.2f} s; 2.5x needs <= {b['restore']['s'] / 2.5:.2f} s | - |"
-            )
         sc = v["scattered"]["added"] / r["scattered"]["added"] if r["scattered"]["added"] else 0.0
         row(
             "scattered 1 % bytes added <= 0.25x restic's",
