@@ -469,8 +469,10 @@ class Repository:
 
     def history_problems(self) -> tuple[list[str], list[str]]:
         """Return (error messages, ids of replayed manifests) from comparing manifests, journal and tombstones."""
-        present = self._names("snapshots")
+        # the journal is listed before the manifests: a backup writes its manifest, then its journal entry, so a
+        # backup committing meanwhile never looks like a journal entry whose manifest was removed
         journal = self._entry_ids("journal")
+        present = self._names("snapshots")
         tombstone_names = self._names("tombstones")
         tombstones = self._entry_ids("tombstones", tombstone_names)
         errors = []
