@@ -79,8 +79,8 @@ def module(name: str, args: dict, work: str, vm: str | None = None) -> Result:
     os.sync()
     env = {"PYTHONPATH": COLLECTIONS}
     qemu_before = qemu_cpu(vm) if vm else 0.0
-    seconds, rss, stdout, cpu = run([sys.executable, "-m", f"ansible_collections.vmsafe.protect.plugins.modules.{name}",
-                                path], env=env)
+    module_path = f"ansible_collections.vmsafe.protect.plugins.modules.{name}"
+    seconds, rss, stdout, cpu = run([sys.executable, "-m", module_path, path], env=env)
     result = json.loads(stdout[stdout.index("{"):])
     if result.get("failed"):
         raise SystemExit(f"{name} failed: {result.get('msg')}")
