@@ -117,3 +117,28 @@ def test_a_folder_that_cannot_be_removed_is_a_warning(tmp_path):
     job.close(True)
     assert dom.checkpoints == ["vmsafe-new"]
     assert len(warnings) == 1 and "Could not remove the backup job's folder" in warnings[0]
+
+
+class VanishedCheckpoint(FakeCheckpoint):
+    """Listed, then deleted by another thread before its XML is read."""
+
+    def getXMLDesc(self, flags: int) -> str:  # noqa: N802  pylint: disable=unused-argument
+        raise libvirt.libvirtError("Domain checkpoint not found: no domain checkpoint with matching name")
+
+
+class ListingDomain:
+    def __init__(self, dom: FakeDomain, vanished: str) -> None:
+        self.dom, self.vanished = dom, vanished
+
+    def listAllCheckpoints(self, flags: int) -> list[FakeCheckpoint]:  # noqa: N802  pylint: disable=unused-argument
+        return [VanishedCheckpoint(self.dom, n) if n == self.vanished else FakeCheckpoint(self.dom, n)
+                for n in self.dom.checkpoints]
+
+
+def test_a_checkpoint_deleted_while_listed_is_skipped() -> None:
+    """Found by CI's killed-backup test: the run after a killed vm_backup ends the abandoned job (and deletes its
+    checkpoint) in its export thread while its main thread lists the checkpoints for the last backup's base; the
+    listing raised libvirtError ("no domain checkpoint with matching name") and the task failed."""
+    dom = FakeDomain(["vmsafe-1", "vmsafe-2", "vmsafe-3"])
+    assert libvirt_backup.checkpoint_names(ListingDomain(dom, "vmsafe-3")) == ["vmsafe-1", "vmsafe-2"]
+    assert libvirt_backup.checkpoint_names(ListingDomain(dom, "")) == ["vmsafe-1", "vmsafe-2", "vmsafe-3"]
