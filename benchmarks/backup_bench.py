@@ -442,13 +442,13 @@ def table(tools: list[Tool], size: int, extra: dict[str, t.Any]) -> str:
             f"| {r['clustered']['s']:.2f} s, +{r['clustered']['added'] / 1e6:.1f} MB "
             f"| {r['scattered']['s']:.2f} s, +{r['scattered']['added'] / 1e6:.1f} MB "
             f"| {r['restore']['s']:.2f} s | {rss:.0f} MiB "
-            f"| {r['full'].get('cpu', 0):.1f} / {r['restore'].get('cpu', 0):.1f} |"
+            f"| {r['full']['cpu']:.1f} / {r['restore']['cpu']:.1f} |"
         )
     if "borg_repokey_full" in extra:
         enc = extra["borg_repokey_full"]
         lines.append(
             f"| borg repokey (encrypted) | {enc['s']:.2f} s, {enc['added'] / 1e6:.0f} MB | | | | {enc['rss']:.0f} MiB "
-            f"| {enc.get('cpu', 0):.1f} / |"
+            f"| {enc['cpu']:.1f} / |"
         )
     by = {tool.name: tool.results for tool in tools}
     if "vmsafe" not in by:
@@ -476,8 +476,8 @@ def table(tools: list[Tool], size: int, extra: dict[str, t.Any]) -> str:
         rs = b["restore"]["s"] / v["restore"]["s"]
         cores = os.cpu_count() or 1
         lines.append(
-            f"| (info) full: vmsafe's CPU time on {cores} cores | {v['full'].get('cpu', 0):.1f} CPU s: no less than "
-            f"{v['full'].get('cpu', 0) / cores:.2f} s wall; 2.5x needs <= {min(b['full']['s'], r['full']['s']) / 2.5:.2f} s | - |"
+            f"| (info) full: vmsafe's CPU time on {cores} cores | {v['full']['cpu']:.1f} CPU s: no less than "
+            f"{v['full']['cpu'] / cores:.2f} s wall; 2.5x needs <= {min(b['full']['s'], r['full']['s']) / 2.5:.2f} s | - |"
         )
         row(
             "restore >= 2.5x faster than borg",

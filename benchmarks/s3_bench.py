@@ -52,15 +52,12 @@ class Measured(t.NamedTuple):
     stdout: str
 
 
-proc_cpu = backup_bench.proc_cpu
-
-
 def run(cmd: list[str], env: dict[str, str], server_pid: int | None, cwd: str | None = None,
         then: t.Callable[[], None] | None = None) -> Measured:
     """Run a child (plus ``then``, e.g. an fsync, inside the timing); raise on failure."""
     full_env = dict(os.environ, **env)
     err_path = os.path.join(os.environ["BENCH_TMP"], "child.err")
-    server_before = proc_cpu(server_pid)
+    server_before = backup_bench.proc_cpu(server_pid)
     with open(err_path, "wb") as err:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=full_env, cwd=cwd)
@@ -73,7 +70,7 @@ def run(cmd: list[str], env: dict[str, str], server_pid: int | None, cwd: str | 
         with open(err_path, encoding="utf-8", errors="replace") as handle:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{handle.read()[-3000:]}")
     return Measured(seconds, usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime,
-                    proc_cpu(server_pid) - server_before, stdout)
+                    backup_bench.proc_cpu(server_pid) - server_before, stdout)
 
 
 def check_same(restored: str, image: str, what: str) -> None:

@@ -205,7 +205,6 @@ def verify(repo: "Repository", backup_id: str | None = None, read_data: bool = F
         if backup_id is None:
             history, _replayed = repo.history_problems()
             report.errors.extend(history)
-        if backup_id is None:
             void = repo.voided(n.split("/", 1)[1] for n in names)  # failed backups' leftovers: prune removes them
             names = [n for n in names if n.split("/", 1)[1] not in void]
         used: dict[bytes, tuple[str, str, int, int]] = {}
