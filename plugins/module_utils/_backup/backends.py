@@ -191,6 +191,112 @@ def _durable(name: str) -> bool:
 LOCK_PREFIX = "locks/"
 
 
+#: O_DIRECT needs buffers, offsets and lengths aligned to the device's logical block (512 or 4096 bytes)
+DIRECT_ALIGN = 4096
+#: each writing thread stages O_DIRECT writes in one reused buffer of this size (a fresh one would page-fault)
+DIRECT_STAGE = 1024 * 1024
+_stage_local = threading.local()
+
+
+def reopen_direct(fd: int) -> int | None:
+    """Open the file behind ``fd`` again for writing with O_DIRECT, or return None where unsupported (tmpfs)."""
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag or not os.path.exists(f"/proc/self/fd/{fd}"):
+        return None
+    try:
+        return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | flag)
+    except OSError:
+        return None
+
+
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    """pwrite until every byte is written. Raises OSError."""
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+class _DirectSink:
+    """Writes a streamed object with O_DIRECT: the bytes go from a staging buffer to the disk, not through the page cache.
+
+    Measured on the lab (4 GiB full backup, 1.78 GB of packs): copying packs into the page cache cost 1.9 of the
+    backup's 11.8 CPU seconds (new page-cache pages are cold), and flushing them ran at 440 MB/s where direct writes
+    ran at 2 GB/s. Whole aligned blocks are written as they fill; the last partial block is kept (as bytes, so the
+    thread's staging buffer is free for the next object) and written through the ordinary descriptor by finish().
+    The object is still invisible until the writer's commit (fsync, rename), so a process that dies here leaves only a
+    temporary file, as before. Where a direct write is refused (EINVAL: a filesystem or block size that does not take
+    it), the same bytes go through the ordinary descriptor and the rest of the object too.
+    """
+
+    def __init__(self, fd: int, direct_fd: int) -> None:
+        self._fd = fd
+        self._direct_fd: int | None = direct_fd
+        self._offset = 0
+        self._tail = b""
+
+    @classmethod
+    def open(cls, fd: int) -> "_DirectSink | None":
+        direct_fd = reopen_direct(fd)
+        return None if direct_fd is None else cls(fd, direct_fd)
+
+    @staticmethod
+    def _stage() -> memoryview:
+        stage = getattr(_stage_local, "buf", None)
+        if stage is None:
+            import mmap  # pylint: disable=import-outside-toplevel
+
+            stage = _stage_local.buf = memoryview(mmap.mmap(-1, DIRECT_STAGE))
+        return stage
+
+    def write(self, views: t.Sequence[memoryview]) -> None:
+        stage = self._stage()
+        filled = len(self._tail)
+        stage[:filled] = self._tail
+        for view in views:
+            while view:
+                take = min(len(view), DIRECT_STAGE - filled)
+                stage[filled:filled + take] = view[:take]
+                filled += take
+                view = view[take:]
+                if filled == DIRECT_STAGE:
+                    self._put(stage, DIRECT_STAGE)
+                    filled = 0
+        whole = filled - filled % DIRECT_ALIGN
+        if whole:
+            self._put(stage, whole)
+        self._tail = bytes(stage[whole:filled])
+
+    def _put(self, stage: memoryview, length: int) -> None:
+        if self._direct_fd is not None:
+            try:
+                pwrite_all(self._direct_fd, stage[:length], self._offset)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self.close()
+        if self._direct_fd is None:
+            pwrite_all(self._fd, stage[:length], self._offset)
+        self._offset += length
+
+    def finish(self) -> None:
+        """Write the last partial block (buffered: it need not be aligned) and close the direct descriptor."""
+        if self._tail:
+            pwrite_all(self._fd, self._tail, self._offset)
+            self._offset += len(self._tail)
+            self._tail = b""
+        self.close()
+
+    def close(self) -> None:
+        if self._direct_fd is not None:
+            try:
+                os.close(self._direct_fd)
+            except OSError:
+                pass
+            self._direct_fd = None
+
+
 class _LocalWriter(ObjectWriter):
     def __init__(self, backend: "LocalBackend", name: str) -> None:
         self._final = backend._path(name)
@@ -211,10 +317,16 @@ class _LocalWriter(ObjectWriter):
             raise BackendError(
                 f"Cannot create '{self._tmp}': {exc.strerror}. Check permissions and free space."
             ) from exc
+        # streamed writes (packs) go to the disk with O_DIRECT from write_many's first call on: see _DirectSink
+        self._direct: _DirectSink | None = None
+        self._direct_tried = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._fd is None:
             raise BackendError("write after commit/abort")
+        if self._direct is not None:
+            self.write_many([data])
+            return
         view = memoryview(data)
         try:
             while view:
@@ -228,7 +340,18 @@ class _LocalWriter(ObjectWriter):
     def write_many(self, parts: t.Sequence[bytes | bytearray | memoryview]) -> None:
         if self._fd is None:
             raise BackendError("write after commit/abort")
+        if not self._direct_tried:
+            self._direct_tried = True
+            self._direct = _DirectSink.open(self._fd)
         views = [memoryview(part).cast("B") for part in parts if len(part)]
+        if self._direct is not None:
+            try:
+                self._direct.write(views)
+            except OSError as exc:
+                raise BackendError(
+                    f"Cannot write '{self._tmp}': {exc.strerror}. Check free space on the repository."
+                ) from exc
+            return
         first = 0
         try:
             while first < len(views):
@@ -247,6 +370,9 @@ class _LocalWriter(ObjectWriter):
         if self._fd is None:
             raise BackendError("commit after commit/abort")
         try:
+            if self._direct is not None:
+                self._direct.finish()
+                self._direct = None
             if self._durable:
                 os.fsync(self._fd)
             os.close(self._fd)
@@ -269,6 +395,9 @@ class _LocalWriter(ObjectWriter):
                 _fsync_dir(os.path.dirname(self._dir))
 
     def abort(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
+            self._direct = None
         if self._fd is not None:
             try:
                 os.close(self._fd)

@@ -16,6 +16,11 @@ import stat as stat_mod
 import threading
 import typing as t
 
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.backends import (
+    DIRECT_ALIGN,
+    pwrite_all,
+    reopen_direct,
+)
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors import (
     CorruptChunkError,
     DiskNotFoundError,
@@ -48,13 +53,7 @@ def _open_direct(fd: int, chunk_size: int) -> int | None:
     decrypting and decompressing here; direct writes of whole-chunk runs avoid both.
     Falls back to buffered writes where O_DIRECT is unsupported (tmpfs, other OSes).
     """
-    flag = getattr(os, "O_DIRECT", 0)
-    if not flag or chunk_size % 4096 or not os.path.exists(f"/proc/self/fd/{fd}"):
-        return None
-    try:
-        return os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | flag)
-    except OSError:
-        return None
+    return None if chunk_size % DIRECT_ALIGN else reopen_direct(fd)
 
 
 # ------------------------------------------------------------------ restore
@@ -176,13 +175,6 @@ def _restore_into(
     written = 0
 
     local = threading.local()
-
-    def pwrite_all(target_fd: int, data: t.Any, pos: int) -> None:
-        view = memoryview(data)
-        while view:
-            count = os.pwrite(target_fd, view, pos)
-            view = view[count:]
-            pos += count
 
     def work(batch: list[tuple[int, int, bytes, bytes, int, str]]) -> int:
         # every chunk of the batch is checked before anything of the batch is written

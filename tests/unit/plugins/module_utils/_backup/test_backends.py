@@ -4,11 +4,13 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import typing as t
 
 import pytest
 
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup import backends
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.backends import LocalBackend, open_backend
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors import BackendError, InvalidArgumentError
 
@@ -109,7 +111,9 @@ def test_what_is_made_durable(tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_write_many_appends_every_piece_in_order(tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One writev per batch of pieces; a short writev (allowed by POSIX) continues where it stopped."""
+    """Buffered (no O_DIRECT here): one writev per batch of pieces; a short writev (allowed by POSIX) continues where
+    it stopped."""
+    monkeypatch.setattr(backends, "reopen_direct", lambda fd: None)
     backend = LocalBackend(str(tmp_path))
     backend.make_dirs(["packs"])
     parts = [os.urandom(n) for n in (10, 0, 70_000, 1, 5000)] + [bytearray(b"xyz"), memoryview(b"tail")]
@@ -124,3 +128,76 @@ def test_write_many_appends_every_piece_in_order(tmp_path: t.Any, monkeypatch: p
     writer.write_many(parts[3:])
     writer.commit()
     assert backend.read("packs/ab/many") == b"".join(bytes(p) for p in parts)
+
+
+def _direct_spy(monkeypatch: pytest.MonkeyPatch, refuse: bool = False) -> list[tuple[int, int]]:
+    """Record (offset, length) of every write through an O_DIRECT descriptor; ``refuse`` makes them fail with EINVAL."""
+    direct: set[int] = set()
+    seen: list[tuple[int, int]] = []
+    real_reopen, real_pwrite = backends.reopen_direct, os.pwrite
+
+    def reopen(fd: int) -> int | None:
+        got = real_reopen(fd)
+        if got is not None:
+            direct.add(got)
+        return got
+
+    def pwrite(fd: int, data: t.Any, offset: int) -> int:
+        if fd in direct:
+            if refuse:
+                raise OSError(errno.EINVAL, "Invalid argument")
+            seen.append((offset, len(data)))
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(backends, "reopen_direct", reopen)
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    return seen
+
+
+def test_streamed_writes_go_to_the_disk_directly_in_aligned_blocks(tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pack data bypasses the page cache (O_DIRECT): whole aligned blocks as they fill, the last partial block at commit
+    through the ordinary descriptor; the object has exactly the bytes given, in order, across staging-buffer refills."""
+    seen = _direct_spy(monkeypatch)
+    backend = LocalBackend(str(tmp_path))
+    backend.make_dirs(["packs"])
+    sizes = [8, 65_565, 0, 1, backends.DIRECT_STAGE + 4095, 29, backends.DIRECT_STAGE * 2, 12_345]
+    parts = [os.urandom(n) for n in sizes]
+    writer = backend.open_writer("packs/ab/direct")
+    writer.write_many(parts[:3])
+    writer.write(parts[3])  # a plain write() after direct writes continues the same stream
+    writer.write_many([bytearray(parts[4]), memoryview(parts[5])])
+    writer.write_many(parts[6:])
+    writer.commit()
+    want = b"".join(parts)
+    assert backend.read("packs/ab/direct") == want
+    try:
+        os.close(os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT | getattr(os, "O_DIRECT", 0)))
+    except OSError:
+        pytest.skip("this filesystem does not take O_DIRECT (tmpfs)")
+    assert all(offset % backends.DIRECT_ALIGN == 0 and length % backends.DIRECT_ALIGN == 0 for offset, length in seen)
+    direct_bytes = sum(length for _offset, length in seen)
+    assert direct_bytes == len(want) - len(want) % backends.DIRECT_ALIGN, "all but the last partial block went direct"
+    assert [offset for offset, _length in seen] == sorted(offset for offset, _length in seen)
+
+
+def test_a_refused_direct_write_falls_back_to_buffered(tmp_path: t.Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EINVAL from an O_DIRECT write (a filesystem or block size that does not take it): the same bytes and the rest of
+    the object go through the page cache, and nothing is lost or doubled."""
+    _direct_spy(monkeypatch, refuse=True)
+    backend = LocalBackend(str(tmp_path))
+    backend.make_dirs(["packs"])
+    parts = [os.urandom(n) for n in (100_000, backends.DIRECT_STAGE + 1, 7)]
+    writer = backend.open_writer("packs/ab/fallback")
+    for part in parts:
+        writer.write_many([part])
+    writer.commit()
+    assert backend.read("packs/ab/fallback") == b"".join(parts)
+
+
+def test_an_aborted_direct_write_leaves_nothing(tmp_path: t.Any) -> None:
+    backend = LocalBackend(str(tmp_path))
+    backend.make_dirs(["packs"])
+    writer = backend.open_writer("packs/ab/gone")
+    writer.write_many([os.urandom(3 * backends.DIRECT_ALIGN + 5)])
+    writer.abort()
+    assert os.listdir(tmp_path / "packs" / "ab") == []
