@@ -718,6 +718,29 @@ class NbdClient:
 _STATUS_WINDOW = 1 << 30
 
 
+class NbdRange:
+    """A reader over an export from ``offset`` on, for the backup engine: ``readinto_many`` fills its buffers (the
+    consecutive pieces of one extent) in one pipeline of requests, straight into them."""
+
+    def __init__(self, client: NbdClient, offset: int) -> None:
+        self._client = client
+        self._pos = offset
+
+    def readinto(self, buf: t.Any) -> int:
+        return self.readinto_many([buf])
+
+    def readinto_many(self, bufs: t.Sequence[t.Any]) -> int:
+        items = []
+        pos = self._pos
+        for buf in bufs:
+            view = memoryview(buf).cast("B")
+            items.append((pos, view))
+            pos += len(view)
+        self._client.readinto_many(items)
+        count, self._pos = pos - self._pos, pos
+        return count
+
+
 def _runs(client: NbdClient, size: int, context: str, wanted: t.Callable[[int], bool]) -> t.Iterator[tuple[int, int]]:
     """Merged (offset, length) runs of ``context`` whose flags satisfy ``wanted``, in order, window by window."""
     pending_start = pending_length = 0

@@ -18,8 +18,8 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.chunker imp
     FULL,
     READ_BATCH,
     BufferPool,
-    ChunkPiece,
     Extent,
+    grouped,
     iter_chunks,
 )
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors import (
@@ -48,11 +48,15 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.packs impor
     BLOB_MAP,
 )
 
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.prefetch import prefetched
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.sink import PackSink
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.manifest import utcnow
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from ansible_collections.vmsafe.protect.plugins.module_utils._backup.repository import Repository
+
+#: groups of READ_BATCH chunks the read-ahead thread may have ready before this thread takes them
+READ_AHEAD = 2
 
 
 @dataclasses.dataclass
@@ -311,7 +315,12 @@ def _backup_disk(
     # because a task per 64 KiB chunk spends more time in executor hand-offs than in work
     batch_size = max(1, (1024 * 1024) // csize)
     window = repo.threads * 3
-    buffers = BufferPool((window + 2) * batch_size + READ_BATCH + 4, csize)
+    # Chunks in use at once: the window of batches in the pool, the one being gathered here, the groups the
+    # read-ahead thread has queued (READ_AHEAD, and one more waiting to be queued) and the one it is filling. Whole
+    # chunks are read into slabs of READ_BATCH chunks (no copy); partial chunks and sources that hand over bytes
+    # use single buffers. No deadlock: this thread submits what it gathered at the end of every group, so while it
+    # waits for the reader it holds no buffer, and the workers give theirs back without waiting for anything.
+    buffers = BufferPool((window + 2) * batch_size + READ_BATCH * (READ_AHEAD + 2) + 4, csize, slab_chunks=READ_BATCH)
 
     def work(batch: list[tuple[bytearray, int]]) -> list[tuple[bytes, bytes, bytearray | None]]:
         results = []
@@ -344,7 +353,7 @@ def _backup_disk(
         while len(pending) > window:
             collect_group(pending.popleft())
 
-    def guarded(pieces: t.Iterator[ChunkPiece]) -> t.Iterator[ChunkPiece]:
+    def guarded(pieces: t.Iterator[t.Any]) -> t.Iterator[t.Any]:
         try:
             yield from pieces
         except OSError as exc:
@@ -353,25 +362,36 @@ def _backup_disk(
                 "earlier backups are untouched; check the disk source and run the backup again."
             ) from exc
 
-    for piece in guarded(iter_chunks(source.extents, size, csize, buffers, source.name)):
-        pieces += 1
-        buf, length = piece.buf, piece.length
-        if piece.kind != FULL:
-            base = parent_plain(piece.index, length)
-            for start, end in piece.intervals:
-                base[start:end] = buf[start:end]
-            buf[:length] = base
-        stats["read_bytes"] += length
-        if (buf == zero_full) if length == csize else (bytes(buf[:length]) == bytes(length)):
-            buffers.put(buf)
-            members.append((piece.index, length, True))
-        else:
-            members.append((piece.index, length, False))
-            batch.append((buf, length))
-        if len(members) >= batch_size:
-            submit()
-        if pieces & 1023 == 0 and sink.error is not None:
-            raise sink.error
+    # The source is read (and cut into chunks) by a read-ahead thread, so its reads overlap this thread's work.
+    reader = prefetched(grouped(iter_chunks(source.extents, size, csize, buffers, source.name)), READ_AHEAD,
+                        name="vmsafe-read-disk")
+    try:
+        for group in guarded(reader):
+            for piece in group:
+                pieces += 1
+                buf, length = piece.buf, piece.length
+                if piece.kind != FULL:
+                    base = parent_plain(piece.index, length)
+                    for start, end in piece.intervals:
+                        base[start:end] = buf[start:end]
+                    buf[:length] = base
+                stats["read_bytes"] += length
+                # startswith: a memcmp for bytearrays and memoryviews alike (== on a memoryview compares item by item)
+                if zero_full.startswith(buf if length == csize else memoryview(buf)[:length]):
+                    buffers.put(buf)
+                    members.append((piece.index, length, True))
+                else:
+                    members.append((piece.index, length, False))
+                    batch.append((buf, length))
+                if len(members) >= batch_size:
+                    submit()
+            if members:
+                submit()
+            if sink.error is not None:
+                raise sink.error
+    finally:
+        buffers.close()  # a reader blocked for a buffer stops now (only matters when this loop failed)
+        reader.close()
     if members:
         submit()
     while pending:

@@ -17,7 +17,7 @@ stays flat whatever the disk size.
 from __future__ import annotations
 
 import os
-import queue
+import threading
 import typing as t
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors import InvalidArgumentError
@@ -28,21 +28,81 @@ FULL = 0
 PARTIAL = 1
 
 
-class BufferPool:
-    """A fixed number of reusable chunk buffers; get() blocks when all are in use."""
+class PoolClosed(Exception):
+    """The buffer pool was closed while a reader waited for a buffer (the backup stopped)."""
 
-    def __init__(self, count: int, size: int) -> None:
+
+class BufferPool:
+    """Reusable chunk buffers, so memory stays flat whatever the disk size: at most ``count`` chunks are out at once,
+    and a get blocks until enough were put back.
+
+    Two kinds: single chunk buffers, and slabs of up to ``slab_chunks`` chunks that one read fills whole. A slab is
+    handed out as one memoryview per chunk (no copy); put() of each view counts it back, and a whole slab is reused
+    once every one of its chunks was put back. Counting chunks, not buffers, keeps the bound whatever the extents look
+    like: a reader that holds a few chunks of many slabs cannot starve the others.
+    """
+
+    def __init__(self, count: int, size: int, slab_chunks: int = 0) -> None:
         self.size = size
-        self._free: "queue.Queue[bytearray]" = queue.Queue()
-        for _unused in range(count):
-            self._free.put(bytearray(size))
+        self.slab_chunks = slab_chunks
+        self._capacity = count
+        self._used = 0
+        self._cond = threading.Condition()
+        self._singles: list[bytearray] = []
+        self._slabs: list[bytearray] = []
+        self._out: dict[int, int] = {}  # id(slab) -> chunks of it not yet put back
+        self._closed = False
+
+    def _reserve(self, chunks: int) -> None:
+        with self._cond:
+            while self._used + chunks > self._capacity and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                raise PoolClosed("the backup stopped")
+            self._used += chunks
 
     def get(self) -> bytearray:
-        return self._free.get()
+        self._reserve(1)
+        with self._cond:
+            if self._singles:
+                return self._singles.pop()
+        return bytearray(self.size)
 
-    def put(self, buf: bytearray) -> None:
-        if len(buf) == self.size:
-            self._free.put(buf)
+    def get_slab(self, chunks: int) -> tuple[memoryview, list[memoryview]]:
+        """A slab of ``chunks`` chunks: one view of all of it (to read into) and one view per chunk."""
+        self._reserve(chunks)
+        slab = None
+        with self._cond:
+            if chunks == self.slab_chunks and self._slabs:
+                slab = self._slabs.pop()
+        if slab is None:
+            slab = bytearray(chunks * self.size)
+        with self._cond:
+            self._out[id(slab)] = chunks
+        whole = memoryview(slab)
+        return whole, [whole[i * self.size : (i + 1) * self.size] for i in range(chunks)]
+
+    def put(self, buf: bytearray | memoryview) -> None:
+        with self._cond:
+            if isinstance(buf, memoryview):
+                slab = buf.obj
+                left = self._out[id(slab)] - 1
+                if left:
+                    self._out[id(slab)] = left
+                else:
+                    del self._out[id(slab)]
+                    if len(slab) == self.slab_chunks * self.size:
+                        self._slabs.append(slab)
+            elif len(buf) == self.size:
+                self._singles.append(buf)
+            self._used -= 1
+            self._cond.notify()
+
+    def close(self) -> None:
+        """Wake every reader blocked in get() or get_slab() with PoolClosed (the consumer is gone)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
 
 class ChunkPiece(t.NamedTuple):
@@ -50,7 +110,8 @@ class ChunkPiece(t.NamedTuple):
 
     kind: int  # FULL or PARTIAL
     index: int
-    buf: bytearray  # pool buffer, first ``length`` bytes meaningful (PARTIAL: only the covered intervals)
+    buf: bytearray | memoryview  # pool buffer (FULL: maybe one chunk of a slab), first ``length`` bytes meaningful
+    # (PARTIAL: only the covered intervals)
     length: int
     intervals: tuple[tuple[int, int], ...]  # PARTIAL: covered (start, end) relative to the chunk
 
@@ -179,13 +240,22 @@ def iter_chunks(
                 piece = flush()
                 if piece is not None:
                     yield piece
-                bufs = [pool.get() for _unused in range(batch)]
-                views = [memoryview(buf)[:chunk_size] for buf in bufs]
-                got = many(views)
-                for number, view in enumerate(views):
-                    if got < (number + 1) * chunk_size:  # a short read: the rest one buffer at a time
-                        _fill(reader, view[max(0, got - number * chunk_size):])
-                        got = (number + 1) * chunk_size
+                if pool.slab_chunks:
+                    # one read straight into a slab: no copy, and one request where the source is a network disk
+                    batch = min(batch, pool.slab_chunks)
+                    whole, views = pool.get_slab(batch)
+                    got = many([whole])
+                    if got < len(whole):  # a short read: the rest in as many calls as it takes
+                        _fill(reader, whole[got:])
+                    bufs: list[t.Any] = views
+                else:
+                    bufs = [pool.get() for _unused in range(batch)]
+                    views = [memoryview(buf)[:chunk_size] for buf in bufs]
+                    got = many(views)
+                    for number, view in enumerate(views):
+                        if got < (number + 1) * chunk_size:  # a short read: the rest one buffer at a time
+                            _fill(reader, view[max(0, got - number * chunk_size):])
+                            got = (number + 1) * chunk_size
                 for number, buf in enumerate(bufs):
                     yield ChunkPiece(FULL, index + number, buf, chunk_size, ())
                 cur_index, cur_buf, intervals = index + batch - 1, None, []
@@ -209,3 +279,15 @@ def iter_chunks(
     piece = flush()
     if piece is not None:
         yield piece
+
+
+def grouped(pieces: t.Iterable[ChunkPiece], size: int = READ_BATCH) -> t.Iterator[list[ChunkPiece]]:
+    """The same pieces in lists of up to ``size``: one hand-over between threads per list, not per chunk."""
+    group: list[ChunkPiece] = []
+    for piece in pieces:
+        group.append(piece)
+        if len(group) >= size:
+            yield group
+            group = []
+    if group:
+        yield group

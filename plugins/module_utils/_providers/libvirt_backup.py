@@ -31,7 +31,6 @@ import dataclasses
 import datetime
 import json
 import os
-import queue
 import tempfile
 import threading
 import typing as t
@@ -39,7 +38,6 @@ import xml.etree.ElementTree as ET
 
 from ansible_collections.vmsafe.protect.plugins.module_utils import _nbd
 from ansible_collections.vmsafe.protect.plugins.module_utils._providers import libvirt_image
-from ansible_collections.vmsafe.protect.plugins.module_utils._prefetch import prefetched
 from ansible_collections.vmsafe.protect.plugins.module_utils._errors import (
     Busy,
     ProviderError,
@@ -60,8 +58,6 @@ CHECKPOINT_PREFIX = "vmsafe-"
 OWNER_FILE = "owner.json"
 SOCKET_DIR = "/run/vmsafe"
 READ_CHUNK = 4 * 1024 * 1024
-READ_AHEAD = 2  # batches of READ_CHUNK bytes read ahead while the engine works
-FIRST_READ = 256 * 1024  # the first batch, doubling up to READ_CHUNK: the engine starts sooner
 _ZEROS = memoryview(bytes(READ_CHUNK))
 SHUTOFF_SHUTDOWN = 1  # VIR_DOMAIN_SHUTOFF_SHUTDOWN: the guest (or QEMU on request) shut down normally
 
@@ -109,20 +105,14 @@ class DiskExport:
                                         self.bitmap_context or f"qemu:dirty-bitmap:backup-{self.target}")
         else:
             ranges = _nbd.allocated_extents(self.client, self.size)
-        # Each batch has its own buffer, read by a thread while the engine works on the previous ones; a batch
-        # the engine has copied out goes back to the reader (by the time the next is asked for, it has).
-        spare: queue.SimpleQueue = queue.SimpleQueue()
+        # The engine reads whole chunks from each range straight into its buffers (NbdRange.readinto_many: one
+        # request per READ_BATCH chunks), in its read-ahead thread, while its other threads work on earlier data.
         pos = 0
-        for batch in prefetched(_nbd.read_extent_batches(self.client, ranges, chunk=READ_CHUNK, spare=spare,
-                                                         first=FIRST_READ), depth=READ_AHEAD):
+        for offset, length in ranges:
             if self.whole:
-                for offset, length, data in batch:
-                    yield from _zeros(pos, offset)
-                    yield offset, length, data
-                    pos = offset + length
-            else:
-                yield from batch
-            spare.put(batch[0][2].obj)
+                yield from _zeros(pos, offset)
+                pos = offset + length
+            yield offset, length, _nbd.NbdRange(self.client, offset)
         if self.whole:
             yield from _zeros(pos, self.size)
         self.read = True

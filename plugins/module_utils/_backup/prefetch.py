@@ -1,10 +1,11 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 # Copyright (c) 2026 vmsafe.protect contributors
-# PRIVATE to this collection; no compatibility guarantees.
-"""Read ahead in a thread: a disk source's network reads overlap the backup engine's work on earlier data.
+"""Read ahead in a thread: a disk source's reads overlap the backup engine's work on earlier data.
 
-Socket reads release the GIL, so while the reader waits for the hypervisor the main thread keeps cutting,
-hashing and queueing chunks. The items must stay valid after the producer moves on (copies, not views).
+Socket and file reads release the GIL, so while the reader waits for the hypervisor or the disk the main thread
+keeps hashing and queueing chunks. The items must stay valid after the producer moves on (copies, not views).
+
+PRIVATE to this collection; no compatibility guarantees.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ansible_collections.vmsafe.protect.plugins.module_utils._prefetch import prefetched
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.prefetch import prefetched
 
 
 def test_same_items_in_order_and_read_ahead():
