@@ -77,9 +77,11 @@ options:
     choices: [aes-256-gcm, none]
   compression_level:
     description:
-      - zstd level of a repository created by O(init=true).
+      - zstd level of a repository created by O(init=true); the same default as M(vmsafe.protect.backup_repository).
+      - Level 2 is the default because on 64 KiB chunks level 3 stores about 0.3 % less for about a quarter more
+        compression time (docs/backup.md).
     type: int
-    default: 3
+    default: 2
   timeout:
     description:
       - Seconds the whole backup may take. When it is hit the backup job is aborted, nothing is committed to the
@@ -424,7 +426,7 @@ def main() -> None:
         tags={"type": "dict", "default": {}},
         init={"type": "bool", "default": False},
         encryption={"type": "str", "default": "aes-256-gcm", "choices": ["aes-256-gcm", "none"]},
-        compression_level={"type": "int", "default": 3},
+        compression_level={"type": "int", "default": 2},
         timeout={"type": "int", "default": 21600},
     )
     run_module(spec, BackupTask)
