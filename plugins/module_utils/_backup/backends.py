@@ -198,6 +198,29 @@ DIRECT_STAGE = 1024 * 1024
 _stage_local = threading.local()
 
 
+#: filesystems on which packs are written with O_DIRECT: local block-device filesystems. Elsewhere (NFS, SMB, FUSE,
+#: ZFS, tmpfs, unknown) they go through the page cache as before: a network filesystem's direct writes are
+#: synchronous round trips, one megabyte at a time, where buffered writes overlap many.
+DIRECT_FILESYSTEMS = frozenset({"ext4", "xfs", "btrfs"})
+
+
+def filesystem_type(path: str) -> str | None:
+    """The type of the filesystem that holds ``path`` (from /proc/self/mountinfo), or None when it cannot be told."""
+    try:
+        st = os.stat(path)
+        device = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+        found = None
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                fields, sep, rest = line.partition(" - ")
+                ids = fields.split()
+                if sep and len(ids) > 2 and ids[2] == device and rest.split():
+                    found = rest.split()[0]
+        return found
+    except OSError:
+        return None
+
+
 def reopen_direct(fd: int) -> int | None:
     """Open the file behind ``fd`` again for writing with O_DIRECT, or return None where unsupported (tmpfs)."""
     flag = getattr(os, "O_DIRECT", 0)
@@ -299,6 +322,7 @@ class _DirectSink:
 
 class _LocalWriter(ObjectWriter):
     def __init__(self, backend: "LocalBackend", name: str) -> None:
+        self._backend = backend
         self._final = backend._path(name)
         self._durable = _durable(name)
         directory = os.path.dirname(self._final)
@@ -342,7 +366,8 @@ class _LocalWriter(ObjectWriter):
             raise BackendError("write after commit/abort")
         if not self._direct_tried:
             self._direct_tried = True
-            self._direct = _DirectSink.open(self._fd)
+            if self._backend.direct_writes(self._dir):
+                self._direct = _DirectSink.open(self._fd)
         views = [memoryview(part).cast("B") for part in parts if len(part)]
         if self._direct is not None:
             try:
@@ -417,6 +442,18 @@ class LocalBackend(Backend):
         self.root = os.path.abspath(path)
         self.location = self.root
         self._fds: dict[str, int] = {}
+        self._direct_by_device: dict[int, bool] = {}
+
+    def direct_writes(self, directory: str) -> bool:
+        """Whether streamed writes (packs) into ``directory`` use O_DIRECT: on DIRECT_FILESYSTEMS only."""
+        try:
+            device = os.stat(directory).st_dev
+        except OSError:
+            return False
+        allowed = self._direct_by_device.get(device)
+        if allowed is None:
+            allowed = self._direct_by_device[device] = filesystem_type(directory) in DIRECT_FILESYSTEMS
+        return allowed
 
     def _path(self, name: str) -> str:
         if name.startswith("/") or ".." in name.split("/"):
