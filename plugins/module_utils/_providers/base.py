@@ -12,7 +12,7 @@ from __future__ import annotations
 import abc
 import typing as t
 
-from ansible_collections.vmsafe.protect.plugins.module_utils._errors import UnsupportedOperation
+from ansible_collections.vmsafe.protect.plugins.module_utils._errors import UnsupportedOperation, VmNotFound
 
 if t.TYPE_CHECKING:  # pragma: no cover
     from ansible_collections.vmsafe.protect.plugins.module_utils._models import (
@@ -74,7 +74,13 @@ class HypervisorProvider(abc.ABC):
 
         vSphere reads both in its one fleet retrieval already; Hyper-V overrides this with one command.
         """
-        return [(vm, self.list_snapshots(vm)) for vm in self.list_vms()]
+        found = []
+        for vm in self.list_vms():
+            try:
+                found.append((vm, self.list_snapshots(vm)))
+            except VmNotFound:
+                continue  # deleted between the listing and this read: no longer part of the fleet
+        return found
 
     @abc.abstractmethod
     def create_snapshot(self, vm: VmRef, spec: SnapshotSpec, timeout: int) -> CreateResult:
