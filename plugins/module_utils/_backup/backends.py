@@ -244,10 +244,12 @@ def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> No
 class _DirectSink:
     """Writes a streamed object with O_DIRECT: the bytes go from a staging buffer to the disk, not through the page cache.
 
-    Measured on the lab (4 GiB full backup, 1.78 GB of packs): copying packs into the page cache cost 1.9 of the
-    backup's 11.8 CPU seconds (new page-cache pages are cold), and flushing them ran at 440 MB/s where direct writes
-    ran at 2 GB/s. Whole aligned blocks are written as they fill; the last partial block is kept (as bytes, so the
-    thread's staging buffer is free for the next object) and written through the ordinary descriptor by finish().
+    A backup writes gigabytes of packs that nothing reads soon; through the page cache they would evict what the host
+    had cached (the VMs' images). The backup's own time is the same either way within the lab's noise (4 GiB full
+    backup, six alternating runs: 6.35-6.70 s direct, 5.71-6.67 s buffered; a first profile that put the page-cache
+    copy at 1.9 of 11.8 CPU seconds did not hold up). Whole aligned blocks are written as they fill; the last
+    partial block is kept (as bytes, so the thread's staging buffer is free for the next object) and written through
+    the ordinary descriptor by finish().
     The object is still invisible until the writer's commit (fsync, rename), so a process that dies here leaves only a
     temporary file, as before. Where a direct write is refused (EINVAL: a filesystem or block size that does not take
     it), the same bytes go through the ordinary descriptor and the rest of the object too.
