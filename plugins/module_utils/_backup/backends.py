@@ -255,16 +255,21 @@ class _DirectSink:
     it), the same bytes go through the ordinary descriptor and the rest of the object too.
     """
 
-    def __init__(self, fd: int, direct_fd: int) -> None:
+    def __init__(self, fd: int, direct_fd: int, offset: int) -> None:
         self._fd = fd
         self._direct_fd: int | None = direct_fd
-        self._offset = 0
+        self._offset = offset
         self._tail = b""
 
     @classmethod
     def open(cls, fd: int) -> "_DirectSink | None":
+        """Continue the object at ``fd``'s position (what plain writes put there stays), or None when that position is
+        not block-aligned (the writes go on buffered) or O_DIRECT is not available."""
+        offset = os.lseek(fd, 0, os.SEEK_CUR)
+        if offset % DIRECT_ALIGN:
+            return None
         direct_fd = reopen_direct(fd)
-        return None if direct_fd is None else cls(fd, direct_fd)
+        return None if direct_fd is None else cls(fd, direct_fd, offset)
 
     @staticmethod
     def _stage() -> memoryview:

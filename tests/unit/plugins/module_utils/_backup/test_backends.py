@@ -215,3 +215,16 @@ def test_only_local_block_filesystems_get_direct_writes(tmp_path: t.Any, monkeyp
     writer.write_many([data])
     writer.commit()
     assert backend.read("packs/ab/nfs") == data and seen == []
+
+
+@pytest.mark.parametrize("head", [b"", b"x" * 5, b"y" * backends.DIRECT_ALIGN])
+def test_plain_writes_before_streamed_ones_are_kept(tmp_path: t.Any, head: bytes) -> None:
+    """write() then write_many(): the streamed part continues after what write() put there (aligned or not)."""
+    backend = LocalBackend(str(tmp_path))
+    backend.make_dirs(["packs"])
+    body = os.urandom(2 * backends.DIRECT_STAGE + 3)
+    writer = backend.open_writer("packs/ab/mixed")
+    writer.write(head)
+    writer.write_many([body])
+    writer.commit()
+    assert backend.read("packs/ab/mixed") == head + body
