@@ -324,6 +324,12 @@ class Lock:
         with self._mutex:
             if self.lost_reason is None and not self._expired() and not self._is_ours(self.name):
                 self.lost_reason = "its lock object was removed by another process (break_lock or a stale-lock cleanup)"
+            # An exclusive locker that took this lock for stale records that before it removes it. The refresh timer
+            # may have written the lock's next object meanwhile (after the locker listed the locks, before it removed
+            # the old object), so the object can be ours while the locker runs a GC as if this process were gone:
+            # the record decides (found by the concurrency model test: a GC removed a running backup's temporary pack).
+            if self.lost_reason is None and not self.exclusive and self.backend.exists(BROKEN_PREFIX + self.token):
+                self.lost_reason = "another process took it for stale and recorded it as broken (a clock or a stall)"
             if self.lost_reason is not None:
                 raise LockLostError(
                     f"The {'exclusive' if self.exclusive else 'shared'} lock for {self.operation} on the repository "

@@ -18,6 +18,7 @@ import typing as t
 
 import pytest
 
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup import locks as locks_module
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors import LockedError, LockLostError
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.locks import Lock, boot_id, list_locks, machine_id
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.packs import pack_object_name
@@ -382,3 +383,29 @@ def test_concurrent_backups_share_the_repository(tmp_path: t.Any) -> None:
         assert (tmp_path / "out.raw").read_bytes() == image
     assert len(repo.list()) == 2
     assert repo.verify(read_data=True).ok
+
+
+def test_a_shared_lock_refreshed_while_an_exclusive_locker_breaks_it_is_lost(repo: Repository,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The storage's clock makes a live backup's lock look stale; its timer writes the next lock object after the
+    exclusive locker listed the locks and before it removes the old one. The locker runs (it saw no live lock), so the
+    backup must not go on as if it held the repository: the broken-lock record makes check() fail (found by the model
+    test, where a GC removed such a backup's temporary pack)."""
+    shared = Lock(repo.backend, False, "backup")
+    shared.owner = other_machine()  # judged by age, as another host's lock is
+    shared.acquire()
+    stamp = time.time() - 7200
+    os.utime(t.cast(str, repo.backend.local_path(shared.name)), (stamp, stamp))
+    real_record = locks_module.record_broken
+
+    def record_while_the_timer_fires(backend: t.Any, name: str, info: t.Any, why: str) -> None:
+        shared.refresh()  # a new lock object, the old one removed by its owner
+        real_record(backend, name, info, why)
+
+    monkeypatch.setattr(locks_module, "record_broken", record_while_the_timer_fires)
+    exclusive = Lock(repo.backend, True, "gc").acquire(0)
+    assert repo.backend.exists(shared.name), "the refreshed object is there: the lock looks held"
+    with pytest.raises(LockLostError, match="recorded it as broken"):
+        shared.check()
+    exclusive.release()
+    shared.release()
