@@ -21,7 +21,6 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import queue
 import socket
 import struct
 import typing as t
@@ -787,42 +786,28 @@ def read_extents(client: NbdClient, extents: t.Iterable[tuple[int, int]],
 
 
 def read_extent_batches(client: NbdClient, extents: t.Iterable[tuple[int, int]], chunk: int = DEFAULT_CHUNK,
-                        reuse: bool = False, spare: t.Any = None,
-                        first: int | None = None) -> t.Iterator[list[tuple[int, int, memoryview]]]:
+                        reuse: bool = False) -> t.Iterator[list[tuple[int, int, memoryview]]]:
     """Read extents in batches of about ``chunk`` bytes (one pipeline each), yielding each batch's pieces.
 
-    Each batch gets its own buffer, so batches stay valid after the next is read (for reading ahead in a
-    thread), unless ``reuse`` is set: then one buffer backs every batch. ``spare`` (a queue.SimpleQueue)
-    hands back buffers the consumer is done with (``pieces[0][2].obj``): they are filled again instead of
-    allocating new ones, whose pages the kernel would have to fault in. ``first`` makes the first batch that
-    small, doubling up to ``chunk``, so the consumer gets data sooner.
+    Each batch gets its own buffer, so batches stay valid after the next is read, unless ``reuse`` is set: then
+    one buffer backs every batch.
     """
     if chunk < 1:
         raise NbdError(f"chunk must be positive, got {chunk}.")
-
-    def fresh() -> bytearray:
-        if spare is not None:
-            try:
-                return t.cast(bytearray, spare.get_nowait())
-            except queue.Empty:
-                pass
-        return bytearray(chunk)
-
-    limit = min(chunk, first) if first and first > 0 else chunk
-    buffer = fresh()
+    buffer = bytearray(chunk)
     view = memoryview(buffer)
     batch: list[tuple[int, memoryview]] = []
     used = 0
     for offset, length in extents:
         while length > 0:
-            if used == limit:
+            if used == chunk:
                 client.readinto_many(batch)
                 yield [(item_offset, len(item_view), item_view) for item_offset, item_view in batch]
                 if not reuse:
-                    buffer = fresh()
+                    buffer = bytearray(chunk)
                     view = memoryview(buffer)
-                batch, used, limit = [], 0, min(chunk, limit * 2)
-            n = min(length, limit - used)
+                batch, used = [], 0
+            n = min(length, chunk - used)
             batch.append((offset, view[used:used + n]))
             used += n
             offset += n

@@ -392,8 +392,6 @@ def _backup_disk(
     finally:
         buffers.close()  # a reader blocked for a buffer stops now (only matters when this loop failed)
         reader.close()
-    if members:
-        submit()
     while pending:
         collect_group(pending.popleft())
     if nchunks:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import queue
 import random
 import re
 import shutil
@@ -25,7 +24,6 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._nbd import (
     NbdError,
     allocated_extents,
     dirty_extents,
-    read_extent_batches,
     read_extents,
 )
 
@@ -318,24 +316,6 @@ def test_dirty_extents_are_the_writes_after_the_bitmap_was_added(tmp_path, start
         pieces = {offset: bytes(view) for offset, _length, view in read_extents(client, dirty)}
     assert pieces[MiB] == b"\x03" * CLUSTER
     assert pieces[10 * MiB] == b"\x05" * 3 * CLUSTER + b"\x06" * CLUSTER
-
-
-def test_read_extent_batches_ramps_up_and_refills_handed_back_buffers(content, content_server):
-    """The first batch is small (the engine starts sooner); buffers handed back are filled again, not reallocated."""
-    data = content[1]
-    extents = [(0, 10), (4096, 7 * MiB + 3), (9 * MiB, CLUSTER), (30 * MiB, 9 * MiB)]
-    spare: queue.SimpleQueue = queue.SimpleQueue()
-    sizes, buffers, pieces = [], set(), []
-    with content_server.connect() as client:
-        for batch in read_extent_batches(client, extents, chunk=4 * MiB, spare=spare, first=256 * 1024):
-            sizes.append(sum(length for _offset, length, _view in batch))
-            buffers.add(id(batch[0][2].obj))
-            pieces.extend((offset, bytes(view)) for offset, _length, view in batch)
-            spare.put(batch[0][2].obj)  # done with it: the next batch may reuse it
-    assert sizes[:5] == [256 * 1024, 512 * 1024, MiB, 2 * MiB, 4 * MiB]
-    assert max(sizes) == 4 * MiB and sum(sizes) == sum(length for _offset, length in extents)
-    assert len(buffers) <= 2  # one being filled, one handed back: never one per batch
-    assert b"".join(p for _o, p in pieces) == b"".join(data[o:o + n] for o, n in extents)
 
 
 @pytest.mark.parametrize("chunk", [1 * MiB, 3 * MiB + 1, 16 * MiB])
