@@ -46,6 +46,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.manifest im
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.packs import (
     BLOB_DATA,
     BLOB_MAP,
+    member_type,
 )
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.prefetch import prefetched
@@ -322,22 +323,44 @@ def _backup_disk(
     # waits for the reader it holds no buffer, and the workers give theirs back without waiting for anything.
     buffers = BufferPool((window + 2) * batch_size + READ_BATCH * (READ_AHEAD + 2) + 4, csize, slab_chunks=READ_BATCH)
 
-    def work(batch: list[tuple[bytearray, int]]) -> list[tuple[bytes, bytes, bytearray | None]]:
-        results = []
+    frame_slots = repo.frame_slots
+
+    def work(batch: list[tuple[bytearray, int]]) -> tuple[list[tuple[bytes, bytes, bytearray | None]], list[t.Any]]:
+        """Hash and seal a batch; new whole chunks that compress go into frames (format version 2), the rest alone."""
+        results: list[tuple[bytes, bytes, bytearray | None]] = []
+        framed: list[tuple[t.Any, bytes]] = []
+        frames: list[tuple[list[bytes], bytearray]] = []
         try:
             for buf, length in batch:
                 data: t.Any = buf if length == csize else memoryview(buf)[:length]
                 sha, cid = codec.hash_and_id(data)
-                blob = codec.seal(BLOB_DATA, cid, data) if sink.claim(cid) else None
+                blob = None
+                if sink.claim(cid):
+                    if frame_slots > 1 and length == csize and codec.compressible(data):
+                        framed.append((data, cid))
+                    else:
+                        blob = codec.seal(BLOB_DATA, cid, data)
                 results.append((sha, cid, blob))
+            for start in range(0, len(framed), frame_slots):
+                group = framed[start : start + frame_slots]
+                if len(group) == 1:
+                    frames.append(([group[0][1]], codec.seal(BLOB_DATA, group[0][1], group[0][0])))
+                else:
+                    frames.append(([cid for _data, cid in group], codec.seal_frame([data for data, _cid in group])))
         finally:
             for buf, _length in batch:
                 buffers.put(buf)
-        return results
+        return results, frames
 
     def collect_group(group: tuple[list[tuple[int, int, bool]], t.Any]) -> None:
         members, future = group
-        results = iter(future.result() if future is not None else ())
+        results, frames = future.result() if future is not None else ((), ())
+        for ids, blob in frames:
+            if len(ids) == 1:
+                sink.put(BLOB_DATA, ids[0], blob)
+            else:
+                sink.put_frame([(member_type(slot), cid) for slot, cid in enumerate(ids)], blob)
+        results = iter(results)
         for chunk, length, is_zero in members:
             collect((chunk, length, None if is_zero else next(results)))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import itertools
 import typing as t
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors import (
@@ -24,6 +25,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.index impor
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.locks import Lock
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.packs import (
     BLOB_DATA,
+    member_slot,
     pack_object_name,
     read_pack_header,
 )
@@ -238,40 +240,65 @@ def _verify_data(
 ) -> None:
     codec = repo.codec
 
-    def check(cid: bytes, raw: bytes, length: int) -> str | None:
+    def check(blobs: list[tuple[bytes, int, int]], raw: bytes) -> list[str | None]:
+        """The problem of each chunk stored in ``raw`` (one blob, or one frame holding them all), None if intact."""
+        if member_slot(blobs[0][1]) is None:
+            try:
+                codec.open(BLOB_DATA, blobs[0][0], raw, blobs[0][2])
+            except IntegrityError as exc:
+                return [str(exc)]
+            return [None]
         try:
-            codec.open(BLOB_DATA, cid, raw, length)
+            frame = codec.open_frame(raw)
         except IntegrityError as exc:
-            return str(exc)
-        return None
+            return [f"its frame is damaged ({exc})"] * len(blobs)
+        problems: list[str | None] = []
+        for cid, blob_type, length in blobs:
+            try:
+                codec.member(frame, blob_type, cid, length)
+                problems.append(None)
+            except IntegrityError as exc:
+                problems.append(str(exc))
+        return problems
 
-    by_pack: dict[str, list[tuple[bytes, int, int, int]]] = {}
+    by_pack: dict[str, list[tuple[int, int, bytes, int, int]]] = {}
     for cid, (_bid, _disk, _chunk, length) in used.items():
         loc = index.get(cid)
         if loc is not None:
-            by_pack.setdefault(loc.pack, []).append((cid, loc.offset, loc.length, length))
+            by_pack.setdefault(loc.pack, []).append((loc.offset, loc.length, cid, loc.blob_type, length))
     window = repo.threads * 4
     with concurrent.futures.ThreadPoolExecutor(repo.threads, thread_name_prefix="vmsafe-verify") as pool:
-        pending: "collections.deque[tuple[bytes, concurrent.futures.Future[str | None]]]" = collections.deque()
+        pending: "collections.deque[tuple[list[bytes], concurrent.futures.Future[list[str | None]]]]" = (
+            collections.deque()
+        )
 
         def drain(limit: int) -> None:
             while len(pending) > limit:
-                cid, future = pending.popleft()
-                problem = future.result()
-                report.chunks_checked += 1
-                if problem is not None:
-                    report.damaged.append(DamagedChunk(cid.hex(), problem))
+                cids, future = pending.popleft()
+                for cid, problem in zip(cids, future.result()):
+                    report.chunks_checked += 1
+                    if problem is not None:
+                        report.damaged.append(DamagedChunk(cid.hex(), problem))
 
         for pack, blobs in by_pack.items():
-            blobs.sort(key=lambda b: b[1])
-            for cid, offset, stored_len, length in blobs:
+            blobs.sort(key=lambda b: (b[0], b[1], b[3]))
+            # the chunks of one frame share its place: read and open it once
+            for (offset, stored_len, framed), group in itertools.groupby(
+                blobs, key=lambda b: (b[0], b[1], member_slot(b[3]) is not None)
+            ):
+                members = [(cid, blob_type, length) for _o, _l, cid, blob_type, length in group]
+                if not framed:
+                    groups = [[m] for m in members]
+                else:
+                    groups = [members]
                 try:
                     raw = repo.backend.read_range(pack_object_name(pack), offset, stored_len)
                 except (FileNotFoundError, BackupError) as exc:
-                    report.damaged.append(DamagedChunk(cid.hex(), f"unreadable ({exc})"))
+                    report.damaged.extend(DamagedChunk(cid.hex(), f"unreadable ({exc})") for cid, _t, _l in members)
                     continue
                 report.bytes_checked += stored_len
-                pending.append((cid, pool.submit(check, cid, raw, length)))
+                for items in groups:
+                    pending.append(([cid for cid, _t, _l in items], pool.submit(check, items, raw)))
                 drain(window)
         drain(0)
 

@@ -31,7 +31,10 @@ if t.TYPE_CHECKING:  # pragma: no cover
     from ansible_collections.vmsafe.protect.plugins.module_utils._backup.crypto import KeyMaterial
 
 FORMAT_NAME = "vmsafe-backup-repository"
-FORMAT_VERSION = 1
+#: version 2 (written since 2026-12-06) may store several chunks in one frame (docs/repository-format.md §5); an engine
+#: reads both and writes frames only into version 2
+FORMAT_VERSION = 2
+FORMAT_VERSIONS = (1, 2)
 ENCRYPTIONS = ("aes-256-gcm", "none")
 MAX_CONFIG_SIZE = 64 * 1024
 
@@ -58,10 +61,13 @@ def check_parameters(chunk_size: int, segment_chunks: int, pack_size: int, compr
 
 
 def new_config(encryption: str, chunk_size: int, segment_chunks: int, pack_size: int,
-               compression_level: int) -> dict[str, t.Any]:
+               compression_level: int, version: int = FORMAT_VERSION) -> dict[str, t.Any]:
+    """A new repository's config; ``version`` 1 (no frames) only to test how repositories made before 2 are read."""
+    if version not in FORMAT_VERSIONS:
+        raise InvalidArgumentError(f"format version must be one of {FORMAT_VERSIONS}, not {version!r}.")
     return {
         "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
+        "version": version,
         "id": os.urandom(16).hex(),
         "chunk_size": chunk_size,
         "segment_chunks": segment_chunks,
@@ -104,10 +110,10 @@ def parse_config(raw: bytes, location: str) -> dict[str, t.Any]:
             raise ValueError("not a vmsafe repository")
     except (ValueError, UnicodeDecodeError) as exc:
         raise RepositoryFormatError(f"The config of the repository at {location} is unreadable ({exc}). {fix}") from None
-    if config.get("version") != FORMAT_VERSION:
+    if config.get("version") not in FORMAT_VERSIONS:
         raise RepositoryFormatError(
             f"The repository at {location} has format version {config.get('version')!r}; this engine "
-            f"supports version {FORMAT_VERSION}. Upgrade vmsafe.protect."
+            f"supports versions {', '.join(map(str, FORMAT_VERSIONS))}. Upgrade vmsafe.protect."
         )
     where = f"The config of the repository at {location} is invalid: "
     compression = config.get("compression")

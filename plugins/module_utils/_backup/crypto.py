@@ -21,6 +21,11 @@ import os
 import threading
 import typing as t
 
+from ansible_collections.vmsafe.protect.plugins.module_utils._backup.packs import (
+    BLOB_MEMBER,
+    MAX_FRAME_SLOTS,
+    member_slot,
+)
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors import (
     CorruptMetadataError,
     IntegrityError,
@@ -65,6 +70,9 @@ TAG_SIZE = 16
 #: flag byte stored in front of every blob (also authenticated as AAD)
 FLAG_RAW = 0
 FLAG_ZSTD = 1
+#: the id a frame's blob is authenticated with (its chunks are each checked against their own ids once opened)
+FRAME_ID = bytes(32)
+FRAME_BYTES = 1024 * 1024
 BLOB_OVERHEAD_GCM = 1 + NONCE_SIZE + TAG_SIZE
 BLOB_OVERHEAD_NONE = 1
 
@@ -294,6 +302,8 @@ class BlobCodec:
         self.overhead = BLOB_OVERHEAD_GCM if self.encrypted else BLOB_OVERHEAD_NONE
         self.level = compression_level
         self.max_plain_size = max_plain_size
+        #: most chunks in one frame: frames are at most 1 MiB of plaintext (the unit the backup's workers take)
+        self.frame_slots = max(2, min(MAX_FRAME_SLOTS, FRAME_BYTES // max_plain_size))
         self._local = threading.local()
 
     def __repr__(self) -> str:
@@ -336,6 +346,10 @@ class BlobCodec:
             buf = self._local.out = bytearray(max(size, self.max_plain_size + 1024))
         return buf
 
+    def compressible(self, data: bytes | bytearray | memoryview) -> bool:
+        """Whether the repository compresses and a 4 KiB probe of ``data`` compresses."""
+        return self.level > 0 and self._worth_compressing(data)
+
     def _worth_compressing(self, data: bytes | bytearray | memoryview) -> bool:
         """Probe 4 KiB from the middle at level 1: random (incompressible) data is stored raw.
 
@@ -361,9 +375,30 @@ class BlobCodec:
         if self.level > 0 and self._worth_compressing(data):
             compressed = self._cctx().compress(data)
         if compressed is not None and len(compressed) < len(data) - 64:
-            flag, payload = FLAG_ZSTD, compressed
-        else:
-            flag, payload = FLAG_RAW, data
+            return self._encrypt(FLAG_ZSTD, blob_type, blob_id, compressed)
+        return self._encrypt(FLAG_RAW, blob_type, blob_id, data)
+
+    def seal_frame(self, members: t.Sequence[bytes | bytearray | memoryview]) -> bytearray:
+        """Compress several whole chunks as one zstd frame (a frame, format version 2); return the stored blob.
+
+        Each 64 KiB chunk compressed on its own leaves out what zstd would find across chunks: on the benchmark
+        image's compressible data 16 adjacent chunks compressed together are 14 % smaller, on a Debian disk 7 %.
+        The chunks keep their own ids and index entries (docs/repository-format.md §5).
+        """
+        total = sum(len(m) for m in members)
+        if any(len(m) != self.max_plain_size for m in members) or not 2 <= len(members) <= self.frame_slots:
+            raise ValueError(f"a frame holds 2 to {self.frame_slots} whole chunks")
+        compressed = None
+        if self.level > 0:
+            cobj = self._cctx().compressobj(size=total)
+            parts = [cobj.compress(m) for m in members]
+            parts.append(cobj.flush())
+            compressed = b"".join(parts)
+        if compressed is not None and len(compressed) < total - 64:
+            return self._encrypt(FLAG_ZSTD, BLOB_MEMBER, FRAME_ID, compressed)
+        return self._encrypt(FLAG_RAW, BLOB_MEMBER, FRAME_ID, b"".join(members))
+
+    def _encrypt(self, flag: int, blob_type: int, blob_id: bytes, payload: t.Any) -> bytearray:
         size = len(payload) + self.overhead
         blob = bytearray(size)
         blob[0] = flag
@@ -376,43 +411,80 @@ class BlobCodec:
         self._aes.encrypt_into(nonce, payload, aad, memoryview(blob)[1 + NONCE_SIZE :])
         return blob
 
-    def open(self, blob_type: int, blob_id: bytes, blob: bytes | memoryview, expected_size: int | None = None) -> bytes:
-        """Decrypt, decompress and check a stored blob; return the plaintext.
-
-        Raises IntegrityError when authentication, decompression or the id check fails.
-        """
+    def _decrypt(self, blob_type: int, blob_id: bytes, blob: bytes | memoryview) -> tuple[int, memoryview]:
+        """Check the flag and authenticate; return (flag, payload). The payload may live in a per-thread buffer."""
         view = memoryview(blob)
         if len(view) < self.overhead:
             raise IntegrityError("blob too short")
         flag = view[0]
         if flag not in (FLAG_RAW, FLAG_ZSTD):
             raise IntegrityError(f"unknown blob flag {flag}")
-        if self._aes is not None:
-            nonce = bytes(view[1 : 1 + NONCE_SIZE])
-            body = view[1 + NONCE_SIZE :]
-            out = self._out(len(body))
-            plain_len = len(body) - TAG_SIZE
-            try:
-                self._aes.decrypt_into(nonce, body, bytes((flag, blob_type)) + blob_id, memoryview(out)[:plain_len])
-            except InvalidTag:
-                raise IntegrityError("authentication tag mismatch (data modified or from another repository)") from None
-            payload: memoryview = memoryview(out)[:plain_len]
-        else:
-            payload = view[1:]
-        if flag == FLAG_ZSTD:
-            try:
-                limit = expected_size if expected_size is not None else self.max_plain_size * 4 + (1 << 20)
-                plain = self._dctx().decompress(payload, max_output_size=limit)
-            except zstandard.ZstdError as exc:
-                raise IntegrityError(f"decompression failed ({exc})") from None
-        else:
-            plain = bytes(payload)
-        if expected_size is not None and len(plain) != expected_size:
-            raise IntegrityError(f"wrong length {len(plain)}, expected {expected_size}")
+        if self._aes is None:
+            return flag, view[1:]
+        nonce = bytes(view[1 : 1 + NONCE_SIZE])
+        body = view[1 + NONCE_SIZE :]
+        out = self._out(len(body))
+        plain_len = len(body) - TAG_SIZE
+        try:
+            self._aes.decrypt_into(nonce, body, bytes((flag, blob_type)) + blob_id, memoryview(out)[:plain_len])
+        except InvalidTag:
+            raise IntegrityError("authentication tag mismatch (data modified or from another repository)") from None
+        return flag, memoryview(out)[:plain_len]
+
+    def _decompress(self, flag: int, payload: memoryview, limit: int) -> bytes:
+        if flag != FLAG_ZSTD:
+            return bytes(payload)
+        try:
+            # max_output_size only bounds frames that do not state their size: a stated size is allocated as stated
+            declared = zstandard.frame_content_size(payload)
+            if declared > limit:
+                raise IntegrityError(f"it states a size of {declared} bytes, more than {limit}")
+            return self._dctx().decompress(payload, max_output_size=limit)
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"decompression failed ({exc})") from None
+
+    def _check_id(self, blob_id: bytes, plain: t.Any) -> None:
         digest = hashlib.sha256(plain).digest()
         if not hmac.compare_digest(self.chunk_id(digest), blob_id):
             raise IntegrityError("content does not match its id")
+
+    def open(self, blob_type: int, blob_id: bytes, blob: bytes | memoryview, expected_size: int | None = None) -> bytes:
+        """Decrypt, decompress and check a stored blob; return the plaintext.
+
+        ``blob_type`` is the index entry's type: for a chunk in a frame (``BLOB_MEMBER | slot``) ``blob`` is the
+        whole frame, and the chunk is cut out of it (readers of many chunks use open_frame() and member() to open
+        each frame once). Raises IntegrityError when authentication, decompression or the id check fails.
+        """
+        slot = member_slot(blob_type)
+        if slot is not None:
+            return bytes(self.member(self.open_frame(blob), blob_type, blob_id, expected_size))
+        flag, payload = self._decrypt(blob_type, blob_id, blob)
+        limit = expected_size if expected_size is not None else self.max_plain_size * 4 + (1 << 20)
+        plain = self._decompress(flag, payload, limit)
+        if expected_size is not None and len(plain) != expected_size:
+            raise IntegrityError(f"wrong length {len(plain)}, expected {expected_size}")
+        self._check_id(blob_id, plain)
         return plain
+
+    def open_frame(self, blob: bytes | memoryview) -> bytes:
+        """Decrypt and decompress a stored frame; return its plaintext (the chunks are checked by member())."""
+        flag, payload = self._decrypt(BLOB_MEMBER, FRAME_ID, blob)
+        plain = self._decompress(flag, payload, self.max_plain_size * self.frame_slots)
+        if len(plain) % self.max_plain_size or len(plain) < 2 * self.max_plain_size:
+            raise IntegrityError(f"a frame of {len(plain)} bytes is not whole chunks")
+        return plain
+
+    def member(self, frame: bytes, blob_type: int, blob_id: bytes, expected_size: int | None = None) -> memoryview:
+        """The chunk of an opened frame that the entry ``(blob_type, blob_id)`` names, checked against its id."""
+        slot = member_slot(blob_type)
+        size = self.max_plain_size
+        if slot is None or (slot + 1) * size > len(frame):
+            raise IntegrityError(f"the frame has no chunk at slot {slot}")
+        if expected_size is not None and expected_size != size:
+            raise IntegrityError(f"wrong length {size}, expected {expected_size}")
+        data = memoryview(frame)[slot * size : (slot + 1) * size]
+        self._check_id(blob_id, data)
+        return data
 
     # -- metadata objects (index, manifests, pack headers): whole-object seal
     def seal_meta(self, context: bytes, data: bytes) -> bytes:

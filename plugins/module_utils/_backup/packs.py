@@ -13,6 +13,9 @@ Layout of ``packs/<2 hex>/<64 hex>``::
     b"VMSPEND1"                     8-byte magic
 
 header = b"VMSPH001" | u32 count | count * (u8 type | 32-byte id | u64 offset | u32 length)
+
+A *frame* (format version 2) is one stored blob holding several data chunks compressed together; each chunk in it
+has its own entry, of type ``BLOB_MEMBER | slot``, with the frame's offset and length (see crypto.BlobCodec).
 """
 
 from __future__ import annotations
@@ -35,6 +38,27 @@ TRAILER = struct.Struct("<I8s")
 
 BLOB_DATA = 0
 BLOB_MAP = 1
+#: type of a data chunk stored in a frame: BLOB_MEMBER | slot, the chunk being bytes [slot * chunk_size,
+#: (slot + 1) * chunk_size) of the frame's plaintext
+BLOB_MEMBER = 0x80
+#: at most this many chunks in one frame
+MAX_FRAME_SLOTS = 64
+
+
+def member_type(slot: int) -> int:
+    """The entry type of the chunk at ``slot`` of a frame."""
+    if not 0 <= slot < MAX_FRAME_SLOTS:
+        raise ValueError(f"frame slot {slot} out of range")
+    return BLOB_MEMBER | slot
+
+
+def member_slot(blob_type: int) -> int | None:
+    """The slot of a frame member's entry type, None for a blob stored on its own."""
+    return blob_type & ~BLOB_MEMBER if blob_type & BLOB_MEMBER else None
+
+
+def valid_type(blob_type: int) -> bool:
+    return blob_type in (BLOB_DATA, BLOB_MAP) or BLOB_MEMBER <= blob_type < BLOB_MEMBER + MAX_FRAME_SLOTS
 
 
 class PackEntry(t.NamedTuple):
@@ -68,7 +92,10 @@ def decode_header(data: bytes, what: str) -> list[PackEntry]:
     (count,) = struct.unpack_from("<I", data, 8)
     if len(data) != 12 + count * ENTRY.size:
         raise CorruptMetadataError(f"The header of {what} is damaged (bad length). Run verify and rebuild_index.")
-    return [PackEntry(*ENTRY.unpack_from(data, 12 + i * ENTRY.size)) for i in range(count)]
+    entries = [PackEntry(*ENTRY.unpack_from(data, 12 + i * ENTRY.size)) for i in range(count)]
+    if not all(valid_type(e.blob_type) for e in entries):
+        raise CorruptMetadataError(f"The header of {what} is damaged (unknown blob type). Run verify and rebuild_index.")
+    return entries
 
 
 #: blobs are handed to the storage about 1 MiB at a time (one writev instead of ~30 writes: each write gives up
@@ -98,6 +125,14 @@ class PackWriter:
         self.size += len(blob)
         self.entries.append(entry)
         return entry
+
+    def add_frame(self, members: t.Sequence[tuple[int, bytes]], blob: bytes | bytearray | memoryview) -> list[PackEntry]:
+        """Append a frame; ``members`` are the (entry type, id) of the chunks in it (GC copies a frame with only
+        its live chunks listed). One entry per chunk, all with the frame's place."""
+        first = self.add(members[0][0], members[0][1], blob)
+        more = [PackEntry(blob_type, cid, first.offset, first.length) for blob_type, cid in members]
+        self.entries[-1:] = more
+        return more
 
     def _flush(self) -> None:
         if self._pending:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 import typing as t
 
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.errors import BackupError, CorruptMetadataError
@@ -22,6 +23,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.manifest im
 )
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.packs import (
     PackEntry,
+    member_slot,
     pack_object_name,
     read_pack_header,
 )
@@ -130,6 +132,11 @@ def gc(repo: "Repository") -> PruneResult:
         return result
 
 
+def _stored_bytes(entries: t.Iterable[PackEntry]) -> int:
+    """Bytes the entries' blobs take (the chunks of a frame share its bytes)."""
+    return sum(length for _offset, length in {(e.offset, e.length) for e in entries})
+
+
 def _used_blobs(repo: "Repository", index: Index) -> set[bytes]:
     """Every blob a manifest uses: its map segments and their chunks. A damaged manifest or map raises (a GC that
     cannot see what is used must not delete anything)."""
@@ -200,7 +207,7 @@ def _gc(repo: "Repository", result: PruneResult, lock: Lock) -> None:
         live = [e for e in entries if e.blob_id in used]
         if not live:
             delete.append(pack)
-        elif len(live) < len(entries) and sum(e.length for e in live) < REPACK_THRESHOLD * stored[pack][1]:
+        elif len(live) < len(entries) and _stored_bytes(live) < REPACK_THRESHOLD * stored[pack][1]:
             # Only packs that hold garbage: a small pack's header would otherwise make it look half empty
             # forever, and every prune would rewrite it.
             repack.append((pack, live))
@@ -214,9 +221,17 @@ def _gc(repo: "Repository", result: PruneResult, lock: Lock) -> None:
         try:
             for pack, live in repack:
                 obj = pack_object_name(pack)
-                for entry in sorted(live, key=lambda e: e.offset):
-                    raw = repo.backend.read_range(obj, entry.offset, entry.length)
-                    sink.put(entry.blob_type, entry.blob_id, raw)
+                # the live chunks of a frame share its place: the frame is copied once, listing only them
+                for (offset, length), group in itertools.groupby(
+                    sorted(live, key=lambda e: (e.offset, e.length)), key=lambda e: (e.offset, e.length)
+                ):
+                    members = list(group)
+                    raw = repo.backend.read_range(obj, offset, length)
+                    if member_slot(members[0].blob_type) is None:
+                        for entry in members:
+                            sink.put(entry.blob_type, entry.blob_id, raw)
+                    else:
+                        sink.put_frame([(e.blob_type, e.blob_id) for e in members], raw)
             sink.close()
         except BaseException:
             sink.abort()

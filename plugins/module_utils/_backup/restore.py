@@ -39,6 +39,7 @@ from ansible_collections.vmsafe.protect.plugins.module_utils._backup.manifest im
 )
 from ansible_collections.vmsafe.protect.plugins.module_utils._backup.packs import (
     BLOB_DATA,
+    member_slot,
     pack_object_name,
 )
 
@@ -176,12 +177,19 @@ def _restore_into(
 
     local = threading.local()
 
-    def work(batch: list[tuple[int, int, bytes, bytes, int, str]]) -> int:
+    def work(batch: list[tuple[int, int, bytes, bytes, int, str, t.Any]]) -> int:
         # every chunk of the batch is checked before anything of the batch is written
-        plains: list[tuple[int, bytes]] = []  # (file offset, plaintext)
-        for chunk, pos, cid, raw, length, pack in batch:
+        plains: list[tuple[int, t.Any]] = []  # (file offset, plaintext)
+        frames: dict[tuple[str, int], bytes] = {}  # the frames of this batch, each opened once
+        for chunk, pos, cid, raw, length, pack, loc in batch:
             try:
-                plains.append((pos, codec.open(BLOB_DATA, cid, raw, length)))
+                if member_slot(loc.blob_type) is None:
+                    plains.append((pos, codec.open(BLOB_DATA, cid, raw, length)))
+                    continue
+                frame = frames.get((pack, loc.offset))
+                if frame is None:
+                    frame = frames[(pack, loc.offset)] = codec.open_frame(raw)
+                plains.append((pos, codec.member(frame, loc.blob_type, cid, length)))
             except IntegrityError as exc:
                 raise CorruptChunkError(
                     cid.hex(), str(exc), record.id, disk.name, chunk, chunk * csize, pack
@@ -212,16 +220,18 @@ def _restore_into(
             length = chunk_length(chunk, disk.size, csize)
             os.pwrite(fd, zero[:length], chunk * csize)
 
-    def read_batch(items: list[tuple[int, int, bytes, int, t.Any]]) -> list[tuple[int, int, bytes, bytes, int, str]]:
-        """Read the stored blobs of a batch, one read per run of adjacent blobs in a pack."""
-        out: list[tuple[int, int, bytes, bytes, int, str]] = []
+    def read_batch(items: list[tuple[int, int, bytes, int, t.Any]]) -> list[tuple[int, int, bytes, bytes, int, str, t.Any]]:
+        """Read the stored blobs of a batch, one read per run of adjacent blobs in a pack (a frame's chunks share one)."""
+        out: list[tuple[int, int, bytes, bytes, int, str, t.Any]] = []
         i = 0
         while i < len(items):
             j = i + 1
             loc = items[i][4]
             end = loc.offset + loc.length
-            while j < len(items) and items[j][4].pack == loc.pack and items[j][4].offset == end:
-                end += items[j][4].length
+            while j < len(items) and items[j][4].pack == loc.pack and (
+                items[j][4].offset == end or items[j][4][1:3] == items[j - 1][4][1:3]
+            ):
+                end = items[j][4].offset + items[j][4].length
                 j += 1
             try:
                 data = repo.backend.read_range(pack_object_name(loc.pack), loc.offset, end - loc.offset)
@@ -230,9 +240,10 @@ def _restore_into(
                 raise CorruptChunkError(
                     cid.hex(), "its pack file is missing", record.id, disk.name, chunk, chunk * csize, loc.pack
                 ) from None
+            view = memoryview(data)
             for chunk, pos, cid, length, item_loc in items[i:j]:
                 start = item_loc.offset - loc.offset
-                out.append((chunk, pos, cid, data[start : start + item_loc.length], length, item_loc.pack))
+                out.append((chunk, pos, cid, view[start : start + item_loc.length], length, item_loc.pack, item_loc))
             i = j
         return out
 
@@ -266,9 +277,10 @@ def _restore_into(
                 if write_zeros:
                     zeros_until(next_chunk, chunk)
                 next_chunk = chunk + 1
-                batch.append((chunk, chunk * csize if place is None else place(chunk, length), cid, length, loc))
-                if len(batch) >= batch_size:
+                # a batch ends between frames, so that each frame is opened once
+                if len(batch) >= batch_size and (loc.pack, loc.offset) != (batch[-1][4].pack, batch[-1][4].offset):
                     submit()
+                batch.append((chunk, chunk * csize if place is None else place(chunk, length), cid, length, loc))
             if batch:
                 submit()
             while pending:

@@ -64,6 +64,12 @@ class PackSink:
             raise self.error
         self._queue.put((blob_type, blob_id, blob))
 
+    def put_frame(self, members: t.Sequence[tuple[int, bytes]], blob: bytes | bytearray) -> None:
+        """Store a frame (BlobCodec.seal_frame); ``members`` are the (entry type, id) of the chunks to list."""
+        if self.error is not None:
+            raise self.error
+        self._queue.put((None, members, blob))
+
     def _sync(self) -> None:
         while True:
             pack = self._sync_queue.get()
@@ -92,9 +98,13 @@ class PackSink:
             try:
                 if pack is None:
                     pack = PackWriter(self._repo.backend, self._repo.codec)
-                pack.add(*item)
+                if item[0] is None:
+                    pack.add_frame(item[1], item[2])
+                    self.blobs_stored += len(item[1])
+                else:
+                    pack.add(*item)
+                    self.blobs_stored += 1
                 self.bytes_stored += len(item[2])
-                self.blobs_stored += 1
                 if pack.size >= limit:
                     pack.write_header()
                     self._sync_queue.put(pack)

@@ -52,6 +52,9 @@ def image(vm: str, generation: int) -> bytes:
     """The disk of ``vm`` at ``generation``: shares most chunks with other generations (dedup across workers)."""
     rng = random.Random(f"{vm}/{generation}")
     base = bytearray(random.Random(vm).randbytes(SIZE))
+    # a compressible half, so that frames of several chunks (format version 2) are written, read and collected too
+    text = b"".join(b"%s line %d of the model disk\n" % (vm.encode(), n) for n in range(SIZE // 32))
+    base[SIZE // 2 :] = text[: SIZE - SIZE // 2]
     for _unused in range(3):
         at = rng.randrange(0, SIZE - 4096)
         base[at:at + 4096] = rng.randbytes(4096)
