@@ -64,7 +64,8 @@ def run(cmd: list[str], env: dict[str, str] | None = None, cwd: str | None = Non
     with open(out_path + ".err", encoding="utf-8", errors="replace") as handle:
         stderr = handle.read()
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{stderr[-2000:]}")
+        # a module reports its failure as JSON on stdout
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{stderr[-2000:]}{stdout[-2000:]}")
     return Run(seconds, usage.ru_maxrss / 1024.0, stdout, usage.ru_utime + usage.ru_stime)
 
 

@@ -207,8 +207,8 @@ def _restore_into(
                 continue
             # a run of adjacent full chunks: one aligned O_DIRECT write, no page-cache copy
             buf = getattr(local, "buf", None)
-            if buf is None:
-                buf = local.buf = mmap.mmap(-1, batch_size * csize)
+            if buf is None or len(buf) < (j - i) * csize:  # a batch may run past batch_size to end with a frame
+                buf = local.buf = mmap.mmap(-1, max(batch_size, j - i) * csize)
             for k in range(i, j):
                 buf[(k - i) * csize : (k - i + 1) * csize] = plains[k][1]
             pwrite_all(t.cast(int, direct_fd), memoryview(buf)[: (j - i) * csize], pos)

@@ -90,6 +90,17 @@ def test_new_repositories_store_frames_and_store_less_than_version_1(tmp_path: t
     assert stored[2] < stored[1] - 20_000, stored
 
 
+def test_restore_batches_that_run_on_to_the_end_of_a_frame(tmp_path: t.Any) -> None:
+    """A zero chunk first puts the backup's frames (16 chunks, zeros counted) across the restore's batches (16 stored
+    chunks): a batch runs on to the end of its last frame, and its direct write of 31 chunks must fit the buffer
+    (vm_restore failed with "mmap slice assignment is wrong size" in the benchmark)."""
+    repo = make_repo(str(tmp_path / "repo"), chunk_size=65536)
+    image = bytes(65536) + text_image(11, 40 * 65536)
+    record = backup_image(repo, "vm", image)
+    assert len({e.offset for _p, e in framed_entries(repo)}) == 3
+    assert restored(repo, record.id, tmp_path) == image
+
+
 def test_frames_hold_whole_compressible_chunks_only(tmp_path: t.Any) -> None:
     """Random (incompressible) 64 KiB chunks and a disk's short last chunk are stored alone."""
     repo = make_repo(str(tmp_path / "repo"), chunk_size=65536)
