@@ -343,10 +343,11 @@ def _backup_disk(
                 results.append((sha, cid, blob))
             for start in range(0, len(framed), frame_slots):
                 group = framed[start : start + frame_slots]
-                if len(group) == 1:
-                    frames.append(([group[0][1]], codec.seal(BLOB_DATA, group[0][1], group[0][0])))
+                frame = codec.seal_frame([data for data, _cid in group]) if len(group) > 1 else None
+                if frame is not None:
+                    frames.append(([cid for _data, cid in group], frame))
                 else:
-                    frames.append(([cid for _data, cid in group], codec.seal_frame([data for data, _cid in group])))
+                    frames.extend(([cid], codec.seal(BLOB_DATA, cid, data)) for data, cid in group)
         finally:
             for buf, _length in batch:
                 buffers.put(buf)

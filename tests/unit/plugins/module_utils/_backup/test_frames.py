@@ -267,6 +267,8 @@ def test_codec_refuses_a_frame_that_expands_past_the_limit_or_is_not_whole_chunk
     ragged = b"\x01" + zstandard.ZstdCompressor().compress(bytes(4096 * 2 + 10))
     with pytest.raises(IntegrityError, match="not whole chunks"):
         codec.open_frame(ragged)
+    # random chunks gain nothing in a frame: stored alone, so that a damaged byte costs one chunk
+    assert codec.seal_frame([os.urandom(4096) for _i in range(8)]) is None
     with pytest.raises(ValueError):
         codec.seal_frame([bytes(4096)])
     with pytest.raises(ValueError):
