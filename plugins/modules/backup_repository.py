@@ -113,6 +113,12 @@ info:
     encryption:
       description: V(aes-256-gcm) or V(none).
       type: str
+    format_version:
+      description:
+        - The repository's format version. V(2) (repositories this release creates) compresses
+          a backup's new chunks together in frames; V(1) stores each chunk alone. This collection reads and writes
+          both; an older collection refuses version 2 with "Upgrade vmsafe.protect".
+      type: int
     chunk_size:
       description: Chunk size in bytes.
       type: int
@@ -128,7 +134,7 @@ info:
     kdf:
       description: The key file's key derivation and its parameters (the salt left out); empty when unencrypted.
       type: dict
-  sample: {"id": "3f9a1c2e0b7d4e5f8a9b0c1d2e3f4a5b", "encryption": "aes-256-gcm", "chunk_size": 65536,
+  sample: {"id": "3f9a1c2e0b7d4e5f8a9b0c1d2e3f4a5b", "encryption": "aes-256-gcm", "format_version": 2, "chunk_size": 65536,
            "compression_level": 2, "key_file_version": 2, "config_authenticated": true,
            "kdf": {"name": "argon2id", "iterations": 3, "lanes": 4, "memory_kib": 32768}}
 elapsed:
@@ -163,7 +169,8 @@ def key_file(repo: t.Any) -> dict[str, t.Any]:
 def info(repo: t.Any) -> dict[str, t.Any]:
     doc = key_file(repo)
     kdf = doc.get("kdf") if isinstance(doc.get("kdf"), dict) else {}
-    return {"id": repo.config["id"], "encryption": repo.encryption, "chunk_size": repo.chunk_size,
+    return {"id": repo.config["id"], "encryption": repo.encryption, "format_version": int(repo.config["version"]),
+            "chunk_size": repo.chunk_size,
             "compression_level": repo.compression_level, "key_file_version": int(doc.get("version", 0) or 0),
             "config_authenticated": "mac" in repo.config or "checksum" in repo.config,
             "kdf": {k: v for k, v in kdf.items() if k != "salt"}}

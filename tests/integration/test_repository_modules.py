@@ -161,6 +161,7 @@ def test_backup_repository_creates_once_and_changes_the_passphrase_idempotently(
     assert planned["changed"] and planned["created"] and not os.path.exists(location)
     created = run_ansible("backup_repository", args)
     assert created["changed"] and created["created"] and created["info"]["key_file_version"] == 2
+    assert created["info"]["format_version"] == 2  # frames (docs/repository-format.md §5)
     again = run_ansible("backup_repository", args)
     assert not again["changed"] and again["info"]["id"] == created["info"]["id"]
     data = os.urandom(30000)
