@@ -336,10 +336,12 @@ def _backup_disk(
                 sha, cid = codec.hash_and_id(data)
                 blob = None
                 if sink.claim(cid):
-                    if frame_slots > 1 and length == csize and codec.compressible(data):
+                    # the probe is asked once: its answer decides the frame and is handed to seal()
+                    compress = codec.compressible(data) if frame_slots > 1 and length == csize else None
+                    if compress:
                         framed.append((data, cid))
                     else:
-                        blob = codec.seal(BLOB_DATA, cid, data)
+                        blob = codec.seal(BLOB_DATA, cid, data, compress)
                 results.append((sha, cid, blob))
             for start in range(0, len(framed), frame_slots):
                 group = framed[start : start + frame_slots]
@@ -347,7 +349,7 @@ def _backup_disk(
                 if frame is not None:
                     frames.append(([cid for _data, cid in group], frame))
                 else:
-                    frames.extend(([cid], codec.seal(BLOB_DATA, cid, data)) for data, cid in group)
+                    frames.extend(([cid], codec.seal(BLOB_DATA, cid, data, True)) for data, cid in group)
         finally:
             for buf, _length in batch:
                 buffers.put(buf)

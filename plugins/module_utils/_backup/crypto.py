@@ -389,11 +389,13 @@ class BlobCodec:
         return len(probe.compress(sample)) < 4000
 
     # -- seal / open
-    def seal(self, blob_type: int, blob_id: bytes, data: bytes | bytearray | memoryview) -> bytearray:
-        """Compress (when it helps) and encrypt ``data``; return the stored blob."""
-        compressed = None
-        if self.level > 0 and self._worth_compressing(data):
-            compressed = self._cctx().compress(data)
+    def seal(self, blob_type: int, blob_id: bytes, data: bytes | bytearray | memoryview,
+             compress: bool | None = None) -> bytearray:
+        """Compress (when it helps) and encrypt ``data``; return the stored blob. ``compress`` is what compressible()
+        said of ``data`` when the caller asked it already (None: ask it here)."""
+        if compress is None:
+            compress = self.compressible(data)
+        compressed = self._cctx().compress(data) if compress else None
         if compressed is not None and len(compressed) < len(data) - 64:
             return self._encrypt(FLAG_ZSTD, blob_type, blob_id, compressed)
         return self._encrypt(FLAG_RAW, blob_type, blob_id, data)

@@ -228,10 +228,12 @@ def _restore_into(
             j = i + 1
             loc = items[i][4]
             end = loc.offset + loc.length
-            while j < len(items) and items[j][4].pack == loc.pack and (
-                items[j][4].offset == end or items[j][4][1:3] == items[j - 1][4][1:3]
-            ):
-                end = items[j][4].offset + items[j][4].length
+            while j < len(items):
+                here, before = items[j][4], items[j - 1][4]
+                # the next blob in the pack, or the next chunk of the same frame
+                if here.pack != loc.pack or (here.offset != end and (here.offset, here.length) != (before.offset, before.length)):
+                    break
+                end = here.offset + here.length
                 j += 1
             try:
                 data = repo.backend.read_range(pack_object_name(loc.pack), loc.offset, end - loc.offset)
